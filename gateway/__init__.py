@@ -1,0 +1,1 @@
+"""Agent Stream Gateway: durable task streams for LLM agents over SSE."""

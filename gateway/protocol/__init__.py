@@ -1,0 +1,40 @@
+"""The native wire protocol: requests, task records and messages (pure data, no I/O)."""
+
+from gateway.protocol.messages import (
+    MESSAGE_TYPES,
+    PAYLOAD_FIELDS,
+    StoredMessage,
+    encode_body,
+    encode_message,
+    stamp_seq,
+)
+from gateway.protocol.requests import AgentRequest, FileRef
+from gateway.protocol.tasks import (
+    TERMINAL_STATUSES,
+    ErrorCode,
+    TaskError,
+    TaskRecord,
+    TaskStatus,
+    is_legal_transition,
+    new_task_id,
+    now_ms,
+)
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PAYLOAD_FIELDS",
+    "TERMINAL_STATUSES",
+    "AgentRequest",
+    "ErrorCode",
+    "FileRef",
+    "StoredMessage",
+    "TaskError",
+    "TaskRecord",
+    "TaskStatus",
+    "encode_body",
+    "encode_message",
+    "is_legal_transition",
+    "new_task_id",
+    "now_ms",
+    "stamp_seq",
+]

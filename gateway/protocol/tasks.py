@@ -1,0 +1,102 @@
+"""Task status, error codes and the task record (the snapshot every API answer is built from)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+import time
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    """Lifecycle of a task: ``PENDING → RUNNING → COMPLETED | FAILED | CANCELLED``."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+_LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED, TaskStatus.CANCELLED}),
+    TaskStatus.RUNNING: TERMINAL_STATUSES,
+}
+
+
+def is_legal_transition(old: TaskStatus, new: TaskStatus) -> bool:
+    """Whether a task may move from ``old`` to ``new`` (terminal states are final)."""
+    return new in _LEGAL.get(old, frozenset())
+
+
+class ErrorCode(enum.StrEnum):
+    """``error.code`` of a FAILED task (DESIGN §4)."""
+
+    TIMEOUT = "timeout"
+    UPSTREAM_ERROR = "upstream_error"
+    INTERRUPTED = "interrupted"
+    INTERNAL = "internal"
+    INVALID_REQUEST = "invalid_request"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskError:
+    """Why a task failed: a stable ``code`` and a human-readable ``message``."""
+
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def new_task_id() -> str:
+    """An unguessable task id: 128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """The state of one task as the store keeps it; immutable, replaced on every change."""
+
+    task_id: str
+    request_id: str
+    agent_type: int
+    query: str
+    status: TaskStatus = TaskStatus.PENDING
+    created_at: int = 0
+    started_at: int | None = None
+    ended_at: int | None = None
+    error: TaskError | None = None
+    last_seq: int = 0
+    result: str | None = None
+    request: dict[str, Any] = dataclasses.field(default_factory=dict)
+    owner: str | None = None
+    lease_until: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_json(self) -> dict[str, Any]:
+        """The public snapshot (camelCase), without internal lease fields."""
+        return {
+            "taskId": self.task_id,
+            "requestId": self.request_id,
+            "agentType": self.agent_type,
+            "status": self.status.value,
+            "createdAt": self.created_at,
+            "startedAt": self.started_at,
+            "endedAt": self.ended_at,
+            "error": self.error.to_json() if self.error else None,
+            "lastSeq": self.last_seq,
+            "result": self.result,
+        }

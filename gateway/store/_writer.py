@@ -1,0 +1,170 @@
+"""Coalesced, pipelined log writes for ``RedisStore``.
+
+Appends land in a per-task ``_Writer`` in memory at once (local readers are woken from it);
+a single flusher sends every dirty task's pending messages to Redis every few milliseconds in
+one pipeline, one Lua call per task. A failed flush keeps its messages and is retried; a retry
+of a flush that did reach Redis is recognised by its sequence numbers, so nothing is lost or
+written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from gateway.protocol import StoredMessage
+from gateway.store._log import LocalLog
+
+logger = logging.getLogger(__name__)
+
+
+class _Writer:
+    """This process's write side of one task's log."""
+
+    __slots__ = ("final", "flushed_seq", "log", "lost", "owner", "pending", "score", "waiters")
+
+    def __init__(self, base: int, owner: str, score: float) -> None:
+        self.log = LocalLog(base)
+        self.owner = owner
+        self.score = score
+        self.flushed_seq = base
+        self.pending: list[StoredMessage] = []
+        # (status, endedAt, error json, result, ttl, closing message data)
+        self.final: tuple[str, int, str, str, int, bytes] | None = None
+        self.lost: str | None = None
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def settle(self, upto: int, error: Exception | None = None) -> None:
+        """Resolve the waiters whose seq is durable (or fail them all with ``error``)."""
+        keep = []
+        for seq, fut in self.waiters:
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            elif seq <= upto:
+                fut.set_result(None)
+            else:
+                keep.append((seq, fut))
+        self.waiters = keep
+
+
+class Flusher:
+    """Owns the flush loop; ``RedisStore`` feeds it dirty writers."""
+
+    def __init__(
+        self,
+        client: Any,
+        append_script: Any,
+        keys: Callable[[str], list[str]],
+        on_flushed: Callable[[float], None],
+        on_finished: Callable[[str, _Writer], Any],
+        interval: float,
+    ) -> None:
+        self._client = client
+        self._script = append_script
+        self._keys = keys
+        self._on_flushed = on_flushed
+        self._on_finished = on_finished
+        self._interval = interval
+        self._dirty: dict[str, _Writer] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def mark(self, task_id: str, writer: _Writer) -> None:
+        self._dirty[task_id] = writer
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-store-flusher")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is pending (bounded by ``timeout``), then stop the loop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._dirty:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                if self._interval > 0 and not self._closing:
+                    await asyncio.sleep(self._interval)
+            batch, self._dirty = self._dirty, {}
+            try:
+                await self._flush(batch)
+                backoff = 0.05
+            except Exception as exc:  # the flusher must outlive any failure: retry, never drop
+                logger.warning("store flush failed, retrying: %r", exc)
+                for task_id, writer in batch.items():
+                    self._dirty.setdefault(task_id, writer)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _flush(self, batch: dict[str, _Writer]) -> None:
+        started = time.perf_counter()
+        pipe = self._client.pipeline(transaction=False)
+        sent: list[tuple[str, _Writer, int, int, bool]] = []
+        for task_id, writer in batch.items():
+            if writer.lost:
+                continue
+            messages = list(writer.pending)
+            final = writer.final
+            if not messages and final is None:
+                continue
+            first = writer.flushed_seq + 1
+            args: list[Any] = [writer.owner, first, len(messages)]
+            args.extend(m.data for m in messages)
+            if final is not None:
+                args.extend(final)
+            else:
+                args.extend(["", 0, "", "", 0, b""])
+            last = first + len(messages) - 1 + (1 if final is not None else 0)
+            await self._script(keys=self._keys(task_id), args=args, client=pipe)
+            sent.append((task_id, writer, len(messages), last, final is not None))
+        if not sent:
+            return
+        replies = await pipe.execute(raise_on_error=False)
+        self._on_flushed(time.perf_counter() - started)
+        for (task_id, writer, n_sent, last, is_final), reply in zip(sent, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                text = str(reply)
+                # A retry of a flush whose first attempt did reach Redis: already durable.
+                if not (text.startswith("SEQ ") and int(text[4:]) >= last):
+                    writer.lost = text.split(" ", 1)[0] or "LOST"
+                    writer.pending = []
+                    writer.settle(0, LostWriter(writer.lost))
+                    await self._on_finished(task_id, writer)
+                    continue
+            elif isinstance(reply, Exception):
+                raise reply
+            del writer.pending[:n_sent]
+            writer.flushed_seq = last
+            writer.settle(last)
+            if is_final:
+                writer.final = None
+                await self._on_finished(task_id, writer)
+
+
+class LostWriter(Exception):
+    """Redis refused this process's writes for a task (ended elsewhere or lease lost)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,177 @@
+"""The ``StreamStore`` contract: task records, each task's append-only log, leases and the queue.
+
+Both implementations (``MemoryStore``, ``RedisStore``) pass one contract test suite. The log of a
+task is a sequence of messages with ``seq`` 1, 2, 3 … without gaps; exactly one message has
+``finish`` set and it is the last. A finished task's records expire ``result_ttl`` seconds later.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus
+
+
+class StoreError(Exception):
+    """Root of the store's errors."""
+
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """The backing store cannot be reached."""
+
+    code = "store_unavailable"
+
+
+class TaskNotFound(StoreError):
+    """No task with that id (never existed, or expired)."""
+
+    code = "not_found"
+
+
+class TaskEnded(StoreError):
+    """The task's log is closed: its ``finish`` message is written (or this writer lost it)."""
+
+    code = "task_ended"
+
+
+class IllegalTransition(StoreError):
+    """A status change the lifecycle does not allow."""
+
+    code = "illegal_transition"
+
+
+class LeaseState(enum.Enum):
+    """Answer of ``renew``: keep going, stop because cancel was asked, or the lease is gone."""
+
+    OK = "ok"
+    CANCEL = "cancel"
+    LOST = "lost"
+
+
+def encode_cursor(score: float, task_id: str) -> str:
+    """An opaque listing cursor (newest first) for the position after ``task_id``."""
+    raw = f"{score!r}:{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Inverse of ``encode_cursor``; raises ``ValueError`` on anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        score, _, task_id = base64.urlsafe_b64decode(padded).decode().partition(":")
+        if not task_id:
+            raise ValueError("empty task id")
+        return float(score), task_id
+    except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+class StreamStore(abc.ABC):
+    """Durable task state and logs. All methods are safe to call concurrently."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections and start background work (flusher)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush what is buffered, stop background work, close connections."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+
+    # -- task records ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create(
+        self, record: TaskRecord, idempotency_key: str | None = None
+    ) -> tuple[TaskRecord, bool]:
+        """Store a new PENDING task; with a known ``idempotency_key`` return that task instead.
+
+        Returns ``(record, created)``.
+        """
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The current record, or ``None``."""
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """Records for the ids that exist, in the order asked."""
+        records = [await self.get(task_id) for task_id in task_ids]
+        return [r for r in records if r is not None]
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, status: TaskStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[TaskRecord], str | None]:
+        """Newest first; returns a page and the cursor of the next page (``None`` at the end)."""
+
+    @abc.abstractmethod
+    async def count(self, status: TaskStatus) -> int:
+        """How many live tasks have ``status``."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(self, task_id: str, owner: str, lease_ms: int) -> TaskRecord | None:
+        """PENDING → RUNNING with a lease held by ``owner``; ``None`` if not PENDING."""
+
+    @abc.abstractmethod
+    async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:
+        """Extend ``owner``'s lease; says whether a cancel was requested or the lease is lost."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, task_id: str) -> None:
+        """Ask the owner of a RUNNING task to stop (it sees ``LeaseState.CANCEL``)."""
+
+    @abc.abstractmethod
+    async def expired_leases(self, now: int) -> list[str]:
+        """Ids of RUNNING tasks whose lease ended before ``now`` (epoch ms)."""
+
+    # -- the log --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
+        """Append a non-final message; assigns the next ``seq``. Raises ``TaskEnded``."""
+
+    @abc.abstractmethod
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        body: dict[str, Any],
+        *,
+        error: TaskError | None = None,
+        result: str | None = None,
+        expect: frozenset[TaskStatus] | None = None,
+    ) -> StoredMessage | None:
+        """Append the ``finish`` message and move to terminal ``status`` atomically.
+
+        Without ``expect`` the caller is the task's writer (its owner). With ``expect`` it is a
+        third party (a cancel of a PENDING task, the sweeper): the change happens only if the
+        current status is in ``expect``, else ``None`` is returned. Resolves once durable.
+        """
+
+    @abc.abstractmethod
+    async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` messages with ``seq > after``, in order; never blocks."""
+
+    @abc.abstractmethod
+    async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
+        """Like ``read``, but waits up to ``timeout`` seconds for a message after ``after``."""
+
+    # -- the queue ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, task_id: str) -> None:
+        """Hand a PENDING task to the workers (of any replica)."""
+
+    @abc.abstractmethod
+    async def dequeue(self, consumer: str, timeout: float) -> str | None:
+        """Next queued task id, waiting up to ``timeout`` seconds."""
+
+    async def sweep_index(self, now: int) -> None:  # noqa: B027 - optional hook
+        """Drop expired entries from listing indexes (no-op where not needed)."""

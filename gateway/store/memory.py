@@ -1,0 +1,221 @@
+"""``MemoryStore``: the embedded, single-process store (the default without ``REDIS_URL``)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from typing import Any
+
+from gateway.protocol import (
+    StoredMessage,
+    TaskError,
+    TaskRecord,
+    TaskStatus,
+    encode_message,
+    is_legal_transition,
+    now_ms,
+)
+from gateway.store._log import LocalLog
+from gateway.store.base import (
+    IllegalTransition,
+    LeaseState,
+    StreamStore,
+    TaskEnded,
+    TaskNotFound,
+    decode_cursor,
+    encode_cursor,
+)
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    record: TaskRecord
+    log: LocalLog
+    score: float
+    expires: float | None = None
+    cancel_requested: bool = False
+
+
+class MemoryStore(StreamStore):
+    """Everything in this process: dicts of records and ``LocalLog``s, an ``asyncio.Queue``."""
+
+    def __init__(self, result_ttl: float = 86_400.0) -> None:
+        self.result_ttl = result_ttl
+        self._tasks: dict[str, _Entry] = {}
+        self._idempotency: dict[str, tuple[str, float]] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._tiebreak = itertools.count()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    # -- records --------------------------------------------------------------------------
+    def _live(self, task_id: str) -> _Entry | None:
+        entry = self._tasks.get(task_id)
+        if entry is not None and entry.expires is not None and entry.expires <= time.monotonic():
+            del self._tasks[task_id]
+            return None
+        return entry
+
+    def _entry(self, task_id: str) -> _Entry:
+        entry = self._live(task_id)
+        if entry is None:
+            raise TaskNotFound(task_id)
+        return entry
+
+    async def create(
+        self, record: TaskRecord, idempotency_key: str | None = None
+    ) -> tuple[TaskRecord, bool]:
+        if idempotency_key is not None:
+            known = self._idempotency.get(idempotency_key)
+            if known is not None and known[1] > time.monotonic():
+                existing = self._live(known[0])
+                if existing is not None:
+                    return existing.record, False
+        score = record.created_at * 1000.0 + next(self._tiebreak) % 1000
+        self._tasks[record.task_id] = _Entry(record, LocalLog(), score)
+        if idempotency_key is not None:
+            self._idempotency[idempotency_key] = (
+                record.task_id,
+                time.monotonic() + self.result_ttl,
+            )
+        return record, True
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        entry = self._live(task_id)
+        return entry.record if entry else None
+
+    async def list_tasks(
+        self, status: TaskStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[TaskRecord], str | None]:
+        entries = sorted(
+            (e for e in list(self._tasks.values()) if self._live(e.record.task_id)),
+            key=lambda e: (e.score, e.record.task_id),
+            reverse=True,
+        )
+        if status is not None:
+            entries = [e for e in entries if e.record.status is status]
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            entries = [e for e in entries if (e.score, e.record.task_id) < after]
+        page = entries[:limit]
+        more = len(entries) > limit
+        next_cursor = encode_cursor(page[-1].score, page[-1].record.task_id) if more else None
+        return [e.record for e in page], next_cursor
+
+    async def count(self, status: TaskStatus) -> int:
+        return sum(1 for e in list(self._tasks.values()) if e.record.status is status)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def claim(self, task_id: str, owner: str, lease_ms: int) -> TaskRecord | None:
+        entry = self._live(task_id)
+        if entry is None or entry.record.status is not TaskStatus.PENDING:
+            return None
+        now = now_ms()
+        entry.record = dataclasses.replace(
+            entry.record,
+            status=TaskStatus.RUNNING,
+            started_at=now,
+            owner=owner,
+            lease_until=now + lease_ms,
+        )
+        return entry.record
+
+    async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:
+        entry = self._live(task_id)
+        if entry is None or entry.record.terminal or entry.record.owner != owner:
+            return LeaseState.LOST
+        entry.record = dataclasses.replace(entry.record, lease_until=now_ms() + lease_ms)
+        return LeaseState.CANCEL if entry.cancel_requested else LeaseState.OK
+
+    async def request_cancel(self, task_id: str) -> None:
+        self._entry(task_id).cancel_requested = True
+
+    async def expired_leases(self, now: int) -> list[str]:
+        return [
+            e.record.task_id
+            for e in list(self._tasks.values())
+            if e.record.status is TaskStatus.RUNNING
+            and e.record.lease_until is not None
+            and e.record.lease_until < now
+        ]
+
+    # -- log ------------------------------------------------------------------------------
+    async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
+        entry = self._entry(task_id)
+        if entry.log.finished or entry.record.terminal:
+            raise TaskEnded(task_id)
+        body["finish"] = False
+        message = encode_message(entry.log.last_seq + 1, body)
+        entry.log.add(message)
+        entry.record = dataclasses.replace(entry.record, last_seq=message.seq)
+        return message
+
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        body: dict[str, Any],
+        *,
+        error: TaskError | None = None,
+        result: str | None = None,
+        expect: frozenset[TaskStatus] | None = None,
+    ) -> StoredMessage | None:
+        entry = self._entry(task_id)
+        current = entry.record.status
+        if expect is not None and current not in expect:
+            return None
+        if entry.log.finished or entry.record.terminal:
+            raise TaskEnded(task_id)
+        if not is_legal_transition(current, status):
+            raise IllegalTransition(f"{current} -> {status}")
+        body["finish"] = True
+        message = encode_message(entry.log.last_seq + 1, body)
+        entry.record = dataclasses.replace(
+            entry.record,
+            status=status,
+            ended_at=now_ms(),
+            error=error,
+            result=result if result is not None else entry.record.result,
+            last_seq=message.seq,
+            owner=None,
+            lease_until=None,
+        )
+        entry.expires = time.monotonic() + self.result_ttl
+        entry.log.add(message)
+        return message
+
+    async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
+        return self._entry(task_id).log.since(after, limit)
+
+    async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
+        log = self._entry(task_id).log
+        await log.wait_beyond(after, timeout)
+        return log.since(after, 1000)
+
+    # -- queue ----------------------------------------------------------------------------
+    async def enqueue(self, task_id: str) -> None:
+        self._queue.put_nowait(task_id)
+
+    async def dequeue(self, consumer: str, timeout: float) -> str | None:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+    async def sweep_index(self, now: int) -> None:
+        for task_id in list(self._tasks):
+            self._live(task_id)
+        deadline = time.monotonic()
+        for key, (_, expires) in list(self._idempotency.items()):
+            if expires <= deadline:
+                del self._idempotency[key]

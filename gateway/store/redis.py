@@ -1,0 +1,444 @@
+"""``RedisStore``: the durable, multi-replica store (DESIGN §7).
+
+Keys (hash tag per task, so Redis Cluster works): ``agw:{id}:state`` (hash), ``agw:{id}:log``
+(a Redis Stream whose entry ids are ``<seq>-0``), ``agw:idem:{key}`` (idempotency),
+``agw:idx:<STATUS>`` and ``agw:idx:all`` (sorted sets for listing), ``agw:queue`` (a Redis
+Stream read by the consumer group ``agw-workers``). Task keys expire ``result_ttl`` after the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.protocol import (
+    TERMINAL_STATUSES,
+    StoredMessage,
+    TaskError,
+    TaskRecord,
+    TaskStatus,
+    encode_body,
+    now_ms,
+    stamp_seq,
+)
+from gateway.store import _scripts
+from gateway.store._writer import Flusher, LostWriter, _Writer
+from gateway.store.base import (
+    LeaseState,
+    StoreUnavailable,
+    StreamStore,
+    TaskEnded,
+    TaskNotFound,
+    decode_cursor,
+    encode_cursor,
+)
+
+QUEUE = "agw:queue"
+GROUP = "agw-workers"
+INDEX_ALL = "agw:idx:all"
+
+
+def _state(task_id: str) -> str:
+    return f"agw:{{{task_id}}}:state"
+
+
+def _log(task_id: str) -> str:
+    return f"agw:{{{task_id}}}:log"
+
+
+def _index(status: TaskStatus | str) -> str:
+    return f"agw:idx:{status}"
+
+
+def _task_keys(task_id: str) -> list[str]:
+    return [_state(task_id), _log(task_id)]
+
+
+def _opt_int(value: bytes | None) -> int | None:
+    return int(value) if value else None
+
+
+def _record(fields: dict[bytes, bytes]) -> TaskRecord:
+    error = fields.get(b"error")
+    err = orjson.loads(error) if error else None
+    result = fields.get(b"result")
+    return TaskRecord(
+        task_id=fields[b"taskId"].decode(),
+        request_id=fields[b"requestId"].decode(),
+        agent_type=int(fields[b"agentType"]),
+        query=fields[b"query"].decode(),
+        status=TaskStatus(fields[b"status"].decode()),
+        created_at=int(fields[b"createdAt"]),
+        started_at=_opt_int(fields.get(b"startedAt")),
+        ended_at=_opt_int(fields.get(b"endedAt")),
+        error=TaskError(err["code"], err["message"]) if err else None,
+        last_seq=int(fields.get(b"lastSeq", b"0")),
+        result=result.decode() if result is not None else None,
+        request=orjson.loads(fields.get(b"request", b"{}")),
+        owner=fields[b"owner"].decode() if fields.get(b"owner") else None,
+        lease_until=_opt_int(fields.get(b"leaseUntil")),
+    )
+
+
+def _messages(entries: list[Any]) -> list[StoredMessage]:
+    out = []
+    for entry_id, fields in entries:
+        seq = int(entry_id.split(b"-", 1)[0])
+        out.append(StoredMessage(seq, fields[b"d"], b"f" in fields))
+    return out
+
+
+class RedisStore(StreamStore):
+    """``StreamStore`` over Redis with coalesced writes and in-memory wake-ups for local readers."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        result_ttl: int = 86_400,
+        flush_interval: float = 0.002,
+        on_flush: Callable[[float], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.result_ttl = int(result_ttl)
+        # redis-py 8 types replies as wide unions; the shapes used here are fixed by the commands.
+        self._client: Any = aioredis.Redis.from_url(url, health_check_interval=30)
+        self._append = self._client.register_script(_scripts.APPEND)
+        self._finish_if = self._client.register_script(_scripts.FINISH_IF)
+        self._claim = self._client.register_script(_scripts.CLAIM)
+        self._renew = self._client.register_script(_scripts.RENEW)
+        self._writers: dict[str, _Writer] = {}
+        self._flusher = Flusher(
+            self._client,
+            self._append,
+            _task_keys,
+            on_flush or (lambda _seconds: None),
+            self._finished,
+            flush_interval,
+        )
+
+    async def start(self) -> None:
+        try:
+            await self._client.xgroup_create(QUEUE, GROUP, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        self._flusher.start()
+
+    async def close(self) -> None:
+        await self._flusher.close()
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    # -- records --------------------------------------------------------------------------
+    async def create(
+        self, record: TaskRecord, idempotency_key: str | None = None
+    ) -> tuple[TaskRecord, bool]:
+        if idempotency_key is not None:
+            idem = f"agw:idem:{{{idempotency_key}}}"
+            won = await self._client.set(idem, record.task_id, nx=True, ex=self.result_ttl)
+            if not won:
+                return await self._idempotent_winner(idem), False
+        score = record.created_at * 1000.0 + random.randrange(1000)
+        mapping: dict[str, Any] = {
+            "taskId": record.task_id,
+            "requestId": record.request_id,
+            "agentType": record.agent_type,
+            "query": record.query,
+            "status": record.status.value,
+            "createdAt": record.created_at,
+            "lastSeq": 0,
+            "request": orjson.dumps(record.request),
+            "score": repr(score),
+        }
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(_state(record.task_id), mapping=mapping)
+        pipe.expire(_state(record.task_id), self.result_ttl * 2)
+        pipe.zadd(INDEX_ALL, {record.task_id: score})
+        pipe.zadd(_index(record.status), {record.task_id: score})
+        await pipe.execute()
+        return record, True
+
+    async def _idempotent_winner(self, idem: str) -> TaskRecord:
+        # The winner may still be writing its record: wait for it, bounded.
+        for _ in range(100):
+            task_id = await self._client.get(idem)
+            if task_id is not None:
+                record = await self.get(task_id.decode())
+                if record is not None:
+                    return record
+            await asyncio.sleep(0.01)
+        raise StoreUnavailable("idempotent task record did not appear")
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        fields = await self._client.hgetall(_state(task_id))
+        return _record(fields) if fields else None
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        pipe = self._client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hgetall(_state(task_id))
+        return [_record(f) for f in await pipe.execute() if f]
+
+    async def list_tasks(
+        self, status: TaskStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[TaskRecord], str | None]:
+        key = _index(status) if status is not None else INDEX_ALL
+        bound: tuple[float, str] | None = decode_cursor(cursor) if cursor else None
+        found: list[tuple[float, TaskRecord]] = []
+        while len(found) <= limit:
+            top = bound[0] if bound else "+inf"
+            rows = await self._client.zrevrangebyscore(
+                key, top, "-inf", start=0, num=limit + 1 + 16, withscores=True
+            )
+            rows = [(s, m.decode()) for m, s in rows if not bound or (s, m.decode()) < bound]
+            if not rows:
+                break
+            records = await self._get_all([m for _, m in rows])
+            stale = []
+            for (score, member), rec in zip(rows, records, strict=True):
+                if rec is None:
+                    stale.append(member)
+                elif status is None or rec.status is status:
+                    found.append((score, rec))
+            if stale:
+                await self._client.zrem(key, *stale)
+            bound = rows[-1]
+        page = found[:limit]
+        more = len(found) > limit
+        next_cursor = encode_cursor(page[-1][0], page[-1][1].task_id) if more else None
+        return [rec for _, rec in page], next_cursor
+
+    async def _get_all(self, task_ids: list[str]) -> list[TaskRecord | None]:
+        pipe = self._client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hgetall(_state(task_id))
+        return [_record(f) if f else None for f in await pipe.execute()]
+
+    async def count(self, status: TaskStatus) -> int:
+        return int(await self._client.zcard(_index(status)))
+
+    async def _move(
+        self, task_id: str, old: TaskStatus | str, new: TaskStatus, score: float
+    ) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrem(_index(old), task_id)
+        pipe.zadd(_index(new), {task_id: score})
+        await pipe.execute()
+
+    async def _score(self, task_id: str) -> float:
+        raw = await self._client.hget(_state(task_id), "score")
+        return float(raw) if raw else 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def claim(self, task_id: str, owner: str, lease_ms: int) -> TaskRecord | None:
+        now = now_ms()
+        last = await self._claim(keys=[_state(task_id)], args=[owner, now + lease_ms, now])
+        if last is None:
+            return None
+        score = await self._score(task_id)
+        self._writers[task_id] = _Writer(int(last), owner, score)
+        await self._move(task_id, TaskStatus.PENDING, TaskStatus.RUNNING, score)
+        return await self.get(task_id)
+
+    async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:
+        answer = await self._renew(keys=[_state(task_id)], args=[owner, now_ms() + lease_ms])
+        return {1: LeaseState.OK, 2: LeaseState.CANCEL}.get(int(answer), LeaseState.LOST)
+
+    async def request_cancel(self, task_id: str) -> None:
+        if not await self._client.hset(_state(task_id), "cancel", "1") and not (
+            await self._client.exists(_state(task_id))
+        ):
+            raise TaskNotFound(task_id)
+
+    async def expired_leases(self, now: int) -> list[str]:
+        running = [m.decode() for m in await self._client.zrange(_index(TaskStatus.RUNNING), 0, -1)]
+        if not running:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for task_id in running:
+            pipe.hmget(_state(task_id), "status", "leaseUntil")
+        expired = []
+        for task_id, (status, lease) in zip(running, await pipe.execute(), strict=True):
+            if status == b"RUNNING" and lease is not None and int(lease) < now:
+                expired.append(task_id)
+        return expired
+
+    # -- log ------------------------------------------------------------------------------
+    async def _writer(self, task_id: str) -> _Writer:
+        writer = self._writers.get(task_id)
+        if writer is None:
+            state = await self._client.hmget(_state(task_id), "lastSeq", "score", "owner", "status")
+            if state[0] is None:
+                raise TaskNotFound(task_id)
+            if TaskStatus(state[3].decode()) in TERMINAL_STATUSES:
+                raise TaskEnded(task_id)
+            owner = state[2].decode() if state[2] else ""
+            writer = _Writer(int(state[0]), owner, float(state[1] or 0))
+            writer = self._writers.setdefault(task_id, writer)
+        if writer.lost or writer.log.finished:
+            raise TaskEnded(task_id)
+        return writer
+
+    async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
+        writer = await self._writer(task_id)
+        body["finish"] = False
+        message = StoredMessage(
+            writer.log.last_seq + 1, stamp_seq(writer.log.last_seq + 1, encode_body(body))
+        )
+        writer.log.add(message)
+        writer.pending.append(message)
+        self._flusher.mark(task_id, writer)
+        return message
+
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        body: dict[str, Any],
+        *,
+        error: TaskError | None = None,
+        result: str | None = None,
+        expect: frozenset[TaskStatus] | None = None,
+    ) -> StoredMessage | None:
+        body["finish"] = True
+        error_json = orjson.dumps(error.to_json()).decode() if error else ""
+        ended = now_ms()
+        if expect is not None:
+            return await self._finish_third_party(
+                task_id, status, body, error_json, result, expect, ended
+            )
+        writer = await self._writer(task_id)
+        seq = writer.log.last_seq + 1
+        message = StoredMessage(seq, stamp_seq(seq, encode_body(body)), True)
+        writer.final = (
+            status.value,
+            ended,
+            error_json,
+            result or "",
+            self.result_ttl,
+            message.data,
+        )
+        writer.log.add(message)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        writer.waiters.append((seq, done))
+        self._flusher.mark(task_id, writer)
+        try:
+            await done
+        except LostWriter as exc:
+            raise TaskEnded(task_id) from exc
+        return message
+
+    async def _finish_third_party(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        body: dict[str, Any],
+        error_json: str,
+        result: str | None,
+        expect: frozenset[TaskStatus],
+        ended: int,
+    ) -> StoredMessage | None:
+        expected = "," + ",".join(s.value for s in expect) + ","
+        try:
+            reply = await self._finish_if(
+                keys=_task_keys(task_id),
+                args=[
+                    expected,
+                    status.value,
+                    ended,
+                    error_json,
+                    result or "",
+                    self.result_ttl,
+                    encode_body(body),
+                ],
+            )
+        except ResponseError as exc:
+            if "NOTASK" in str(exc):
+                raise TaskNotFound(task_id) from exc
+            raise
+        if reply is None:
+            return None
+        seq, data, old = int(reply[0]), reply[1], reply[2].decode()
+        writer = self._writers.pop(task_id, None)
+        if writer is not None:  # this process was writing it: its readers must see the end
+            writer.lost = "ENDED"
+            writer.log.add(StoredMessage(seq, data, True))
+        await self._move(task_id, old, status, await self._score(task_id))
+        return StoredMessage(seq, data, True)
+
+    async def _finished(self, task_id: str, writer: _Writer) -> None:
+        """Called by the flusher once a task's final message is durable (or writes were lost)."""
+        if self._writers.get(task_id) is writer:
+            del self._writers[task_id]
+        writer.log.finished = True
+        writer.log.wake()
+        if not writer.lost:
+            record = await self.get(task_id)
+            if record is not None:
+                await self._move(task_id, TaskStatus.RUNNING, record.status, writer.score)
+                if record.status is not TaskStatus.RUNNING:
+                    await self._client.zrem(_index(TaskStatus.PENDING), task_id)
+
+    async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
+        writer = self._writers.get(task_id)
+        if writer is not None and writer.log.covers(after):
+            return writer.log.since(after, limit)
+        entries = await self._client.xrange(_log(task_id), f"({after}-0", "+", count=limit)
+        if not entries and not await self._client.exists(_state(task_id)):
+            raise TaskNotFound(task_id)
+        return _messages(entries)
+
+    async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
+        writer = self._writers.get(task_id)
+        if writer is not None and writer.log.covers(after):
+            log = writer.log
+            await log.wait_beyond(after, timeout)
+            if log.last_seq > after:
+                return log.since(after, 1000)
+            return await self.read(task_id, after, 1000)
+        messages = await self.read(task_id, after, 1000)
+        if messages:
+            return messages
+        block = max(1, int(timeout * 1000))
+        reply = await self._client.xread({_log(task_id): f"{after}-0"}, count=1000, block=block)
+        return _messages(reply[0][1]) if reply else []
+
+    # -- queue ----------------------------------------------------------------------------
+    async def enqueue(self, task_id: str) -> None:
+        await self._client.xadd(QUEUE, {"t": task_id}, maxlen=1_000_000, approximate=True)
+
+    async def dequeue(self, consumer: str, timeout: float) -> str | None:
+        reply = await self._client.xreadgroup(
+            GROUP, consumer, {QUEUE: ">"}, count=1, block=max(1, int(timeout * 1000))
+        )
+        if not reply:
+            return None
+        entry_id, fields = reply[0][1][0]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xack(QUEUE, GROUP, entry_id)
+        pipe.xdel(QUEUE, entry_id)
+        await pipe.execute()
+        return str(fields[b"t"].decode())
+
+    async def sweep_index(self, now: int) -> None:
+        horizon = (now - self.result_ttl * 2000) * 1000.0
+        await self._client.zremrangebyscore(INDEX_ALL, "-inf", horizon)
+        for status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
+            await self._client.zremrangebyscore(_index(status), "-inf", horizon)
+
+    def __repr__(self) -> str:
+        return f"RedisStore(flush_interval={self._flusher._interval}, writers={len(self._writers)})"

@@ -1,0 +1,59 @@
+"""Clients of the gateway's upstreams: the LLM, the tool service and the MCP client service.
+
+They depend on httpx, orjson, anyio and the standard library only, and raise
+:class:`UpstreamError` subclasses only (see :mod:`gateway.upstream.errors`).
+
+```
+settings = UpstreamSettings.from_env()
+async with ChatClient(settings) as chat:
+    async with aclosing(chat.stream_chat(messages, tools)) as events:
+        async for event in events:   # ContentDelta | ToolCallDelta | ChatResult (last)
+            ...
+```
+"""
+
+from gateway.upstream.chat import (
+    ChatEvent,
+    ChatResult,
+    ContentDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from gateway.upstream.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamProtocolError,
+    UpstreamRemoteError,
+    UpstreamTimeout,
+)
+from gateway.upstream.mcp import McpBridgeClient, McpTool, McpToolResult
+from gateway.upstream.openai import ChatClient
+from gateway.upstream.settings import UpstreamSettings
+from gateway.upstream.sse import ServerSentEvent, SSEDecoder, aiter_sse
+from gateway.upstream.tools import ToolServiceClient
+
+__all__ = [
+    "ChatClient",
+    "ChatEvent",
+    "ChatResult",
+    "ContentDelta",
+    "McpBridgeClient",
+    "McpTool",
+    "McpToolResult",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolServiceClient",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamHTTPError",
+    "UpstreamProtocolError",
+    "UpstreamRemoteError",
+    "UpstreamSettings",
+    "UpstreamTimeout",
+    "Usage",
+    "aiter_sse",
+]

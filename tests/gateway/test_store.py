@@ -1,0 +1,252 @@
+"""One contract suite for both stores: ``MemoryStore`` and ``RedisStore`` (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.protocol import TaskError, TaskRecord, TaskStatus, new_task_id, now_ms
+from gateway.store import (
+    IllegalTransition,
+    LeaseState,
+    MemoryStore,
+    RedisStore,
+    StreamStore,
+    TaskEnded,
+    TaskNotFound,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[StreamStore]:
+    if request.param == "memory":
+        s: StreamStore = MemoryStore(result_ttl=60)
+    else:
+        s = RedisStore(request.getfixturevalue("redis_url"), result_ttl=60)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def record(**kw: Any) -> TaskRecord:
+    return TaskRecord(
+        task_id=kw.pop("task_id", new_task_id()),
+        request_id="r",
+        agent_type=0,
+        query="q",
+        created_at=now_ms(),
+        **kw,
+    )
+
+
+async def running(store: StreamStore) -> str:
+    rec, _ = await store.create(record())
+    assert await store.claim(rec.task_id, "me", 10_000) is not None
+    return rec.task_id
+
+
+def body(text: str) -> dict[str, Any]:
+    return {"messageType": "agent_stream", "result": text}
+
+
+async def test_append_assigns_consecutive_seqs_and_read_returns_them_after_a_cursor(
+    store: StreamStore,
+) -> None:
+    task_id = await running(store)
+    seqs = [(await store.append(task_id, body(str(i)))).seq for i in range(1, 11)]
+    assert seqs == list(range(1, 11))
+    await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result", "result": "x"})
+    got = await store.read(task_id, 4, 100)
+    assert [m.seq for m in got] == list(range(5, 12))
+    assert [m.json()["result"] for m in got[:-1]] == [str(i) for i in range(5, 11)]
+    assert got[-1].finish and got[-1].json()["finish"] is True
+    assert [m.seq for m in await store.read(task_id, 0, 3)] == [1, 2, 3]
+    assert await store.read(task_id, 11, 10) == []
+
+
+async def test_frames_carry_the_seq_as_sse_id(store: StreamStore) -> None:
+    task_id = await running(store)
+    msg = await store.append(task_id, body("hi"))
+    assert msg.frame == b"id: 1\ndata: " + msg.data + b"\n\n"
+    assert msg.json()["seq"] == 1
+
+
+async def test_tail_blocks_until_a_message_arrives_then_returns_it(store: StreamStore) -> None:
+    task_id = await running(store)
+    waiter = asyncio.create_task(store.tail(task_id, 0, 5.0))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await store.append(task_id, body("a"))
+    got = await asyncio.wait_for(waiter, 5)
+    assert [m.seq for m in got] == [1]
+
+
+async def test_tail_times_out_empty_when_nothing_is_appended(store: StreamStore) -> None:
+    task_id = await running(store)
+    assert await store.tail(task_id, 0, 0.05) == []
+
+
+async def test_a_second_redis_store_tails_and_reads_what_the_first_writes(redis_url: str) -> None:
+    store = RedisStore(redis_url, result_ttl=60)
+    other = RedisStore(redis_url, result_ttl=60)
+    await store.start()
+    await other.start()
+    try:
+        task_id = await running(store)
+        waiter = asyncio.create_task(other.tail(task_id, 0, 5.0))
+        await store.append(task_id, body("a"))
+        got = await asyncio.wait_for(waiter, 5)
+        assert [m.json()["result"] for m in got] == ["a"]
+        await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"})
+        rest = await other.read(task_id, 1, 10)
+        assert [m.seq for m in rest] == [2] and rest[0].finish
+        assert (await other.get(task_id)).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_nothing_can_be_appended_after_the_finish_message(store: StreamStore) -> None:
+    task_id = await running(store)
+    await store.append(task_id, body("a"))
+    await store.finish(task_id, TaskStatus.CANCELLED, {"messageType": "status"})
+    with pytest.raises(TaskEnded):
+        await store.append(task_id, body("late"))
+    with pytest.raises(TaskEnded):
+        await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"})
+    rec = await store.get(task_id)
+    assert rec is not None and rec.status is TaskStatus.CANCELLED and rec.last_seq == 2
+    assert rec.ended_at is not None
+
+
+async def test_snapshot_reflects_status_times_result_and_error(store: StreamStore) -> None:
+    rec, created = await store.create(record())
+    assert created and rec.status is TaskStatus.PENDING
+    claimed = await store.claim(rec.task_id, "me", 10_000)
+    assert claimed is not None and claimed.status is TaskStatus.RUNNING
+    assert claimed.started_at is not None and claimed.owner == "me"
+    await store.finish(
+        rec.task_id,
+        TaskStatus.FAILED,
+        {"messageType": "error"},
+        error=TaskError("timeout", "too slow"),
+        result="partial",
+    )
+    snap = await store.get(rec.task_id)
+    assert snap is not None
+    assert snap.status is TaskStatus.FAILED and snap.error == TaskError("timeout", "too slow")
+    assert snap.result == "partial" and snap.last_seq == 1 and snap.owner is None
+
+
+async def test_only_legal_status_transitions_happen(store: StreamStore) -> None:
+    rec, _ = await store.create(record())
+    # A third party ends a PENDING task only while it is still PENDING.
+    expect_running = frozenset({TaskStatus.RUNNING})
+    assert await store.finish(rec.task_id, TaskStatus.FAILED, {}, expect=expect_running) is None
+    msg = await store.finish(
+        rec.task_id,
+        TaskStatus.CANCELLED,
+        {"messageType": "status"},
+        expect=frozenset({TaskStatus.PENDING}),
+    )
+    assert msg is not None and msg.seq == 1 and msg.finish
+    assert await store.claim(rec.task_id, "me", 1000) is None
+    if isinstance(store, MemoryStore):
+        fresh, _ = await store.create(record())
+        with pytest.raises(IllegalTransition):
+            await store.finish(fresh.task_id, TaskStatus.PENDING, {})
+
+
+async def test_a_task_is_claimed_once(store: StreamStore) -> None:
+    rec, _ = await store.create(record())
+    results = await asyncio.gather(*(store.claim(rec.task_id, f"w{i}", 1000) for i in range(5)))
+    assert sum(r is not None for r in results) == 1
+
+
+async def test_leases_renew_report_cancel_and_expire(store: StreamStore) -> None:
+    task_id = await running(store)
+    assert await store.renew(task_id, "me", 10_000) is LeaseState.OK
+    assert await store.renew(task_id, "someone-else", 10_000) is LeaseState.LOST
+    await store.request_cancel(task_id)
+    assert await store.renew(task_id, "me", 10_000) is LeaseState.CANCEL
+    assert task_id not in await store.expired_leases(now_ms())
+    assert task_id in await store.expired_leases(now_ms() + 60_000)
+
+
+async def test_finished_tasks_expire_after_the_result_ttl(store: StreamStore) -> None:
+    if isinstance(store, RedisStore):
+        store.result_ttl = 1
+    else:
+        assert isinstance(store, MemoryStore)
+        store.result_ttl = 0.2
+    task_id = await running(store)
+    await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"})
+    deadline = asyncio.get_running_loop().time() + 5
+    while await store.get(task_id) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "task did not expire"
+        await asyncio.sleep(0.1)
+    with pytest.raises(TaskNotFound):
+        await store.read(task_id, 0, 10)
+
+
+async def test_listing_pages_newest_first_and_filters_by_status(store: StreamStore) -> None:
+    ids = []
+    for _ in range(7):
+        rec, _ = await store.create(record())
+        ids.append(rec.task_id)
+        await asyncio.sleep(0.002)
+    await store.claim(ids[0], "me", 10_000)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(20):
+        page, cursor = await store.list_tasks(None, 3, cursor)
+        seen.extend(r.task_id for r in page)
+        if cursor is None:
+            break
+    mine = [t for t in seen if t in ids]
+    assert mine == list(reversed(ids))
+    assert len(seen) == len(set(seen))
+    running_ids = []
+    cursor = None
+    for _ in range(50):
+        page, cursor = await store.list_tasks(TaskStatus.RUNNING, 2, cursor)
+        running_ids.extend(r.task_id for r in page)
+        assert all(r.status is TaskStatus.RUNNING for r in page)
+        if cursor is None:
+            break
+    assert ids[0] in running_ids and ids[1] not in running_ids
+    found = await store.get_many([ids[2], "nope", ids[3]])
+    assert [r.task_id for r in found] == [ids[2], ids[3]]
+
+
+async def test_the_same_idempotency_key_returns_the_same_task(store: StreamStore) -> None:
+    key = new_task_id()
+    results = await asyncio.gather(*(store.create(record(), key) for _ in range(4)))
+    assert len({r.task_id for r, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_the_queue_hands_each_task_to_one_consumer(store: StreamStore) -> None:
+    ids = [new_task_id() for _ in range(5)]
+    for task_id in ids:
+        await store.enqueue(task_id)
+    got = [await store.dequeue("c1", 1.0) for _ in range(5)]
+    assert got == ids
+    assert await store.dequeue("c1", 0.05) is None
+
+
+async def test_counts_follow_status(store: StreamStore) -> None:
+    before = await store.count(TaskStatus.PENDING)
+    rec, _ = await store.create(record())
+    assert await store.count(TaskStatus.PENDING) == before + 1
+    await store.claim(rec.task_id, "me", 1000)
+    assert await store.count(TaskStatus.PENDING) == before
+    await store.finish(rec.task_id, TaskStatus.COMPLETED, {"messageType": "result"})
+    assert await store.get(rec.task_id) is not None
