@@ -66,7 +66,9 @@ def serve_app(app: Any, port: int | None = None) -> Iterator[ThreadedServer]:
         server.stop()
 
 
-def wait_http_ok(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http_ok(
+    url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll ``url`` until it answers 2xx, failing after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
