@@ -1,0 +1,123 @@
+"""The gateway application: store, task manager and routes wired together in one lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
+
+from gateway.agents.echo import make_echo_agent
+from gateway.metrics import GatewayMetrics
+from gateway.routes import EXCEPTION_HANDLERS, health, tasks
+from gateway.settings import Settings
+from gateway.store import MemoryStore, RedisStore, StreamStore
+from gateway.tasks import TaskManager, TaskRegistry
+
+logger = logging.getLogger(__name__)
+
+
+def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
+    """``RedisStore`` when ``REDIS_URL`` is set, else the embedded ``MemoryStore``."""
+    if settings.redis_url:
+        return RedisStore(
+            settings.redis_url,
+            result_ttl=settings.result_ttl,
+            flush_interval=settings.flush_interval_ms / 1000.0,
+            on_flush=metrics.on_flush,
+        )
+    return MemoryStore(result_ttl=settings.result_ttl)
+
+
+def _register_builtin_agents(registry: TaskRegistry) -> None:  # INTEGRATION: temporary
+    try:
+        from gateway.agents import register_builtin_agents
+    except ImportError:
+        return
+    register_builtin_agents(registry)
+
+
+@contextlib.asynccontextmanager
+async def _agent_services(settings: Settings) -> AsyncIterator[dict[str, object]]:
+    try:
+        from gateway.agents import agent_services
+    except ImportError:
+        yield {}
+        return
+    async with agent_services(settings.upstream) as services:
+        yield services
+
+
+def _routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = [*health.routes, *tasks.routes]
+    try:
+        from gateway.routes import compat
+    except ImportError:
+        return routes
+    return [*routes, *compat.routes]
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: StreamStore | None = None,
+    registry: TaskRegistry | None = None,
+) -> Starlette:
+    """Build the gateway app; with no arguments everything is read from the environment."""
+    settings = settings or Settings.from_env()
+    metrics = GatewayMetrics()
+    store = store or build_store(settings, metrics)
+    if registry is None:
+        registry = TaskRegistry()
+        registry.register(0, make_echo_agent(settings.echo_token_delay_ms), name="echo")
+        _register_builtin_agents(registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.start()
+        try:
+            async with _agent_services(settings) as services:
+                manager = TaskManager(store, registry, settings, services, metrics.on_append)
+                app.state.manager = manager
+                runner = asyncio.create_task(manager.run(), name="task-manager")
+                try:
+                    yield
+                finally:
+                    await manager.stop(grace=5.0)
+                    runner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await runner
+        finally:
+            await store.close()
+
+    middleware: list[Middleware] = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["X-Task-Id", "Location", "Retry-After"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=_routes(),
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.registry = registry
+    return app
+
+
+__all__ = ["build_store", "create_app"]

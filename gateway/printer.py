@@ -1,0 +1,119 @@
+"""The ``Printer``: an agent's only output (DESIGN §6). Every call appends to the task's log."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from gateway.protocol import PAYLOAD_FIELDS, StoredMessage, now_ms
+from gateway.store import StreamStore
+
+
+class Outcome:
+    """What the agent reported as its result; written by the task runner as the last message."""
+
+    __slots__ = ("file_list", "result", "task_summary")
+
+    def __init__(self, result: str, task_summary: str | None, file_list: list[Any]) -> None:
+        self.result = result
+        self.task_summary = task_summary
+        self.file_list = file_list
+
+
+class StreamHandle:
+    """One streamed message: ``delta`` frames, then one ``final`` frame with the full content."""
+
+    __slots__ = ("_printer", "closed", "message_id", "message_type")
+
+    def __init__(self, printer: Printer, message_type: str) -> None:
+        self._printer = printer
+        self.message_type = message_type
+        self.message_id = uuid.uuid4().hex
+        self.closed = False
+
+    async def delta(self, payload: Any, **extra: Any) -> StoredMessage:
+        """Append a non-final frame carrying a delta."""
+        if self.closed:
+            raise RuntimeError("stream already finalised")
+        return await self._printer.send(
+            self.message_type, payload, message_id=self.message_id, is_final=False, **extra
+        )
+
+    async def final(self, payload: Any, **extra: Any) -> StoredMessage:
+        """Append the final frame carrying the full content; the handle is then closed."""
+        self.closed = True
+        return await self._printer.send(
+            self.message_type, payload, message_id=self.message_id, is_final=True, **extra
+        )
+
+
+class Printer:
+    """Writes typed messages of one task to its log; never touches a socket."""
+
+    def __init__(
+        self,
+        store: StreamStore,
+        task_id: str,
+        request_id: str,
+        on_append: Callable[[StoredMessage], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.request_id = request_id
+        self._on_append = on_append
+        self.outcome: Outcome | None = None
+        self._answers: dict[str, str] = {}
+
+    def body(
+        self, message_type: str, payload: Any, message_id: str | None, is_final: bool, **extra: Any
+    ) -> dict[str, Any]:
+        """The message body (without ``seq`` and ``finish``, which the log adds)."""
+        field = PAYLOAD_FIELDS.get(message_type)
+        if field is None:
+            raise ValueError(f"unknown messageType {message_type!r}")
+        body = {
+            "taskId": self.task_id,
+            "requestId": self.request_id,
+            "messageId": message_id or uuid.uuid4().hex,
+            "messageType": message_type,
+            "messageTime": now_ms(),
+            "isFinal": is_final,
+            field: payload,
+        }
+        body.update(extra)
+        return body
+
+    async def send(
+        self,
+        message_type: str,
+        payload: Any,
+        *,
+        message_id: str | None = None,
+        is_final: bool = True,
+        **extra: Any,
+    ) -> StoredMessage:
+        """Append one message; ``payload`` goes in the field its type names (DESIGN §3)."""
+        body = self.body(message_type, payload, message_id, is_final, **extra)
+        if message_type == "agent_stream" and isinstance(payload, str):
+            mid = body["messageId"]
+            self._answers[mid] = payload if is_final else self._answers.get(mid, "") + payload
+        message = await self.store.append(self.task_id, body)
+        if self._on_append is not None:
+            self._on_append(message)
+        return message
+
+    def stream(self, message_type: str) -> StreamHandle:
+        """Start a streamed message of ``message_type`` with one stable ``messageId``."""
+        return StreamHandle(self, message_type)
+
+    def result(
+        self, result: str, *, task_summary: str | None = None, file_list: list[Any] | None = None
+    ) -> None:
+        """Record the task's final answer; it becomes the ``result`` message with ``finish``."""
+        self.outcome = Outcome(result, task_summary, list(file_list or []))
+
+    @property
+    def partial_answer(self) -> str:
+        """The streamed answer so far (kept as the result of a task that did not complete)."""
+        return "".join(self._answers.values())

@@ -1,0 +1,203 @@
+"""The native task API (DESIGN §4): submit, stream, poll, cancel, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.protocol import AgentRequest, TaskRecord, TaskStatus
+from gateway.routes.errors import ApiError, json_response, read_json
+from gateway.routes.sse import LogStream
+from gateway.store import TaskNotFound
+from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
+
+MAX_POLL_LIMIT = 1000
+MAX_LIST_LIMIT = 200
+
+
+def _manager(request: Request) -> TaskManager:
+    manager: TaskManager = request.app.state.manager
+    return manager
+
+
+def links(task_id: str) -> dict[str, str]:
+    base = f"/api/tasks/{task_id}"
+    return {"self": base, "events": base + "/events", "cancel": base + "/cancel"}
+
+
+def snapshot(record: TaskRecord) -> dict[str, Any]:
+    return {**record.to_json(), "links": links(record.task_id)}
+
+
+def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise ApiError(
+            400,
+            "invalid_cursor" if name != "limit" else "bad_request",
+            f"{name} must be a non-negative integer, got {raw!r}",
+        )
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        raise ApiError(400, "bad_request", f"{name} must be between {low} and {high}")
+    return value
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def parse_agent_request(request: Request) -> AgentRequest:
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    try:
+        return AgentRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", validation_message(exc)) from exc
+
+
+async def submit(manager: TaskManager, agent_request: AgentRequest, key: str | None) -> TaskRecord:
+    if key is not None and not (0 < len(key) <= 256):
+        raise ApiError(400, "bad_request", "Idempotency-Key must be 1 to 256 characters")
+    try:
+        record, _ = await manager.submit(agent_request, key)
+    except UnknownAgentType as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from exc
+    except QueueFull as exc:
+        raise ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+    return record
+
+
+async def create_task(request: Request) -> Response:
+    """``POST /api/tasks``: 202 + snapshot, or an SSE stream with ``Accept: text/event-stream``."""
+    manager = _manager(request)
+    agent_request = await parse_agent_request(request)
+    record = await submit(manager, agent_request, request.headers.get("idempotency-key"))
+    if "text/event-stream" in request.headers.get("accept", ""):
+        on_disconnect = None
+        if agent_request.cancel_on_disconnect:
+            task_id = record.task_id
+
+            async def on_disconnect() -> None:
+                await manager.cancel(task_id, wait=False)
+
+        return LogStream(  # type: ignore[return-value]
+            manager.store,
+            record.task_id,
+            0,
+            request.app.state.settings,
+            request.app.state.metrics,
+            headers={"X-Task-Id": record.task_id},
+            on_disconnect=on_disconnect,
+        )
+    return json_response(
+        {"taskId": record.task_id, "status": record.status.value, "links": links(record.task_id)},
+        202,
+        headers={"Location": links(record.task_id)["self"]},
+    )
+
+
+async def _record(request: Request) -> TaskRecord:
+    record = await _manager(request).store.get(request.path_params["task_id"])
+    if record is None:
+        raise ApiError(404, "not_found", "no task with that id (unknown or expired)")
+    return record
+
+
+async def task_events(request: Request) -> Response:
+    """``GET /api/tasks/{id}/events``: replay after the cursor, then tail, as SSE."""
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        raw = request.query_params.get("after")
+    after = _int_param(raw.strip() if raw else raw, "cursor", 0, 0, None)
+    record = await _record(request)
+    if after > record.last_seq and (record.terminal or record.status is TaskStatus.PENDING):
+        raise ApiError(
+            400, "invalid_cursor", f"cursor {after} is beyond the log ({record.last_seq})"
+        )
+    if record.terminal and after >= record.last_seq:
+        return Response(status_code=204)  # tells EventSource to stop reconnecting
+    manager = _manager(request)
+    return LogStream(  # type: ignore[return-value]
+        manager.store, record.task_id, after, request.app.state.settings, request.app.state.metrics
+    )
+
+
+async def get_task(request: Request) -> Response:
+    """``GET /api/tasks/{id}``: the snapshot; with ``?after=`` also the messages after it."""
+    params = request.query_params
+    after_raw = params.get("after")
+    limit = _int_param(params.get("limit"), "limit", 100, 1, MAX_POLL_LIMIT)
+    after = _int_param(after_raw, "after", 0, 0, None)
+    record = await _record(request)
+    headers = {} if record.terminal else {"Retry-After": "1"}
+    body = snapshot(record)
+    if after_raw is not None:
+        if after > record.last_seq:
+            raise ApiError(
+                400, "invalid_cursor", f"after={after} is beyond the log ({record.last_seq})"
+            )
+        try:
+            messages = await _manager(request).store.read(record.task_id, after, limit)
+        except TaskNotFound as exc:
+            raise ApiError(404, "not_found", "the task expired") from exc
+        body["messages"] = [orjson.Fragment(m.data) for m in messages]
+        body["nextAfter"] = messages[-1].seq if messages else after
+    return json_response(body, headers=headers)
+
+
+async def cancel_task(request: Request) -> Response:
+    """``POST /api/tasks/{id}/cancel``: idempotent; answers once the stop is confirmed."""
+    try:
+        record = await _manager(request).cancel(request.path_params["task_id"])
+    except TaskNotFound as exc:
+        raise ApiError(404, "not_found", "no task with that id (unknown or expired)") from exc
+    return json_response(snapshot(record), 200 if record.terminal else 202)
+
+
+async def list_tasks(request: Request) -> Response:
+    """``GET /api/tasks?ids=a,b`` (batch) or ``?status=&limit=&cursor=`` (paginated)."""
+    store = _manager(request).store
+    params = request.query_params
+    if "ids" in params:
+        ids = [i for i in params["ids"].split(",") if i]
+        if not ids or len(ids) > MAX_LIST_LIMIT:
+            raise ApiError(400, "bad_request", f"ids must list 1 to {MAX_LIST_LIMIT} task ids")
+        records = await store.get_many(ids)
+        found = {r.task_id for r in records}
+        return json_response(
+            {"tasks": [snapshot(r) for r in records], "missing": [i for i in ids if i not in found]}
+        )
+    status = None
+    if params.get("status"):
+        try:
+            status = TaskStatus(params["status"].upper())
+        except ValueError as exc:
+            allowed = ", ".join(s.value for s in TaskStatus)
+            raise ApiError(400, "bad_request", f"status must be one of {allowed}") from exc
+    limit = _int_param(params.get("limit"), "limit", 50, 1, MAX_LIST_LIMIT)
+    try:
+        records, cursor = await store.list_tasks(status, limit, params.get("cursor") or None)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
+    return json_response({"tasks": [snapshot(r) for r in records], "nextCursor": cursor})
+
+
+routes = [
+    Route("/api/tasks", create_task, methods=["POST"]),
+    Route("/api/tasks", list_tasks, methods=["GET"]),
+    Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
+    Route("/api/tasks/{task_id}/events", task_events, methods=["GET"]),
+    Route("/api/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+]

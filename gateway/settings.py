@@ -1,0 +1,84 @@
+"""Gateway settings, read from the environment once at the entry point and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+
+from gateway.upstream import UpstreamSettings
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the gateway cannot use."""
+
+
+def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway reads from its environment (DESIGN §4 to §7)."""
+
+    redis_url: str | None = dataclasses.field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    heartbeat_interval: float = 15.0
+    sse_max_age: float = 3600.0
+    sse_retry_ms: int = 3000
+    send_timeout: float = 10.0
+    max_running: int = 16
+    max_queued: int = 1000
+    task_timeout: float = 1800.0
+    result_ttl: int = 86_400
+    echo_token_delay_ms: float = 20.0
+    lease_ttl: float = 10.0
+    lease_renew_interval: float = 1.0
+    sweep_interval: float = 2.0
+    flush_interval_ms: float = 2.0
+    max_body_bytes: int = 1_048_576
+    cancel_wait: float = 10.0
+    cors_origins: tuple[str, ...] = ()
+    compat_heartbeat_interval: float = 10.0
+    replica_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
+    upstream: UpstreamSettings = dataclasses.field(default_factory=UpstreamSettings)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); raises ``SettingsError``."""
+        env = os.environ if environ is None else environ
+        origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            host=env.get("HOST", "127.0.0.1"),
+            port=int(_num(env, "PORT", 8080, minimum=0)),
+            heartbeat_interval=_num(env, "HEARTBEAT_INTERVAL", 15.0, minimum=0.01),
+            sse_max_age=_num(env, "SSE_MAX_AGE", 3600.0, minimum=0.1),
+            sse_retry_ms=int(_num(env, "SSE_RETRY_MS", 3000)),
+            send_timeout=_num(env, "SEND_TIMEOUT", 10.0, minimum=0.01),
+            max_running=int(_num(env, "MAX_RUNNING", 16, minimum=1)),
+            max_queued=int(_num(env, "MAX_QUEUED", 1000, minimum=0)),
+            task_timeout=_num(env, "TASK_TIMEOUT", 1800.0, minimum=0.01),
+            result_ttl=int(_num(env, "RESULT_TTL", 86_400, minimum=1)),
+            echo_token_delay_ms=_num(env, "ECHO_TOKEN_DELAY_MS", 20.0),
+            lease_ttl=_num(env, "LEASE_TTL", 10.0, minimum=0.05),
+            lease_renew_interval=_num(env, "LEASE_RENEW_INTERVAL", 1.0, minimum=0.01),
+            sweep_interval=_num(env, "SWEEP_INTERVAL", 2.0, minimum=0.01),
+            flush_interval_ms=_num(env, "FLUSH_INTERVAL_MS", 2.0),
+            max_body_bytes=int(_num(env, "MAX_BODY_BYTES", 1_048_576, minimum=1)),
+            cancel_wait=_num(env, "CANCEL_WAIT", 10.0, minimum=0.01),
+            cors_origins=origins,
+            compat_heartbeat_interval=_num(env, "COMPAT_HEARTBEAT_INTERVAL", 10.0, minimum=0.01),
+            upstream=UpstreamSettings.from_env(env),
+        )

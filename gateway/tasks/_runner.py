@@ -1,0 +1,171 @@
+"""Running one claimed task: the handler in its own asyncio task, its outcome written last."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gateway.printer import Printer
+from gateway.protocol import AgentRequest, ErrorCode, TaskError, TaskStatus
+from gateway.store import TaskEnded, TaskNotFound
+from gateway.tasks.context import Registration, TaskContext, TaskFailure
+
+if TYPE_CHECKING:
+    from gateway.tasks.manager import TaskManager
+
+logger = logging.getLogger(__name__)
+
+_KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+
+
+class RunningTask:
+    """A task running in this process; ``stop(reason)`` cancels its handler for real."""
+
+    __slots__ = ("cancelled", "handler_task", "reason")
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.handler_task: asyncio.Future[None] | None = None
+        self.reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.cancelled.set()
+        if self.handler_task is not None:
+            self.handler_task.cancel()
+
+
+def _error_for(exc: BaseException) -> TaskError:
+    code = getattr(exc, "code", None)
+    if isinstance(exc, TaskFailure) or (isinstance(code, str) and code in _KNOWN_CODES):
+        return TaskError(str(code), str(getattr(exc, "message", None) or exc))
+    return TaskError(ErrorCode.INTERNAL, "the task failed with an internal error")
+
+
+async def run_task(manager: TaskManager, task_id: str) -> None:
+    """Claim ``task_id``, run its handler under the total timeout, and end its log."""
+    store = manager.store
+    record = await store.claim(task_id, manager.owner, manager.lease_ms)
+    if record is None:
+        return  # cancelled while queued, or another worker has it
+    registration = manager.registry.get(record.agent_type)
+    printer = Printer(store, task_id, record.request_id, manager.on_append)
+    running = RunningTask()
+    manager.running[task_id] = running
+    try:
+        await printer.send("status", TaskStatus.RUNNING.value)
+        if registration is None:
+            raise TaskFailure(ErrorCode.INVALID_REQUEST, f"no handler for {record.agent_type}")
+        ctx = TaskContext(
+            task_id=task_id,
+            request=AgentRequest.model_validate(record.request),
+            printer=printer,
+            cancelled=running.cancelled,
+            services=manager.services,
+        )
+        running.handler_task = asyncio.ensure_future(registration.handler(ctx))
+        if running.reason is not None:  # a stop that raced the start
+            running.handler_task.cancel()
+        status, error = await _supervise(running, manager.settings.task_timeout)
+    except TaskEnded:
+        return  # ended elsewhere (cancelled while pending, or swept): nothing more to write
+    except asyncio.CancelledError:
+        running.stop("shutdown")
+        await _finish(printer, TaskStatus.FAILED, _interrupted(), registration)
+        raise
+    except Exception as exc:
+        status, error = TaskStatus.FAILED, _error_for(exc)
+        logger.exception("task %s failed before its handler ran", task_id)
+    finally:
+        manager.running.pop(task_id, None)
+    await _finish(printer, status, error, registration)
+
+
+def _interrupted() -> TaskError:
+    return TaskError(ErrorCode.INTERRUPTED, "the gateway stopped while the task ran")
+
+
+async def _supervise(running: RunningTask, timeout: float) -> tuple[TaskStatus, TaskError | None]:
+    handler_task = running.handler_task
+    if handler_task is None:
+        raise RuntimeError("handler not started")
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(handler_task)
+        return TaskStatus.COMPLETED, None
+    except TimeoutError:
+        running.stop("timeout")
+        await _drain(handler_task)
+        return TaskStatus.FAILED, TaskError(ErrorCode.TIMEOUT, f"the task ran over {timeout:g} s")
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            running.stop("shutdown")
+            await _drain(handler_task)
+            raise
+        if running.reason == "cancel":
+            return TaskStatus.CANCELLED, None
+        if running.reason == "lost":
+            raise TaskEnded("lease lost") from None
+        return TaskStatus.FAILED, _interrupted()
+    except Exception as exc:
+        if running.reason == "cancel":
+            return TaskStatus.CANCELLED, None
+        error = _error_for(exc)
+        if error.code == ErrorCode.INTERNAL:
+            logger.error("task handler crashed", exc_info=exc)
+        return TaskStatus.FAILED, error
+
+
+async def _drain(handler_task: asyncio.Future[None]) -> None:
+    """Wait (bounded) for a cancelled handler to finish its cleanup."""
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(asyncio.shield(handler_task), 10)
+
+
+async def _finish(
+    printer: Printer,
+    status: TaskStatus,
+    error: TaskError | None,
+    registration: Registration | None,
+) -> None:
+    """Write the one ``finish`` message and the terminal status; run the callbacks."""
+    outcome = printer.outcome
+    body: dict[str, Any]
+    result: str | None
+    if status is TaskStatus.COMPLETED:
+        text = outcome.result if outcome else printer.partial_answer
+        result_map = {
+            "taskSummary": (outcome.task_summary if outcome else None) or text,
+            "fileList": outcome.file_list if outcome else [],
+        }
+        body = printer.body("result", text, None, True, resultMap=result_map)
+        result = text
+    elif status is TaskStatus.CANCELLED:
+        body = printer.body("status", status.value, None, True)
+        result = printer.partial_answer or None
+    else:
+        error = error or TaskError(ErrorCode.INTERNAL, "failed")
+        body = printer.body("error", error.to_json(), None, True)
+        result = printer.partial_answer or None
+    store = printer.store
+    try:
+        await asyncio.shield(
+            store.finish(printer.task_id, status, body, error=error, result=result)
+        )
+    except (TaskEnded, TaskNotFound):
+        return
+    if registration is not None:
+        callback = (
+            registration.on_complete if status is TaskStatus.COMPLETED else registration.on_failure
+        )
+        if callback is not None:
+            record = await store.get(printer.task_id)
+            if record is not None:
+                try:
+                    await callback(record)
+                except Exception:
+                    logger.exception("completion callback of %s failed", printer.task_id)

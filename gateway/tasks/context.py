@@ -1,0 +1,76 @@
+"""What a task handler receives, and the registry of handlers by ``agentType``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from gateway.printer import Printer
+from gateway.protocol import AgentRequest, TaskRecord
+
+
+class TaskFailure(Exception):
+    """Raised by a handler to end its task FAILED with a specific ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskContext:
+    """A running task as its handler sees it."""
+
+    task_id: str
+    request: AgentRequest
+    printer: Printer
+    cancelled: asyncio.Event
+    services: Mapping[str, Any]
+
+
+Handler = Callable[[TaskContext], Awaitable[None]]
+CompletionCallback = Callable[[TaskRecord], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Registration:
+    """A handler and its optional completion and failure callbacks."""
+
+    handler: Handler
+    name: str
+    on_complete: CompletionCallback | None = None
+    on_failure: CompletionCallback | None = None
+
+
+class TaskRegistry:
+    """Task handlers by ``agentType``: the built-in agents and a user's own jobs alike."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, Registration] = {}
+
+    def register(
+        self,
+        agent_type: int,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        on_complete: CompletionCallback | None = None,
+        on_failure: CompletionCallback | None = None,
+    ) -> None:
+        """Register ``handler`` for ``agent_type`` (replacing any earlier one)."""
+        self._handlers[agent_type] = Registration(
+            handler, name or str(getattr(handler, "__name__", "handler")), on_complete, on_failure
+        )
+
+    def get(self, agent_type: int) -> Registration | None:
+        return self._handlers.get(agent_type)
+
+    def __contains__(self, agent_type: object) -> bool:
+        return agent_type in self._handlers
+
+    @property
+    def agent_types(self) -> list[int]:
+        return sorted(self._handlers)
