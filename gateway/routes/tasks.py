@@ -144,7 +144,7 @@ async def get_task(request: Request) -> Response:
     headers = {} if record.terminal else {"Retry-After": "1"}
     body = snapshot(record)
     if after_raw is not None:
-        if after > record.last_seq:
+        if after > record.last_seq and record.terminal:
             raise ApiError(
                 400, "invalid_cursor", f"after={after} is beyond the log ({record.last_seq})"
             )

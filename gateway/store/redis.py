@@ -9,6 +9,7 @@ Stream read by the consumer group ``agw-workers``). Task keys expire ``result_tt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -185,7 +186,14 @@ class RedisStore(StreamStore):
 
     async def get(self, task_id: str) -> TaskRecord | None:
         fields = await self._client.hgetall(_state(task_id))
-        return _record(fields) if fields else None
+        if not fields:
+            return None
+        record = _record(fields)
+        writer = self._writers.get(task_id)
+        if writer is not None and writer.log.last_seq > record.last_seq and not record.terminal:
+            # This process writes the task: its readers already see the unflushed messages.
+            record = dataclasses.replace(record, last_seq=writer.log.last_seq)
+        return record
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         pipe = self._client.pipeline(transaction=False)

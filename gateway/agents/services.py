@@ -1,0 +1,69 @@
+"""The long-lived upstream clients the agents share, opened once for the app's lifetime.
+
+```
+async with agent_services(settings.upstream) as services:   # in the app's lifespan
+    manager = TaskManager(store, registry, settings, services=services)
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.agents.limits import AgentLimits
+from gateway.tasks.context import TaskContext, TaskFailure
+from gateway.upstream import ChatClient, McpBridgeClient, ToolServiceClient, UpstreamSettings
+
+__all__ = ["AgentDeps", "agent_services"]
+
+
+@asynccontextmanager
+async def agent_services(
+    settings: UpstreamSettings, limits: AgentLimits | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Open one ChatClient, ToolServiceClient and McpBridgeClient; close them all on exit.
+
+    Yields the mapping to pass as ``TaskContext.services``: keys ``chat``, ``tools``, ``mcp``,
+    ``upstream`` (the settings) and ``limits`` (``AgentLimits.from_env()`` unless given).
+    """
+    limits = limits if limits is not None else AgentLimits.from_env()
+    async with AsyncExitStack() as stack:
+        chat = await stack.enter_async_context(ChatClient(settings))
+        tools = await stack.enter_async_context(ToolServiceClient(settings))
+        mcp = await stack.enter_async_context(McpBridgeClient(settings))
+        yield {"chat": chat, "tools": tools, "mcp": mcp, "upstream": settings, "limits": limits}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDeps:
+    """The services one agent run uses, taken from its ``TaskContext``."""
+
+    chat: ChatClient
+    tools: ToolServiceClient
+    mcp: McpBridgeClient
+    upstream: UpstreamSettings
+    limits: AgentLimits
+
+    @classmethod
+    def of(cls, ctx: TaskContext) -> AgentDeps:
+        """The services of ``ctx``; a gateway started without ``agent_services`` fails the task."""
+        return cls.from_mapping(ctx.services)
+
+    @classmethod
+    def from_mapping(cls, services: Mapping[str, Any]) -> AgentDeps:
+        """Build from an ``agent_services`` mapping (``limits`` may be missing)."""
+        try:
+            return cls(
+                chat=services["chat"],
+                tools=services["tools"],
+                mcp=services["mcp"],
+                upstream=services["upstream"],
+                limits=services.get("limits") or AgentLimits(),
+            )
+        except KeyError as exc:
+            raise TaskFailure(
+                "internal", f"the agent service {exc.args[0]!r} is not configured"
+            ) from None

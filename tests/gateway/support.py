@@ -1,0 +1,78 @@
+"""Helpers of the gateway tests: a gateway on a real uvicorn server, an SSE reader."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.tasks import TaskRegistry
+from tests.helpers import ThreadedServer, serve_app
+
+
+@contextlib.contextmanager
+def gateway(
+    redis_url: str | None = None, registry: TaskRegistry | None = None, **overrides: Any
+) -> Iterator[ThreadedServer]:
+    """A gateway app (MemoryStore, or RedisStore with ``redis_url``) on a free port."""
+    fields = {"echo_token_delay_ms": 1.0, "heartbeat_interval": 15.0, **overrides}
+    settings = dataclasses.replace(Settings.from_env({}), redis_url=redis_url, **fields)
+    app = create_app(settings, registry=registry)
+    with serve_app(app) as server:
+        yield server
+
+
+@dataclasses.dataclass
+class SSEResult:
+    """What one SSE connection delivered."""
+
+    status: int
+    headers: httpx.Headers
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    ids: list[str] = dataclasses.field(default_factory=list)
+    comments: list[str] = dataclasses.field(default_factory=list)
+    retry: int | None = None
+    raw: bytes = b""
+
+    @property
+    def seqs(self) -> list[int]:
+        return [int(e["seq"]) for e in self.events]
+
+
+async def read_sse(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    json: Any = None,
+    stop_after: int | None = None,
+    stop_on_comment: bool = False,
+) -> SSEResult:
+    """Read an SSE response to its end (or until ``stop_after`` events); parse every frame."""
+    from gateway.upstream.sse import SSEDecoder
+
+    async with client.stream(method, url, headers=headers, json=json) as response:
+        result = SSEResult(response.status_code, response.headers)
+        decoder = SSEDecoder(on_comment=result.comments.append)
+        async for chunk in response.aiter_raw():
+            result.raw += chunk
+            for event in decoder.feed(chunk):
+                result.events.append(orjson.loads(event.data))
+                result.ids.append(event.id)
+            result.retry = decoder.retry
+            if stop_after is not None and len(result.events) >= stop_after:
+                break
+            if stop_on_comment and result.comments:
+                break
+    return result
+
+
+def echo_query(words: int) -> str:
+    return " ".join(f"w{i}" for i in range(words))

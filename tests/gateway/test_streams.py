@@ -1,0 +1,247 @@
+"""SSE streams of the gateway against a real uvicorn server, with both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from gateway.tasks import TaskContext, TaskRegistry
+from tests.gateway.support import echo_query, gateway, read_sse
+
+pytestmark = pytest.mark.anyio
+
+# status + plan + task + N deltas + final + plan + task_summary + result
+ECHO_OVERHEAD = 7
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+
+async def submit(client: httpx.AsyncClient, query: str, agent_type: int = 0, **kw: Any) -> str:
+    response = await client.post("/api/tasks", json={"query": query, "agentType": agent_type, **kw})
+    assert response.status_code == 202, response.text
+    return str(response.json()["taskId"])
+
+
+async def test_three_concurrent_readers_each_see_every_message_once_in_order(
+    store_url: str | None,
+) -> None:
+    total = 200
+    with gateway(store_url, echo_token_delay_ms=2) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, echo_query(total - ECHO_OVERHEAD))
+            url = f"/api/tasks/{task_id}/events"
+            with anyio.fail_after(30):
+                results = await asyncio.gather(*(read_sse(client, url) for _ in range(3)))
+    for result in results:
+        assert result.seqs == list(range(1, total + 1))
+        assert result.ids == [str(s) for s in range(1, total + 1)]
+        assert result.events[-1]["finish"] is True
+        assert sum(e["finish"] for e in result.events) == 1
+
+
+@pytest.mark.parametrize("k", [0, 57, 200])
+async def test_reconnect_with_last_event_id_yields_exactly_the_rest(
+    store_url: str | None, k: int
+) -> None:
+    total = 200
+    with gateway(store_url, echo_token_delay_ms=1) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, echo_query(total - ECHO_OVERHEAD))
+            url = f"/api/tasks/{task_id}/events"
+            with anyio.fail_after(30):
+                first = await read_sse(client, url, stop_after=k) if k else None
+                if first is not None:
+                    assert first.seqs[-1] == k
+                full = await read_sse(client, url)  # wait for the end
+                assert full.seqs[-1] == total
+                resumed = await read_sse(client, url, headers={"Last-Event-ID": str(k)})
+    if k == total:
+        assert resumed.status == 204 and resumed.events == []
+    else:
+        assert resumed.status == 200
+        assert resumed.seqs == list(range(k + 1, total + 1))
+
+
+async def test_resume_mid_stream_while_the_task_still_runs(store_url: str | None) -> None:
+    with gateway(store_url, echo_token_delay_ms=10) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, echo_query(60))
+            url = f"/api/tasks/{task_id}/events"
+            with anyio.fail_after(30):
+                first = await read_sse(client, url, stop_after=10)
+                rest = await read_sse(client, f"{url}?after={first.seqs[-1]}")
+    assert first.seqs + rest.seqs == list(range(1, 60 + ECHO_OVERHEAD + 1))
+
+
+async def test_polling_after_n_returns_exactly_the_later_messages_then_the_snapshot(
+    store_url: str | None,
+) -> None:
+    with gateway(store_url, echo_token_delay_ms=5) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, echo_query(30))
+            seqs: list[int] = []
+            after = 0
+            with anyio.fail_after(30):
+                while True:
+                    r = await client.get(
+                        f"/api/tasks/{task_id}", params={"after": after, "limit": 7}
+                    )
+                    assert r.status_code == 200
+                    body = r.json()
+                    got = [m["seq"] for m in body["messages"]]
+                    assert got == list(range(after + 1, after + 1 + len(got)))
+                    assert len(got) <= 7
+                    seqs += got
+                    after = body["nextAfter"]
+                    if body["status"] == "COMPLETED" and after == body["lastSeq"]:
+                        assert "Retry-After" not in r.headers
+                        break
+                    if not got:
+                        assert r.headers["Retry-After"] == "1"
+                        await asyncio.sleep(0.02)
+    assert seqs == list(range(1, 30 + ECHO_OVERHEAD + 1))
+    assert body["result"] == echo_query(30)
+    assert body["messages"] == [] or body["messages"][-1]["finish"] is True
+
+
+async def test_cancel_during_a_run_keeps_partial_output_and_is_idempotent(
+    store_url: str | None,
+) -> None:
+    with gateway(store_url, echo_token_delay_ms=20) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, echo_query(500))
+            url = f"/api/tasks/{task_id}/events"
+            with anyio.fail_after(30):
+                await read_sse(client, url, stop_after=8)
+                first = await client.post(f"/api/tasks/{task_id}/cancel")
+                assert first.status_code == 200
+                snap = first.json()
+                assert snap["status"] == "CANCELLED"
+                events = (await read_sse(client, f"{url}?after=0")).events
+                second = await client.post(f"/api/tasks/{task_id}/cancel")
+                await asyncio.sleep(0.3)  # a stopped agent would have appended ~15 more by now
+                later = (await client.get(f"/api/tasks/{task_id}")).json()
+    assert second.status_code == 200 and second.json() == snap
+    assert events[-1]["messageType"] == "status" and events[-1]["status"] == "CANCELLED"
+    assert events[-1]["finish"] is True and events[-1]["seq"] == snap["lastSeq"]
+    deltas = [e for e in events if e["messageType"] == "agent_stream"]
+    assert 5 <= len(deltas) < 500
+    assert snap["result"] and snap["result"].startswith("w0 w1 w2")
+    assert later["lastSeq"] == snap["lastSeq"]
+
+
+async def test_a_reader_that_never_reads_delays_neither_the_task_nor_another_reader(
+    store_url: str | None,
+) -> None:
+    big = "x" * 16_384
+    registry = TaskRegistry()
+
+    async def flood(ctx: TaskContext) -> None:
+        for i in range(1500):  # ~24 MB: far more than the socket buffers hold
+            await ctx.printer.send("agent_stream", big, is_final=False, n=i)
+        ctx.printer.result("done")
+
+    registry.register(7, flood)
+    with gateway(store_url, registry=registry, send_timeout=1.0) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, "flood", agent_type=7)
+            stuck = socket.create_connection(("127.0.0.1", server.port))
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stuck.sendall(f"GET /api/tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            try:
+                with anyio.fail_after(60):
+                    good = await read_sse(client, f"/api/tasks/{task_id}/events")
+                    snap = (await client.get(f"/api/tasks/{task_id}")).json()
+            finally:
+                stuck.close()
+    assert good.seqs == list(range(1, 1503))
+    assert snap["status"] == "COMPLETED"
+
+
+async def test_frames_have_ids_retry_heartbeats_and_the_sse_headers() -> None:
+    registry = TaskRegistry()
+
+    async def slow(ctx: TaskContext) -> None:
+        await ctx.printer.send("task", "waiting")
+        await asyncio.sleep(0.6)
+        ctx.printer.result("ok")
+
+    registry.register(9, slow)
+    with gateway(None, registry=registry, heartbeat_interval=0.1, sse_retry_ms=1234) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, "x", agent_type=9)
+            with anyio.fail_after(10):
+                result = await read_sse(client, f"/api/tasks/{task_id}/events")
+    assert result.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert result.headers["cache-control"] == "no-cache, no-transform"
+    assert result.headers["x-accel-buffering"] == "no"
+    assert "content-encoding" not in result.headers
+    assert result.raw.startswith(b"retry: 1234\n\n")
+    assert result.retry == 1234
+    assert "ping" in [c.strip() for c in result.comments]
+    assert b"id: 1\ndata: {" in result.raw
+    assert b"event:" not in result.raw
+    assert result.seqs == [1, 2, 3]
+
+
+async def test_a_stream_ends_cleanly_at_sse_max_age_and_the_client_resumes() -> None:
+    with gateway(None, echo_token_delay_ms=20, sse_max_age=0.3) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, echo_query(40))
+            seqs: list[int] = []
+            with anyio.fail_after(30):
+                for _ in range(50):
+                    headers = {"Last-Event-ID": str(seqs[-1])} if seqs else {}
+                    r = await read_sse(client, f"/api/tasks/{task_id}/events", headers=headers)
+                    if r.status == 204:
+                        break
+                    seqs += r.seqs
+    assert seqs == list(range(1, 40 + ECHO_OVERHEAD + 1))
+
+
+async def test_post_with_accept_event_stream_answers_the_task_as_sse(store_url: str | None) -> None:
+    with gateway(store_url) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            with anyio.fail_after(30):
+                result = await read_sse(
+                    client,
+                    "/api/tasks",
+                    method="POST",
+                    headers={"Accept": "text/event-stream"},
+                    json={"query": "hello streaming world", "agentType": 0},
+                )
+                task_id = result.headers["x-task-id"]
+                snap = (await client.get(f"/api/tasks/{task_id}")).json()
+    assert result.status == 200
+    assert result.events[-1]["messageType"] == "result"
+    assert result.events[-1]["result"] == "hello streaming world"
+    assert all(e["taskId"] == task_id for e in result.events)
+    assert snap["status"] == "COMPLETED"
+
+
+async def test_post_sse_disconnect_cancels_only_with_cancel_on_disconnect() -> None:
+    with gateway(None, echo_token_delay_ms=20) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            ids = {}
+            for flag in (True, False):
+                r = await read_sse(
+                    client,
+                    "/api/tasks",
+                    method="POST",
+                    headers={"Accept": "text/event-stream"},
+                    json={"query": echo_query(200), "agentType": 0, "cancelOnDisconnect": flag},
+                    stop_after=5,
+                )
+                ids[flag] = r.headers["x-task-id"]
+            with anyio.fail_after(20):
+                while (await client.get(f"/api/tasks/{ids[True]}")).json()["status"] != "CANCELLED":
+                    await asyncio.sleep(0.05)
+            assert (await client.get(f"/api/tasks/{ids[False]}")).json()["status"] == "RUNNING"
