@@ -29,6 +29,7 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
             settings.redis_url,
             result_ttl=settings.result_ttl,
             flush_interval=settings.flush_interval_ms / 1000.0,
+            prefix=settings.redis_prefix,
             on_flush=metrics.on_flush,
         )
     return MemoryStore(result_ttl=settings.result_ttl)

@@ -99,9 +99,13 @@ class Printer:
             mid = body["messageId"]
             self._answers[mid] = payload if is_final else self._answers.get(mid, "") + payload
         message = await self.store.append(self.task_id, body)
+        self.notify(message)
+        return message
+
+    def notify(self, message: StoredMessage) -> None:
+        """Report an appended message to the observer (metrics)."""
         if self._on_append is not None:
             self._on_append(message)
-        return message
 
     def stream(self, message_type: str) -> StreamHandle:
         """Start a streamed message of ``message_type`` with one stable ``messageId``."""

@@ -32,6 +32,7 @@ class Settings:
     """Everything the gateway reads from its environment (DESIGN §4 to §7)."""
 
     redis_url: str | None = dataclasses.field(default=None, repr=False)
+    redis_prefix: str = "agw"
     host: str = "127.0.0.1"
     port: int = 8080
     heartbeat_interval: float = 15.0
@@ -61,6 +62,7 @@ class Settings:
         origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             redis_url=env.get("REDIS_URL") or None,
+            redis_prefix=env.get("REDIS_PREFIX", "agw"),
             host=env.get("HOST", "127.0.0.1"),
             port=int(_num(env, "PORT", 8080, minimum=0)),
             heartbeat_interval=_num(env, "HEARTBEAT_INTERVAL", 15.0, minimum=0.01),

@@ -27,7 +27,17 @@ logger = logging.getLogger(__name__)
 class _Writer:
     """This process's write side of one task's log."""
 
-    __slots__ = ("final", "flushed_seq", "log", "lost", "owner", "pending", "score", "waiters")
+    __slots__ = (
+        "closing",
+        "final",
+        "flushed_seq",
+        "log",
+        "lost",
+        "owner",
+        "pending",
+        "score",
+        "waiters",
+    )
 
     def __init__(self, base: int, owner: str, score: float) -> None:
         self.log = LocalLog(base)
@@ -38,6 +48,7 @@ class _Writer:
         # (status, endedAt, error json, result, ttl, closing message data)
         self.final: tuple[str, int, str, str, int, bytes] | None = None
         self.lost: str | None = None
+        self.closing: StoredMessage | None = None
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def settle(self, upto: int, error: Exception | None = None) -> None:

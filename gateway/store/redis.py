@@ -1,7 +1,7 @@
 """``RedisStore``: the durable, multi-replica store (DESIGN §7).
 
-Keys (hash tag per task, so Redis Cluster works): ``agw:{id}:state`` (hash), ``agw:{id}:log``
-(a Redis Stream whose entry ids are ``<seq>-0``), ``agw:idem:{key}`` (idempotency),
+Keys (hash tag per task, so Redis Cluster works; ``agw`` is the default prefix):
+``agw:{id}:state`` (hash), ``agw:{id}:log`` (a Redis Stream whose entry ids are ``<seq>-0``), ``agw:idem:{key}`` (idempotency),
 ``agw:idx:<STATUS>`` and ``agw:idx:all`` (sorted sets for listing), ``agw:queue`` (a Redis
 Stream read by the consumer group ``agw-workers``). Task keys expire ``result_ttl`` after the end.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,25 +41,35 @@ from gateway.store.base import (
     encode_cursor,
 )
 
-QUEUE = "agw:queue"
+logger = logging.getLogger(__name__)
+
 GROUP = "agw-workers"
-INDEX_ALL = "agw:idx:all"
 
 
-def _state(task_id: str) -> str:
-    return f"agw:{{{task_id}}}:state"
+class _Keys:
+    """Key names under one prefix (``agw`` by default); the task id is the hash tag."""
 
+    __slots__ = ("all", "prefix", "queue")
 
-def _log(task_id: str) -> str:
-    return f"agw:{{{task_id}}}:log"
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.queue = f"{prefix}:queue"
+        self.all = f"{prefix}:idx:all"
 
+    def state(self, task_id: str) -> str:
+        return f"{self.prefix}:{{{task_id}}}:state"
 
-def _index(status: TaskStatus | str) -> str:
-    return f"agw:idx:{status}"
+    def log(self, task_id: str) -> str:
+        return f"{self.prefix}:{{{task_id}}}:log"
 
+    def index(self, status: TaskStatus | str) -> str:
+        return f"{self.prefix}:idx:{status}"
 
-def _task_keys(task_id: str) -> list[str]:
-    return [_state(task_id), _log(task_id)]
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{{{key}}}"
+
+    def task(self, task_id: str) -> list[str]:
+        return [self.state(task_id), self.log(task_id)]
 
 
 def _opt_int(value: bytes | None) -> int | None:
@@ -104,10 +115,12 @@ class RedisStore(StreamStore):
         *,
         result_ttl: int = 86_400,
         flush_interval: float = 0.002,
+        prefix: str = "agw",
         on_flush: Callable[[float], None] | None = None,
     ) -> None:
         self.url = url
         self.result_ttl = int(result_ttl)
+        self._k = _Keys(prefix)
         # redis-py 8 types replies as wide unions; the shapes used here are fixed by the commands.
         self._client: Any = aioredis.Redis.from_url(url, health_check_interval=30)
         self._append = self._client.register_script(_scripts.APPEND)
@@ -115,24 +128,35 @@ class RedisStore(StreamStore):
         self._claim = self._client.register_script(_scripts.CLAIM)
         self._renew = self._client.register_script(_scripts.RENEW)
         self._writers: dict[str, _Writer] = {}
+        self._group_ready = False
         self._flusher = Flusher(
             self._client,
             self._append,
-            _task_keys,
+            self._k.task,
             on_flush or (lambda _seconds: None),
             self._finished,
             flush_interval,
         )
 
     async def start(self) -> None:
+        """Start the flusher; an unreachable Redis is logged, not fatal (``/readyz`` fails)."""
+        self._flusher.start()
         try:
-            await self._client.xgroup_create(QUEUE, GROUP, id="$", mkstream=True)
+            await self._ensure_group()
+        except StoreUnavailable as exc:
+            logger.error("Redis is unreachable at start (%s); retrying in the background", exc)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._client.xgroup_create(self._k.queue, GROUP, id="$", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
-        self._flusher.start()
+        self._group_ready = True
 
     async def close(self) -> None:
         await self._flusher.close()
@@ -149,7 +173,7 @@ class RedisStore(StreamStore):
         self, record: TaskRecord, idempotency_key: str | None = None
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
-            idem = f"agw:idem:{{{idempotency_key}}}"
+            idem = self._k.idempotency(idempotency_key)
             won = await self._client.set(idem, record.task_id, nx=True, ex=self.result_ttl)
             if not won:
                 return await self._idempotent_winner(idem), False
@@ -166,10 +190,10 @@ class RedisStore(StreamStore):
             "score": repr(score),
         }
         pipe = self._client.pipeline(transaction=False)
-        pipe.hset(_state(record.task_id), mapping=mapping)
-        pipe.expire(_state(record.task_id), self.result_ttl * 2)
-        pipe.zadd(INDEX_ALL, {record.task_id: score})
-        pipe.zadd(_index(record.status), {record.task_id: score})
+        pipe.hset(self._k.state(record.task_id), mapping=mapping)
+        pipe.expire(self._k.state(record.task_id), self.result_ttl * 2)
+        pipe.zadd(self._k.all, {record.task_id: score})
+        pipe.zadd(self._k.index(record.status), {record.task_id: score})
         await pipe.execute()
         return record, True
 
@@ -185,7 +209,7 @@ class RedisStore(StreamStore):
         raise StoreUnavailable("idempotent task record did not appear")
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        fields = await self._client.hgetall(_state(task_id))
+        fields = await self._client.hgetall(self._k.state(task_id))
         if not fields:
             return None
         record = _record(fields)
@@ -198,13 +222,13 @@ class RedisStore(StreamStore):
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         pipe = self._client.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hgetall(_state(task_id))
+            pipe.hgetall(self._k.state(task_id))
         return [_record(f) for f in await pipe.execute() if f]
 
     async def list_tasks(
         self, status: TaskStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[TaskRecord], str | None]:
-        key = _index(status) if status is not None else INDEX_ALL
+        key = self._k.index(status) if status is not None else self._k.all
         bound: tuple[float, str] | None = decode_cursor(cursor) if cursor else None
         found: list[tuple[float, TaskRecord]] = []
         while len(found) <= limit:
@@ -233,28 +257,28 @@ class RedisStore(StreamStore):
     async def _get_all(self, task_ids: list[str]) -> list[TaskRecord | None]:
         pipe = self._client.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hgetall(_state(task_id))
+            pipe.hgetall(self._k.state(task_id))
         return [_record(f) if f else None for f in await pipe.execute()]
 
     async def count(self, status: TaskStatus) -> int:
-        return int(await self._client.zcard(_index(status)))
+        return int(await self._client.zcard(self._k.index(status)))
 
     async def _move(
         self, task_id: str, old: TaskStatus | str, new: TaskStatus, score: float
     ) -> None:
         pipe = self._client.pipeline(transaction=False)
-        pipe.zrem(_index(old), task_id)
-        pipe.zadd(_index(new), {task_id: score})
+        pipe.zrem(self._k.index(old), task_id)
+        pipe.zadd(self._k.index(new), {task_id: score})
         await pipe.execute()
 
     async def _score(self, task_id: str) -> float:
-        raw = await self._client.hget(_state(task_id), "score")
+        raw = await self._client.hget(self._k.state(task_id), "score")
         return float(raw) if raw else 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def claim(self, task_id: str, owner: str, lease_ms: int) -> TaskRecord | None:
         now = now_ms()
-        last = await self._claim(keys=[_state(task_id)], args=[owner, now + lease_ms, now])
+        last = await self._claim(keys=[self._k.state(task_id)], args=[owner, now + lease_ms, now])
         if last is None:
             return None
         score = await self._score(task_id)
@@ -263,22 +287,24 @@ class RedisStore(StreamStore):
         return await self.get(task_id)
 
     async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:
-        answer = await self._renew(keys=[_state(task_id)], args=[owner, now_ms() + lease_ms])
+        answer = await self._renew(keys=[self._k.state(task_id)], args=[owner, now_ms() + lease_ms])
         return {1: LeaseState.OK, 2: LeaseState.CANCEL}.get(int(answer), LeaseState.LOST)
 
     async def request_cancel(self, task_id: str) -> None:
-        if not await self._client.hset(_state(task_id), "cancel", "1") and not (
-            await self._client.exists(_state(task_id))
+        if not await self._client.hset(self._k.state(task_id), "cancel", "1") and not (
+            await self._client.exists(self._k.state(task_id))
         ):
             raise TaskNotFound(task_id)
 
     async def expired_leases(self, now: int) -> list[str]:
-        running = [m.decode() for m in await self._client.zrange(_index(TaskStatus.RUNNING), 0, -1)]
+        running = [
+            m.decode() for m in await self._client.zrange(self._k.index(TaskStatus.RUNNING), 0, -1)
+        ]
         if not running:
             return []
         pipe = self._client.pipeline(transaction=False)
         for task_id in running:
-            pipe.hmget(_state(task_id), "status", "leaseUntil")
+            pipe.hmget(self._k.state(task_id), "status", "leaseUntil")
         expired = []
         for task_id, (status, lease) in zip(running, await pipe.execute(), strict=True):
             if status == b"RUNNING" and lease is not None and int(lease) < now:
@@ -289,7 +315,9 @@ class RedisStore(StreamStore):
     async def _writer(self, task_id: str) -> _Writer:
         writer = self._writers.get(task_id)
         if writer is None:
-            state = await self._client.hmget(_state(task_id), "lastSeq", "score", "owner", "status")
+            state = await self._client.hmget(
+                self._k.state(task_id), "lastSeq", "score", "owner", "status"
+            )
             if state[0] is None:
                 raise TaskNotFound(task_id)
             if TaskStatus(state[3].decode()) in TERMINAL_STATUSES:
@@ -297,7 +325,7 @@ class RedisStore(StreamStore):
             owner = state[2].decode() if state[2] else ""
             writer = _Writer(int(state[0]), owner, float(state[1] or 0))
             writer = self._writers.setdefault(task_id, writer)
-        if writer.lost or writer.log.finished:
+        if writer.lost or writer.log.finished or writer.closing is not None:
             raise TaskEnded(task_id)
         return writer
 
@@ -340,7 +368,7 @@ class RedisStore(StreamStore):
             self.result_ttl,
             message.data,
         )
-        writer.log.add(message)
+        writer.closing = message  # readers see it once it is durable, with the final status
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         writer.waiters.append((seq, done))
         self._flusher.mark(task_id, writer)
@@ -363,7 +391,7 @@ class RedisStore(StreamStore):
         expected = "," + ",".join(s.value for s in expect) + ","
         try:
             reply = await self._finish_if(
-                keys=_task_keys(task_id),
+                keys=self._k.task(task_id),
                 args=[
                     expected,
                     status.value,
@@ -392,6 +420,8 @@ class RedisStore(StreamStore):
         """Called by the flusher once a task's final message is durable (or writes were lost)."""
         if self._writers.get(task_id) is writer:
             del self._writers[task_id]
+        if writer.closing is not None and not writer.lost:
+            writer.log.add(writer.closing)
         writer.log.finished = True
         writer.log.wake()
         if not writer.lost:
@@ -399,14 +429,14 @@ class RedisStore(StreamStore):
             if record is not None:
                 await self._move(task_id, TaskStatus.RUNNING, record.status, writer.score)
                 if record.status is not TaskStatus.RUNNING:
-                    await self._client.zrem(_index(TaskStatus.PENDING), task_id)
+                    await self._client.zrem(self._k.index(TaskStatus.PENDING), task_id)
 
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
         writer = self._writers.get(task_id)
         if writer is not None and writer.log.covers(after):
             return writer.log.since(after, limit)
-        entries = await self._client.xrange(_log(task_id), f"({after}-0", "+", count=limit)
-        if not entries and not await self._client.exists(_state(task_id)):
+        entries = await self._client.xrange(self._k.log(task_id), f"({after}-0", "+", count=limit)
+        if not entries and not await self._client.exists(self._k.state(task_id)):
             raise TaskNotFound(task_id)
         return _messages(entries)
 
@@ -422,31 +452,40 @@ class RedisStore(StreamStore):
         if messages:
             return messages
         block = max(1, int(timeout * 1000))
-        reply = await self._client.xread({_log(task_id): f"{after}-0"}, count=1000, block=block)
+        reply = await self._client.xread(
+            {self._k.log(task_id): f"{after}-0"}, count=1000, block=block
+        )
         return _messages(reply[0][1]) if reply else []
 
     # -- queue ----------------------------------------------------------------------------
     async def enqueue(self, task_id: str) -> None:
-        await self._client.xadd(QUEUE, {"t": task_id}, maxlen=1_000_000, approximate=True)
+        await self._client.xadd(self._k.queue, {"t": task_id}, maxlen=1_000_000, approximate=True)
 
     async def dequeue(self, consumer: str, timeout: float) -> str | None:
-        reply = await self._client.xreadgroup(
-            GROUP, consumer, {QUEUE: ">"}, count=1, block=max(1, int(timeout * 1000))
-        )
+        try:
+            await self._ensure_group()
+            reply = await self._client.xreadgroup(
+                GROUP, consumer, {self._k.queue: ">"}, count=1, block=max(1, int(timeout * 1000))
+            )
+        except (StoreUnavailable, RedisError, OSError) as exc:
+            if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                self._group_ready = False  # the queue was deleted (e.g. a flushed Redis)
+            await asyncio.sleep(timeout)  # Redis is away: wait, do not spin
+            return None
         if not reply:
             return None
         entry_id, fields = reply[0][1][0]
         pipe = self._client.pipeline(transaction=False)
-        pipe.xack(QUEUE, GROUP, entry_id)
-        pipe.xdel(QUEUE, entry_id)
+        pipe.xack(self._k.queue, GROUP, entry_id)
+        pipe.xdel(self._k.queue, entry_id)
         await pipe.execute()
         return str(fields[b"t"].decode())
 
     async def sweep_index(self, now: int) -> None:
         horizon = (now - self.result_ttl * 2000) * 1000.0
-        await self._client.zremrangebyscore(INDEX_ALL, "-inf", horizon)
+        await self._client.zremrangebyscore(self._k.all, "-inf", horizon)
         for status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
-            await self._client.zremrangebyscore(_index(status), "-inf", horizon)
+            await self._client.zremrangebyscore(self._k.index(status), "-inf", horizon)
 
     def __repr__(self) -> str:
         return f"RedisStore(flush_interval={self._flusher._interval}, writers={len(self._writers)})"

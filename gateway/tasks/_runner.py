@@ -153,11 +153,13 @@ async def _finish(
         result = printer.partial_answer or None
     store = printer.store
     try:
-        await asyncio.shield(
+        message = await asyncio.shield(
             store.finish(printer.task_id, status, body, error=error, result=result)
         )
     except (TaskEnded, TaskNotFound):
         return
+    if message is not None:
+        printer.notify(message)
     if registration is not None:
         callback = (
             registration.on_complete if status is TaskStatus.COMPLETED else registration.on_failure

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,12 @@ def gateway(
     redis_url: str | None = None, registry: TaskRegistry | None = None, **overrides: Any
 ) -> Iterator[ThreadedServer]:
     """A gateway app (MemoryStore, or RedisStore with ``redis_url``) on a free port."""
-    fields = {"echo_token_delay_ms": 1.0, "heartbeat_interval": 15.0, **overrides}
+    fields = {
+        "echo_token_delay_ms": 1.0,
+        "heartbeat_interval": 15.0,
+        "redis_prefix": f"agw-test-{secrets.token_hex(4)}",  # each test its own key space
+        **overrides,
+    }
     settings = dataclasses.replace(Settings.from_env({}), redis_url=redis_url, **fields)
     app = create_app(settings, registry=registry)
     with serve_app(app) as server:

@@ -27,7 +27,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[StreamStore]:
     if request.param == "memory":
         s: StreamStore = MemoryStore(result_ttl=60)
     else:
-        s = RedisStore(request.getfixturevalue("redis_url"), result_ttl=60)
+        s = RedisStore(request.getfixturevalue("redis_url"), result_ttl=60, prefix=new_task_id())
     await s.start()
     try:
         yield s
@@ -94,8 +94,9 @@ async def test_tail_times_out_empty_when_nothing_is_appended(store: StreamStore)
 
 
 async def test_a_second_redis_store_tails_and_reads_what_the_first_writes(redis_url: str) -> None:
-    store = RedisStore(redis_url, result_ttl=60)
-    other = RedisStore(redis_url, result_ttl=60)
+    prefix = new_task_id()
+    store = RedisStore(redis_url, result_ttl=60, prefix=prefix)
+    other = RedisStore(redis_url, result_ttl=60, prefix=prefix)
     await store.start()
     await other.start()
     try:
