@@ -88,7 +88,7 @@ def create_app(
                 try:
                     yield
                 finally:
-                    await manager.stop(grace=5.0)
+                    await manager.stop()
                     runner.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await runner

@@ -1,4 +1,8 @@
-"""The ``agent-gateway`` command line: ``serve <service>`` (and, later, ``dev`` and ``run``)."""
+"""The ``agent-gateway`` command line.
+
+``serve <service>`` runs one service under uvicorn; ``dev`` runs the whole system on one machine;
+``run "query"`` submits a task and follows it live in the terminal.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev(args: argparse.Namespace) -> int:
+    from gateway.devserver import DEV_ORDER, DevConfig, run_dev
+
+    ports: dict[str, int] = {}
+    for offset, name in enumerate(DEV_ORDER_BY_OFFSET):
+        explicit = getattr(args, f"{name}_port")
+        base = args.base_port + offset if args.base_port else SERVICES[name].port
+        ports[name] = explicit or base
+    if len(set(ports.values())) != len(ports):
+        print(f"agent-gateway dev: two services on one port: {ports}", file=sys.stderr)
+        return 2
+    config = DevConfig(
+        host=args.host,
+        ports={name: ports[name] for name in DEV_ORDER},
+        startup_timeout=args.startup_timeout,
+        log_level=args.log_level,
+    )
+    return run_dev(config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.client import RunOptions, run_task
+
+    options = RunOptions(
+        query=args.query,
+        gateway=args.gateway,
+        agent_type=args.agent_type,
+        json=args.json,
+        max_retries=args.max_retries,
+    )
+    return run_task(options)
+
+
+#: ``dev --base-port N`` puts service i of this order on port N + i.
+DEV_ORDER_BY_OFFSET = ("gateway", "tool_service", "mcp_client", "llm_stub", "frontend_stub")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``agent-gateway``."""
     parser = argparse.ArgumentParser(prog="agent-gateway", description=__doc__)
@@ -56,6 +97,52 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (env PORT, else per service)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
+
+    dev = sub.add_parser(
+        "dev",
+        help="run every service on this machine (embedded store unless REDIS_URL is set)",
+        description="Start gateway, tool_service, mcp_client, llm_stub and frontend_stub as "
+        "child processes wired together; Ctrl-C stops them all.",
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="bind address of every service")
+    dev.add_argument(
+        "--base-port",
+        type=int,
+        default=0,
+        help="put gateway, tool_service, mcp_client, llm_stub, frontend_stub on "
+        "BASE, BASE+1, ... BASE+4 (default: 8080, 1601, 8188, 8000, 3000)",
+    )
+    for name in DEV_ORDER_BY_OFFSET:
+        flag = "--" + ("frontend" if name == "frontend_stub" else name).replace("_", "-") + "-port"
+        dev.add_argument(flag, dest=f"{name}_port", type=int, default=0, help=f"port of {name}")
+    dev.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to get healthy")
+    dev.add_argument("--log-level", default="info")
+    dev.set_defaults(func=_dev)
+
+    run = sub.add_parser(
+        "run",
+        help="submit a task and follow it live in the terminal",
+        description="Stream a task's plan, tool work and answer; resumes after a dropped "
+        "connection. Exit status: 0 COMPLETED, 1 FAILED, 3 CANCELLED, 4 refused or unreachable, "
+        "130 interrupted (the task is cancelled).",
+    )
+    run.add_argument("query", help="what to ask the agent")
+    run.add_argument(
+        "--agent-type",
+        type=int,
+        default=None,
+        help="0 echo, 3 plan-and-execute, 5 ReAct (default: the gateway's, 3)",
+    )
+    run.add_argument(
+        "--gateway",
+        default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"),
+        help="gateway base URL (env GATEWAY_URL, default http://127.0.0.1:8080)",
+    )
+    run.add_argument("--json", action="store_true", help="print each message as one JSON line")
+    run.add_argument(
+        "--max-retries", type=int, default=8, help="reconnects in a row before giving up"
+    )
+    run.set_defaults(func=_run)
     return parser
 
 

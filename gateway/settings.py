@@ -42,6 +42,8 @@ class Settings:
     max_running: int = 16
     max_queued: int = 1000
     task_timeout: float = 1800.0
+    task_retry: int = 0
+    shutdown_grace: float = 5.0
     result_ttl: int = 86_400
     echo_token_delay_ms: float = 20.0
     lease_ttl: float = 10.0
@@ -72,6 +74,8 @@ class Settings:
             max_running=int(_num(env, "MAX_RUNNING", 16, minimum=1)),
             max_queued=int(_num(env, "MAX_QUEUED", 1000, minimum=0)),
             task_timeout=_num(env, "TASK_TIMEOUT", 1800.0, minimum=0.01),
+            task_retry=int(_num(env, "TASK_RETRY", 0)),
+            shutdown_grace=_num(env, "SHUTDOWN_GRACE", 5.0),
             result_ttl=int(_num(env, "RESULT_TTL", 86_400, minimum=1)),
             echo_token_delay_ms=_num(env, "ECHO_TOKEN_DELAY_MS", 20.0),
             lease_ttl=_num(env, "LEASE_TTL", 10.0, minimum=0.05),

@@ -154,7 +154,6 @@ class DeepSearchTool:
                     "messageType": "report",
                     "answer": "".join(answer),
                     "searchResult": {"query": queries, "docs": docs},
-                    "isFinal": True,
                 }
                 await message.delta(_view(frame), full)
         text = str(final.get("answer", "")) if final else "".join(answer)

@@ -1,4 +1,4 @@
-"""The limits every agent run obeys: model turns, tool calls, and how much tool output the model sees.
+"""The limits every agent run obeys: model turns, tool calls, tool output the model sees.
 
 The per-tool time limit is :attr:`UpstreamSettings.tool_timeout` (``TOOL_TIMEOUT``); the limits
 here come from ``AGENT_MAX_STEPS`` and ``AGENT_MAX_TOOL_CALLS``, read once by ``agent_services``.

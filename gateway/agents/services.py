@@ -13,11 +13,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.agents._builtin import builtin_tools
+from gateway.agents._mcp import discover_mcp_tools
 from gateway.agents.limits import AgentLimits
+from gateway.agents.tools import ToolBox, tool_request_id
 from gateway.tasks.context import TaskContext, TaskFailure
 from gateway.upstream import ChatClient, McpBridgeClient, ToolServiceClient, UpstreamSettings
 
-__all__ = ["AgentDeps", "agent_services"]
+__all__ = ["AgentDeps", "agent_services", "build_toolbox"]
 
 
 @asynccontextmanager
@@ -67,3 +70,21 @@ class AgentDeps:
             raise TaskFailure(
                 "internal", f"the agent service {exc.args[0]!r} is not configured"
             ) from None
+
+
+async def build_toolbox(ctx: TaskContext, deps: AgentDeps) -> ToolBox:
+    """The tools of one task: the built-in ones and those the MCP servers list right now."""
+    builtin = builtin_tools(deps.tools)
+    mcp_tools = await discover_mcp_tools(
+        deps.mcp,
+        deps.upstream.mcp_server_urls,
+        taken=[tool.name for tool in builtin],
+        timeout=deps.limits.mcp_list_timeout,
+    )
+    return ToolBox(
+        tools=[*builtin, *mcp_tools],
+        printer=ctx.printer,
+        request_id=tool_request_id(ctx.task_id),
+        limits=deps.limits,
+        tool_timeout=deps.upstream.tool_timeout,
+    )

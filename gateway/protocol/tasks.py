@@ -23,7 +23,9 @@ TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStat
 
 _LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.FAILED, TaskStatus.CANCELLED}),
-    TaskStatus.RUNNING: TERMINAL_STATUSES,
+    # RUNNING → PENDING: requeued (its worker died and TASK_RETRY allows another run, or
+    # its replica shut down and handed it over).
+    TaskStatus.RUNNING: TERMINAL_STATUSES | {TaskStatus.PENDING},
 }
 
 
@@ -81,6 +83,7 @@ class TaskRecord:
     request: dict[str, Any] = dataclasses.field(default_factory=dict)
     owner: str | None = None
     lease_until: int | None = None
+    attempts: int = 0
 
     @property
     def terminal(self) -> bool:

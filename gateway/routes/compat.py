@@ -145,16 +145,18 @@ class EventProjector:
         """The ``EventMessage`` of one AgentResponse."""
         kind = response["messageType"]
         event: dict[str, Any] = {"messageId": response["messageId"]}
-        if kind == "plan_thought":
+        # ReAct: every packet goes under the one task id (the UI handles nothing else).
+        if kind == "plan_thought" and not self._react_mode:
             event.update(messageType=kind, messageOrder=self._order(kind), resultMap=response)
-        elif kind == "plan" and not self._plan_seen:
+            return event
+        if kind == "plan" and not self._plan_seen and not self._react_mode:
             self._plan_seen = True
             event.update(messageType="plan", messageOrder=1, resultMap=response["plan"])
-        else:
-            task_id, task_order = self._task(renew=kind == "task" and not self._react_mode)
-            order = self._order(f"{task_id}:{kind}") if kind in _STREAM_TASK_TYPES else 1
-            event.update(taskId=task_id, taskOrder=task_order, messageType="task")
-            event.update(messageOrder=order, resultMap=response)
+            return event
+        task_id, task_order = self._task(renew=kind == "task" and not self._react_mode)
+        order = self._order(f"{task_id}:{kind}") if kind in _STREAM_TASK_TYPES else 1
+        event.update(taskId=task_id, taskOrder=task_order, messageType="task")
+        event.update(messageOrder=order, resultMap=response)
         return event
 
 

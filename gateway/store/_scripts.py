@@ -68,3 +68,22 @@ redis.call('HSET', KEYS[1], 'leaseUntil', ARGV[2])
 if v[3] == '1' then return 2 end
 return 1
 """
+
+# KEYS: state, log. ARGV: owner ('' = the lease must have lapsed before ARGV[2]), now,
+#   body without seq. RUNNING -> PENDING with a non-final status message. Returns {seq, data}.
+REQUEUE = """
+local v = redis.call('HMGET', KEYS[1], 'status', 'lastSeq', 'owner', 'leaseUntil')
+if v[1] ~= 'RUNNING' then return nil end
+if ARGV[1] ~= '' then
+  if v[3] ~= ARGV[1] then return nil end
+elseif tonumber(v[4] or '0') >= tonumber(ARGV[2]) then
+  return nil
+end
+local seq = tonumber(v[2] or '0') + 1
+local data = '{"seq":' .. seq .. ',' .. string.sub(ARGV[3], 2)
+redis.call('XADD', KEYS[2], seq .. '-0', 'd', data)
+redis.call('HSET', KEYS[1], 'status', 'PENDING', 'lastSeq', seq)
+redis.call('HDEL', KEYS[1], 'owner', 'leaseUntil')
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return {seq, data}
+"""

@@ -130,6 +130,22 @@ class StreamStore(abc.ABC):
         """Ask the owner of a RUNNING task to stop (it sees ``LeaseState.CANCEL``)."""
 
     @abc.abstractmethod
+    async def requeue(
+        self, task_id: str, body: dict[str, Any], *, owner: str | None, now: int
+    ) -> StoredMessage | None:
+        """RUNNING → PENDING, appending ``body`` (a non-final ``status`` message).
+
+        With ``owner`` only that owner may do it (a handover); without, only if the lease
+        lapsed before ``now`` (a retry after a dead worker). Counts ``attempts``. The caller
+        enqueues the task again. Returns ``None`` when the condition does not hold.
+        """
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes see this store (so work can be handed over)."""
+        return False
+
+    @abc.abstractmethod
     async def expired_leases(self, now: int) -> list[str]:
         """Ids of RUNNING tasks whose lease ended before ``now`` (epoch ms)."""
 

@@ -139,6 +139,30 @@ class MemoryStore(StreamStore):
     async def request_cancel(self, task_id: str) -> None:
         self._entry(task_id).cancel_requested = True
 
+    async def requeue(
+        self, task_id: str, body: dict[str, Any], *, owner: str | None, now: int
+    ) -> StoredMessage | None:
+        entry = self._live(task_id)
+        if entry is None or entry.record.status is not TaskStatus.RUNNING:
+            return None
+        record = entry.record
+        if owner is not None and record.owner != owner:
+            return None
+        if owner is None and (record.lease_until or 0) >= now:
+            return None
+        body["finish"] = False
+        message = encode_message(entry.log.last_seq + 1, body)
+        entry.log.add(message)
+        entry.record = dataclasses.replace(
+            record,
+            status=TaskStatus.PENDING,
+            owner=None,
+            lease_until=None,
+            last_seq=message.seq,
+            attempts=record.attempts + 1,
+        )
+        return message
+
     async def expired_leases(self, now: int) -> list[str]:
         return [
             e.record.task_id

@@ -1,14 +1,16 @@
 """``RedisStore``: the durable, multi-replica store (DESIGN §7).
 
-Keys (hash tag per task, so Redis Cluster works; ``agw`` is the default prefix):
-``agw:{id}:state`` (hash), ``agw:{id}:log`` (a Redis Stream whose entry ids are ``<seq>-0``), ``agw:idem:{key}`` (idempotency),
-``agw:idx:<STATUS>`` and ``agw:idx:all`` (sorted sets for listing), ``agw:queue`` (a Redis
-Stream read by the consumer group ``agw-workers``). Task keys expire ``result_ttl`` after the end.
+Keys (the task id is the hash tag, so Redis Cluster works; ``agw`` is the default prefix):
+``agw:{id}:state`` (hash), ``agw:{id}:log`` (a Redis Stream whose entry ids are ``<seq>-0``),
+``agw:idem:{key}`` (idempotency), ``agw:idx:<STATUS>`` and ``agw:idx:all`` (sorted sets for
+listing), ``agw:queue`` (a Redis Stream read by the consumer group ``agw-workers``). Task keys
+expire ``result_ttl`` after the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -95,6 +97,7 @@ def _record(fields: dict[bytes, bytes]) -> TaskRecord:
         request=orjson.loads(fields.get(b"request", b"{}")),
         owner=fields[b"owner"].decode() if fields.get(b"owner") else None,
         lease_until=_opt_int(fields.get(b"leaseUntil")),
+        attempts=int(fields.get(b"attempts", b"0")),
     )
 
 
@@ -127,6 +130,7 @@ class RedisStore(StreamStore):
         self._finish_if = self._client.register_script(_scripts.FINISH_IF)
         self._claim = self._client.register_script(_scripts.CLAIM)
         self._renew = self._client.register_script(_scripts.RENEW)
+        self._requeue = self._client.register_script(_scripts.REQUEUE)
         self._writers: dict[str, _Writer] = {}
         self._group_ready = False
         self._flusher = Flusher(
@@ -296,6 +300,41 @@ class RedisStore(StreamStore):
         ):
             raise TaskNotFound(task_id)
 
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def requeue(
+        self, task_id: str, body: dict[str, Any], *, owner: str | None, now: int
+    ) -> StoredMessage | None:
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            await self._flushed(writer)
+        body["finish"] = False
+        reply = await self._requeue(
+            keys=self._k.task(task_id), args=[owner or "", now, encode_body(body)]
+        )
+        if reply is None:
+            return None
+        message = StoredMessage(int(reply[0]), reply[1], False)
+        stale = self._writers.pop(task_id, None)
+        if stale is not None:  # local readers must not wait on a writer that is gone
+            stale.lost = "REQUEUED"
+            stale.log.add(message)
+        await self._move(
+            task_id, TaskStatus.RUNNING, TaskStatus.PENDING, await self._score(task_id)
+        )
+        return message
+
+    async def _flushed(self, writer: _Writer) -> None:
+        """Wait until everything ``writer`` holds is in Redis (bounded)."""
+        if writer.flushed_seq >= writer.log.last_seq or writer.lost:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        writer.waiters.append((writer.log.last_seq, done))
+        with contextlib.suppress(LostWriter, TimeoutError):
+            await asyncio.wait_for(done, 10)
+
     async def expired_leases(self, now: int) -> list[str]:
         running = [
             m.decode() for m in await self._client.zrange(self._k.index(TaskStatus.RUNNING), 0, -1)
@@ -388,6 +427,9 @@ class RedisStore(StreamStore):
         expect: frozenset[TaskStatus],
         ended: int,
     ) -> StoredMessage | None:
+        writer = self._writers.get(task_id)
+        if writer is not None:  # what this process already wrote goes first
+            await self._flushed(writer)
         expected = "," + ",".join(s.value for s in expect) + ","
         try:
             reply = await self._finish_if(
@@ -448,13 +490,19 @@ class RedisStore(StreamStore):
             if log.last_seq > after:
                 return log.since(after, 1000)
             return await self.read(task_id, after, 1000)
-        messages = await self.read(task_id, after, 1000)
-        if messages:
-            return messages
-        block = max(1, int(timeout * 1000))
-        reply = await self._client.xread(
-            {self._k.log(task_id): f"{after}-0"}, count=1000, block=block
-        )
+        try:
+            messages = await self.read(task_id, after, 1000)
+            if messages:
+                return messages
+            block = max(1, int(timeout * 1000))
+            reply = await self._client.xread(
+                {self._k.log(task_id): f"{after}-0"}, count=1000, block=block
+            )
+        except (RedisError, OSError) as exc:
+            # Redis is away: the reader keeps its connection (heartbeats) and retries.
+            logger.warning("tail of %s failed: %s", task_id, exc)
+            await asyncio.sleep(min(timeout, 0.5))
+            return []
         return _messages(reply[0][1]) if reply else []
 
     # -- queue ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gateway.printer import Printer
-from gateway.protocol import AgentRequest, ErrorCode, TaskError, TaskStatus
+from gateway.protocol import AgentRequest, ErrorCode, TaskError, TaskRecord, TaskStatus
 from gateway.store import TaskEnded, TaskNotFound
 from gateway.tasks.context import Registration, TaskContext, TaskFailure
 
@@ -23,10 +23,11 @@ _KNOWN_CODES = frozenset(code.value for code in ErrorCode)
 class RunningTask:
     """A task running in this process; ``stop(reason)`` cancels its handler for real."""
 
-    __slots__ = ("cancelled", "handler_task", "reason")
+    __slots__ = ("cancelled", "done", "handler_task", "reason")
 
     def __init__(self) -> None:
         self.cancelled = asyncio.Event()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.handler_task: asyncio.Future[None] | None = None
         self.reason: str | None = None
 
@@ -56,32 +57,50 @@ async def run_task(manager: TaskManager, task_id: str) -> None:
     running = RunningTask()
     manager.running[task_id] = running
     try:
+        status, error = await _run_handler(manager, record, registration, printer, running)
+        if status is TaskStatus.PENDING:  # handed over to another replica
+            if not await manager.hand_over(task_id):
+                await _finish(printer, TaskStatus.FAILED, _interrupted(), registration)
+        else:
+            await _finish(printer, status, error, registration)
+    except TaskEnded:
+        pass  # ended elsewhere (cancelled while pending, or swept): nothing more to write
+    except asyncio.CancelledError:
+        running.stop("shutdown")
+        await _finish(printer, TaskStatus.FAILED, _interrupted(), registration)
+        raise
+    finally:
+        manager.running.pop(task_id, None)
+        running.done.set_result(None)
+
+
+async def _run_handler(
+    manager: TaskManager,
+    record: TaskRecord,
+    registration: Registration | None,
+    printer: Printer,
+    running: RunningTask,
+) -> tuple[TaskStatus, TaskError | None]:
+    try:
         await printer.send("status", TaskStatus.RUNNING.value)
         if registration is None:
             raise TaskFailure(ErrorCode.INVALID_REQUEST, f"no handler for {record.agent_type}")
         ctx = TaskContext(
-            task_id=task_id,
+            task_id=record.task_id,
             request=AgentRequest.model_validate(record.request),
             printer=printer,
             cancelled=running.cancelled,
             services=manager.services,
         )
-        running.handler_task = asyncio.ensure_future(registration.handler(ctx))
-        if running.reason is not None:  # a stop that raced the start
-            running.handler_task.cancel()
-        status, error = await _supervise(running, manager.settings.task_timeout)
-    except TaskEnded:
-        return  # ended elsewhere (cancelled while pending, or swept): nothing more to write
-    except asyncio.CancelledError:
-        running.stop("shutdown")
-        await _finish(printer, TaskStatus.FAILED, _interrupted(), registration)
+    except (TaskEnded, asyncio.CancelledError):
         raise
     except Exception as exc:
-        status, error = TaskStatus.FAILED, _error_for(exc)
-        logger.exception("task %s failed before its handler ran", task_id)
-    finally:
-        manager.running.pop(task_id, None)
-    await _finish(printer, status, error, registration)
+        logger.exception("task %s failed before its handler ran", record.task_id)
+        return TaskStatus.FAILED, _error_for(exc)
+    running.handler_task = asyncio.ensure_future(registration.handler(ctx))
+    if running.reason is not None:  # a stop that raced the start
+        running.handler_task.cancel()
+    return await _supervise(running, manager.settings.task_timeout)
 
 
 def _interrupted() -> TaskError:
@@ -110,6 +129,8 @@ async def _supervise(running: RunningTask, timeout: float) -> tuple[TaskStatus, 
             return TaskStatus.CANCELLED, None
         if running.reason == "lost":
             raise TaskEnded("lease lost") from None
+        if running.reason == "handover":
+            return TaskStatus.PENDING, None
         return TaskStatus.FAILED, _interrupted()
     except Exception as exc:
         if running.reason == "cancel":

@@ -187,44 +187,81 @@ class TaskManager:
                 logger.exception("sweep failed")
 
     async def sweep_once(self) -> list[str]:
-        """End every RUNNING task whose lease lapsed as FAILED/interrupted; returns their ids."""
-        ended = []
+        """Deal with every RUNNING task whose lease lapsed; returns their ids.
+
+        Within ``TASK_RETRY`` attempts the task is queued again (another worker runs it from
+        the start, after a ``status`` message saying so); after that it ends FAILED/interrupted.
+        """
+        handled = []
         now = now_ms()
         for task_id in await self.store.expired_leases(now):
             record = await self.store.get(task_id)
             if record is None:
                 continue
-            error = TaskError(ErrorCode.INTERRUPTED, "the worker running this task stopped")
-            body = Printer(self.store, task_id, record.request_id).body(
-                "error", error.to_json(), None, True
-            )
             try:
-                message = await self.store.finish(
-                    task_id,
-                    TaskStatus.FAILED,
-                    body,
-                    error=error,
-                    expect=frozenset({TaskStatus.RUNNING}),
-                )
+                if record.attempts < self.settings.task_retry and await self._requeue(
+                    record, owner=None, now=now, reason="retry"
+                ):
+                    logger.warning("task %s requeued: its worker stopped", task_id)
+                elif await self._interrupt(record):
+                    logger.warning("task %s interrupted: its lease lapsed", task_id)
+                else:
+                    continue
             except (TaskEnded, TaskNotFound):
                 continue
-            if message is not None:
-                logger.warning("task %s interrupted: its lease lapsed", task_id)
-                ended.append(task_id)
+            handled.append(task_id)
         await self.store.sweep_index(now)
-        return ended
+        return handled
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking work; give running tasks ``grace`` seconds, then interrupt them."""
+    async def _interrupt(self, record: TaskRecord) -> bool:
+        error = TaskError(ErrorCode.INTERRUPTED, "the worker running this task stopped")
+        body = Printer(self.store, record.task_id, record.request_id).body(
+            "error", error.to_json(), None, True
+        )
+        message = await self.store.finish(
+            record.task_id,
+            TaskStatus.FAILED,
+            body,
+            error=error,
+            expect=frozenset({TaskStatus.RUNNING}),
+        )
+        return message is not None
+
+    async def _requeue(
+        self, record: TaskRecord, *, owner: str | None, now: int, reason: str
+    ) -> bool:
+        body = Printer(self.store, record.task_id, record.request_id).body(
+            "status", TaskStatus.PENDING.value, None, True, reason=reason
+        )
+        message = await self.store.requeue(record.task_id, body, owner=owner, now=now)
+        if message is None:
+            return False
+        await self.store.enqueue(record.task_id)
+        return True
+
+    async def hand_over(self, task_id: str) -> bool:
+        """Give a task this process stopped back to the queue of the other replicas."""
+        record = await self.store.get(task_id)
+        if record is None or not self.store.shared:
+            return False
+        return await self._requeue(record, owner=self.owner, now=now_ms(), reason="handover")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking work; give running tasks ``grace`` seconds, then stop them.
+
+        With a shared store (Redis) a stopped task is handed over: queued again for another
+        replica. With the embedded store it ends FAILED/interrupted.
+        """
         self._stopping.set()
+        grace = self.settings.shutdown_grace if grace is None else grace
         handlers = [r.handler_task for r in self.running.values() if r.handler_task]
-        if handlers:
+        if handlers and grace > 0:
             await asyncio.wait(handlers, timeout=grace)
+        reason = "handover" if self.store.shared else "shutdown"
         for running in list(self.running.values()):
-            running.stop("shutdown")
-        handlers = [r.handler_task for r in self.running.values() if r.handler_task]
-        if handlers:
-            await asyncio.wait(handlers, timeout=5)
+            running.stop(reason)
+        if self.running:
+            await asyncio.wait([r.done for r in self.running.values()], timeout=10)
 
     def on_append(self, message: StoredMessage) -> None:
         if self._on_append is not None:

@@ -251,3 +251,22 @@ async def test_counts_follow_status(store: StreamStore) -> None:
     assert await store.count(TaskStatus.PENDING) == before
     await store.finish(rec.task_id, TaskStatus.COMPLETED, {"messageType": "result"})
     assert await store.get(rec.task_id) is not None
+
+
+async def test_requeue_hands_a_running_task_back_with_a_status_message(store: StreamStore) -> None:
+    task_id = await running(store)
+    await store.append(task_id, body("first run"))
+    body_ = {"messageType": "status", "status": "PENDING"}
+    # Another owner may not; without an owner only a lapsed lease allows it.
+    assert await store.requeue(task_id, dict(body_), owner="other", now=now_ms()) is None
+    assert await store.requeue(task_id, dict(body_), owner=None, now=now_ms()) is None
+    msg = await store.requeue(task_id, dict(body_), owner="me", now=now_ms())
+    assert msg is not None and msg.seq == 2 and not msg.finish
+    rec = await store.get(task_id)
+    assert rec is not None and rec.status is TaskStatus.PENDING and rec.attempts == 1
+    again = await store.claim(task_id, "next", 10_000)
+    assert again is not None and again.owner == "next"
+    assert (await store.append(task_id, body("second run"))).seq == 3
+    lapsed = await store.requeue(task_id, dict(body_), owner=None, now=now_ms() + 60_000)
+    assert lapsed is not None and lapsed.seq == 4
+    assert [m.seq for m in await store.read(task_id, 0, 10)] == [1, 2, 3, 4]

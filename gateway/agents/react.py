@@ -1,0 +1,28 @@
+"""The ReAct agent (``agentType: 5``): think, call tools, observe — until it can answer.
+
+Messages: ``tool_thought`` (text before tool calls), the tools' own messages and
+``tool_result``, then the answer as ``agent_stream``; the answer becomes the task's result.
+"""
+
+from __future__ import annotations
+
+from gateway.agents._loop import run_tool_loop
+from gateway.agents.prompts import react_prompt, user_query
+from gateway.agents.services import AgentDeps, build_toolbox
+from gateway.tasks.context import TaskContext
+
+__all__ = ["react_agent"]
+
+
+async def react_agent(ctx: TaskContext) -> None:
+    """Run one ReAct conversation for ``ctx.request`` and record its answer."""
+    deps = AgentDeps.of(ctx)
+    toolbox = await build_toolbox(ctx, deps)
+    messages = [
+        {"role": "system", "content": react_prompt()},
+        {"role": "user", "content": user_query(ctx.request)},
+    ]
+    answer = await run_tool_loop(
+        deps.chat, toolbox, messages, max_steps=deps.limits.max_steps, answer="agent_stream"
+    )
+    ctx.printer.result(answer, task_summary=answer, file_list=toolbox.files)

@@ -1,0 +1,506 @@
+"""API keys, task ownership, a per-client rate limit and request size limits, as one middleware.
+
+``install_security(app, settings)`` adds :class:`SecurityMiddleware` inside the CORS middleware
+(so CORS preflights never need a key and a 401 still carries CORS headers). Per request:
+
+1. URL over ``max_url_bytes`` → 414; headers over ``max_header_bytes`` → 431; a declared
+   ``Content-Length`` over the body limit → 413 before anything is read.
+2. Unless the path is open (health, metrics, the OpenAPI document): with ``API_KEYS`` set, an
+   ``Authorization: Bearer <key>`` of a known key, else 401 with ``WWW-Authenticate: Bearer``.
+3. A token bucket per key name (per client IP when auth is off): 429 ``rate_limited`` with
+   ``Retry-After``. Buckets live in this process: with N replicas a client gets up to N times
+   the rate (a shared limit would cost a Redis round trip per request).
+4. With auth on, tasks belong to the key name that created them: another name gets 404 on
+   ``/api/tasks/{id}/...`` and does not see them in listings; ``Idempotency-Key`` is scoped per
+   name. Keys that share a name share their tasks (key rotation).
+5. The body is counted as it streams (chunked bodies included): over the limit → 413.
+
+Ownership lives in :class:`TaskNotes`, small per-task side records kept next to the store's
+own (until the store grows an ``annotate`` method) and expiring with the task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.store import RedisStore, StreamStore
+
+__all__ = [
+    "RateLimiter",
+    "SecurityMiddleware",
+    "SecuritySettings",
+    "TaskNotes",
+    "error_response",
+    "install_security",
+    "task_notes",
+]
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+_TASK_PATH = re.compile(r"^/api/tasks/([^/]+)(?:/[^/]*)?$")
+_CREATING_PATHS = frozenset({"/api/tasks", "/AutoAgent", "/web/api/v1/gpt/queryAgentStreamIncr"})
+_NOT_FOUND = "no task with that id (unknown or expired)"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a non-negative number, got {raw!r}")
+    return value
+
+
+def parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name:key`` or plain ``key`` entries, comma separated → ``(sha256(key), name)`` pairs.
+
+    A plain key is named ``key-<first 8 hex digits of its hash>`` (never the key itself).
+    """
+    pairs = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name, colon, key = entry.partition(":")
+        if not colon:
+            name, key = "", name
+        name, key = name.strip(), key.strip()
+        if not key or (colon and not name):
+            raise ValueError("API_KEYS entries must be 'name:key' or 'key', with neither empty")
+        pairs.append((_digest(key), name or f"key-{_digest(key)[:8]}"))
+    return tuple(pairs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """Auth, rate limit and size limits (``API_KEYS``, ``RATE_LIMIT_RPS``, …).
+
+    ``api_keys`` holds ``(sha256(key), name)`` pairs, so no key is ever kept, shown or logged.
+    ``rate_limit_rps`` 0 turns the limit off; ``rate_limit_burst`` 0 means ``max(1, rps)``.
+    ``max_body_bytes`` ``None`` means the gateway's own ``MAX_BODY_BYTES``.
+    """
+
+    api_keys: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: int = 0
+    max_body_bytes: int | None = None
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    open_paths: frozenset[str] = OPEN_PATHS
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def burst(self) -> int:
+        return self.rate_limit_burst or max(1, math.ceil(self.rate_limit_rps))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SecuritySettings:
+        """Read ``API_KEYS``, ``RATE_LIMIT_RPS``, ``RATE_LIMIT_BURST``, ``MAX_REQUEST_BYTES``,
+        ``MAX_URL_BYTES``, ``MAX_HEADER_BYTES``; bad values raise ``ValueError``."""
+        env = environ
+        max_body = _positive(env, "MAX_REQUEST_BYTES", 0)
+        return cls(
+            api_keys=parse_api_keys(env.get("API_KEYS", "")),
+            rate_limit_rps=_positive(env, "RATE_LIMIT_RPS", 0.0),
+            rate_limit_burst=int(_positive(env, "RATE_LIMIT_BURST", 0)),
+            max_body_bytes=int(max_body) or None,
+            max_url_bytes=int(_positive(env, "MAX_URL_BYTES", 8 * 1024)) or 8 * 1024,
+            max_header_bytes=int(_positive(env, "MAX_HEADER_BYTES", 32 * 1024)) or 32 * 1024,
+        )
+
+    def name_of(self, key: str) -> str | None:
+        """The name of ``key``, or ``None`` if it is not one of ours (compared by hash)."""
+        digest = _digest(key)
+        for known, name in self.api_keys:
+            if known == digest:
+                return name
+        return None
+
+
+# -- per-task side records ---------------------------------------------------------------------
+class TaskNotes:
+    """Small string hashes per task and kind (``owner``, ``webhook``), expiring after ``ttl``.
+
+    With a ``RedisStore`` they are hashes ``{prefix}:{<taskId>}:<kind>`` (the task's hash tag,
+    so Redis Cluster keeps them with the task) written through the store's client; otherwise a
+    dict in this process. The store has no public API for this yet: see the issue note.
+    """
+
+    def __init__(self, store: StreamStore, ttl: float) -> None:
+        self.ttl = max(1, int(ttl))
+        self._redis: Any = None
+        self._prefix = ""
+        if isinstance(store, RedisStore):
+            # Private attributes until the store has a public annotate() (see the issue note).
+            self._redis = store._client
+            self._prefix = store._k.prefix
+        self._local: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
+        self._writes = 0
+
+    def _key(self, task_id: str, kind: str) -> str:
+        return f"{self._prefix}:{{{task_id}}}:{kind}"
+
+    async def set(self, task_id: str, kind: str, fields: Mapping[str, str]) -> None:
+        """Merge ``fields`` into the record and restart its expiry."""
+        if self._redis is not None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(self._key(task_id, kind), mapping=dict(fields))
+            pipe.expire(self._key(task_id, kind), self.ttl)
+            await pipe.execute()
+            return
+        now = time.monotonic()
+        old = self._local.get((kind, task_id))
+        merged = {**(old[0] if old and old[1] > now else {}), **fields}
+        self._local[(kind, task_id)] = (merged, now + self.ttl)
+        self._writes += 1
+        if self._writes % 1024 == 0:
+            self._local = {k: v for k, v in self._local.items() if v[1] > now}
+
+    async def get(self, task_id: str, kind: str) -> dict[str, str]:
+        """The record (empty when there is none)."""
+        return (await self.get_many([task_id], kind))[0]
+
+    async def get_many(self, task_ids: Sequence[str], kind: str) -> list[dict[str, str]]:
+        """The records of ``task_ids``, in order."""
+        if self._redis is not None:
+            pipe = self._redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hgetall(self._key(task_id, kind))
+            rows = await pipe.execute()
+            return [{k.decode(): v.decode() for k, v in row.items()} for row in rows]
+        now = time.monotonic()
+        out = []
+        for task_id in task_ids:
+            entry = self._local.get((kind, task_id))
+            out.append(dict(entry[0]) if entry and entry[1] > now else {})
+        return out
+
+
+def task_notes(app: Starlette) -> TaskNotes:
+    """The app's :class:`TaskNotes` (made on first use, over ``app.state.store``)."""
+    notes: TaskNotes | None = getattr(app.state, "task_notes", None)
+    if notes is None:
+        settings = getattr(app.state, "settings", None)
+        ttl = 86_400 * 2.0
+        if settings is not None:
+            ttl = settings.result_ttl + settings.task_timeout + 3600
+        notes = app.state.task_notes = TaskNotes(app.state.store, ttl)
+    return notes
+
+
+# -- rate limit --------------------------------------------------------------------------------
+class RateLimiter:
+    """Token buckets by key: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def acquire(self, key: str) -> float:
+        """Take a token: 0.0 if granted, else the seconds until one is available."""
+        now = self._clock()
+        tokens, stamp = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            self._prune(now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        if len(self._buckets) <= self._max_keys:
+            return
+        refill = self.burst / self.rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < refill}
+        if len(self._buckets) > self._max_keys:  # all busy: forget the least recent half
+            ordered = sorted(self._buckets.items(), key=lambda item: item[1][1])
+            self._buckets = dict(ordered[len(ordered) // 2 :])
+
+
+# -- the middleware ----------------------------------------------------------------------------
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> tuple[Message, Message]:
+    """The ASGI messages of a ``{"error": {"code", "message"}}`` answer."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return (
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+async def _answer(send: Send, *messages: Message) -> None:
+    for message in messages:
+        await send(message)
+
+
+class _BodyTooLarge(Exception):
+    """The streamed body passed the limit (raised from ``receive`` into the app)."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Policy:
+    settings: SecuritySettings
+    limiter: RateLimiter | None
+
+
+class SecurityMiddleware:
+    """The ASGI middleware of this module; its configuration is ``app.state.security``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        app: Starlette = scope["app"]
+        policy: _Policy = app.state.security
+        settings = policy.settings
+        path: str = scope["path"]
+        headers = Headers(scope=scope)
+        limit = settings.max_body_bytes or app.state.settings.max_body_bytes
+        refusal = _check_sizes(scope, headers, settings, limit)
+        if refusal is not None:
+            await _answer(send, *refusal)
+            return
+        name: str | None = None
+        if path not in settings.open_paths:
+            if settings.auth_enabled:
+                name, refusal = _authenticate(headers, settings)
+                if refusal is not None:
+                    await _answer(send, *refusal)
+                    return
+            if policy.limiter is not None:
+                client = scope.get("client")
+                wait = policy.limiter.acquire(name or (client[0] if client else "unknown"))
+                if wait > 0:
+                    retry = {"Retry-After": str(max(1, math.ceil(wait)))}
+                    await _answer(
+                        send, *error_response(429, "rate_limited", "too many requests", retry)
+                    )
+                    return
+        if name is not None:
+            scope, send, refusal = await _scope_to_owner(app, scope, send, name)
+            if refusal is not None:
+                await _answer(send, *refusal)
+                return
+        await self._call_limited(scope, receive, send, limit)
+
+    async def _call_limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                logger.info("request body over %d bytes after the response started", limit)
+                return
+            await _answer(
+                send, *error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
+            )
+
+
+def _check_sizes(
+    scope: Scope, headers: Headers, settings: SecuritySettings, limit: int
+) -> tuple[Message, Message] | None:
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    if len(raw_path) + len(scope.get("query_string", b"")) > settings.max_url_bytes:
+        return error_response(
+            414, "uri_too_long", f"the URL exceeds {settings.max_url_bytes} bytes"
+        )
+    if sum(len(k) + len(v) for k, v in scope["headers"]) > settings.max_header_bytes:
+        message = f"the headers exceed {settings.max_header_bytes} bytes"
+        return error_response(431, "headers_too_large", message)
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
+    return None
+
+
+def _authenticate(
+    headers: Headers, settings: SecuritySettings
+) -> tuple[str | None, tuple[Message, Message] | None]:
+    scheme, _, key = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        challenge = {"WWW-Authenticate": 'Bearer realm="agent-gateway"'}
+        return None, error_response(401, "unauthorized", "an API key is required", challenge)
+    name = settings.name_of(key.strip())
+    if name is None:
+        challenge = {"WWW-Authenticate": 'Bearer realm="agent-gateway", error="invalid_token"'}
+        return None, error_response(401, "unauthorized", "the API key is not valid", challenge)
+    return name, None
+
+
+async def _scope_to_owner(
+    app: Starlette, scope: Scope, send: Send, name: str
+) -> tuple[Scope, Send, tuple[Message, Message] | None]:
+    """Scope one authenticated request to the tasks of ``name``."""
+    notes = task_notes(app)
+    path, method = scope["path"], scope["method"]
+    match = _TASK_PATH.match(path)
+    if match is not None:
+        owner = await notes.get(match.group(1), "owner")
+        if owner.get("name") != name:  # the same answer as for an unknown id: no oracle
+            return scope, send, error_response(404, "not_found", _NOT_FOUND)
+        return scope, send, None
+    if method == "POST" and path in _CREATING_PATHS:
+        return _scoped_idempotency(scope, name), _OwnerRecorder(send, notes, name), None
+    if method == "GET" and path == "/api/tasks":
+        return scope, _ListingFilter(send, notes, name), None
+    return scope, send, None
+
+
+def _scoped_idempotency(scope: Scope, name: str) -> Scope:
+    """The scope with ``Idempotency-Key`` replaced by a hash of (name, key).
+
+    Keys the route would refuse (empty, over 256 characters) are left for it to refuse.
+    """
+    headers = []
+    for key, value in scope["headers"]:
+        if key == b"idempotency-key" and 0 < len(value) <= 256:
+            value = hashlib.sha256(name.encode() + b"\0" + value).hexdigest().encode()
+        headers.append((key, value))
+    return {**scope, "headers": headers}
+
+
+def created_task_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The id of the task a successful submission answered (``X-Task-Id`` or ``Location``)."""
+    for key, value in headers:
+        if key.lower() == b"x-task-id":
+            return value.decode("latin-1")
+    for key, value in headers:
+        if key.lower() == b"location" and value.startswith(b"/api/tasks/"):
+            return value[len(b"/api/tasks/") :].decode("latin-1")
+    return None
+
+
+class _OwnerRecorder:
+    """Records the owner of a created task before its id reaches the client."""
+
+    def __init__(self, send: Send, notes: TaskNotes, name: str) -> None:
+        self._send, self._notes, self._name = send, notes, name
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+            task_id = created_task_id(message.get("headers", []))
+            if task_id:
+                await self._notes.set(task_id, "owner", {"name": self._name})
+        await self._send(message)
+
+
+class _ListingFilter:
+    """Buffers a ``GET /api/tasks`` answer and drops the tasks ``name`` does not own.
+
+    A page may then hold fewer than ``limit`` tasks; ``nextCursor`` stays valid. In batch
+    mode (``?ids=``) the tasks of others are reported ``missing``, as unknown ids are.
+    """
+
+    def __init__(self, send: Send, notes: TaskNotes, name: str) -> None:
+        self._send, self._notes, self._name = send, notes, name
+        self._start: Message | None = None
+        self._chunks: list[bytes] = []
+        self._passthrough = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if message["status"] != 200:
+                self._passthrough = True
+                await self._send(message)
+            else:
+                self._start = message
+            return
+        if self._passthrough or self._start is None or message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        self._chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = await self._filter(b"".join(self._chunks))
+        headers = [(k, v) for k, v in self._start["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", b"%d" % len(body)))
+        await self._send({**self._start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})
+
+    async def _filter(self, raw: bytes) -> bytes:
+        page = orjson.loads(raw)
+        tasks = page.get("tasks") or []
+        owners = await self._notes.get_many([t["taskId"] for t in tasks], "owner")
+        mine = [t for t, o in zip(tasks, owners, strict=True) if o.get("name") == self._name]
+        page["tasks"] = mine
+        if "missing" in page:
+            kept = {t["taskId"] for t in mine}
+            page["missing"] = [
+                *page["missing"],
+                *(t["taskId"] for t in tasks if t["taskId"] not in kept),
+            ]
+        return orjson.dumps(page)
+
+
+# -- installation ------------------------------------------------------------------------------
+def install_security(app: Starlette, settings: SecuritySettings | None = None) -> None:
+    """Put :class:`SecurityMiddleware` on ``app`` (before it starts), configured by ``settings``.
+
+    Idempotent: a second call only replaces the configuration (and resets the rate limiter).
+    Install it before ``install_webhooks`` so unauthenticated bodies are never buffered.
+    """
+    settings = settings or SecuritySettings()
+    limiter = None
+    if settings.rate_limit_rps > 0:
+        limiter = RateLimiter(settings.rate_limit_rps, settings.burst)
+    app.state.security = _Policy(settings, limiter)
+    if not any(m.cls is SecurityMiddleware for m in app.user_middleware):
+        if app.middleware_stack is not None:
+            raise RuntimeError("install_security must run before the app starts")
+        app.user_middleware.append(Middleware(SecurityMiddleware))

@@ -1,0 +1,532 @@
+"""Webhooks: a signed POST to a task's ``callbackUrl`` when it ends, retried, recorded, SSRF-safe.
+
+``install_webhooks(app, settings)`` adds three things to the gateway app:
+
+- a middleware on ``POST /api/tasks`` that refuses (422 ``invalid_request``) a ``callbackUrl``
+  whose host is not a public address, and tells the dispatcher to watch each accepted task;
+- :class:`WebhookDispatcher`, run by the app's lifespan, which polls the watched tasks (one
+  batched ``get_many`` per ``poll_interval``) and delivers once a task is terminal — however it
+  ended (completed, failed, cancelled, timed out, or ended ``interrupted`` by any replica's
+  sweeper, since the watcher reads the store rather than hooking one writer);
+- ``GET /api/tasks/{id}/webhook``: the delivery record (status, attempts, last status, time).
+
+Delivery follows Standard Webhooks (https://www.standardwebhooks.com/): the body is
+``{"type": "task.completed" | "task.failed" | "task.cancelled", "timestamp", "data": snapshot}``;
+headers ``webhook-id`` (the same on every attempt), ``webhook-timestamp`` (seconds) and
+``webhook-signature: v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>`` keyed by
+``WEBHOOK_SECRET`` (``whsec_<base64>`` or raw). Network errors, timeouts, 429 and 5xx are retried
+after ``backoff * 2**n`` seconds (``Retry-After`` respected, capped); other answers are final.
+Redirects are not followed.
+
+SSRF guard: the host is resolved and every address must be public (not private, loopback,
+link-local, multicast, reserved, unspecified, shared) unless the host or a CIDR holding the
+address is in ``WEBHOOK_ALLOW_HOSTS``. It runs at submit time and again at each attempt, and the
+request goes to the very address that was checked (``Host`` and TLS SNI keep the name), so a
+DNS answer that changes in between (rebinding) cannot redirect it.
+
+Limits: the watch list lives in the replica that accepted the task; if that replica stops before
+the task ends, its webhook is not sent (a durable outbox in the store would lift this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import logging
+import math
+import socket
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.protocol import TaskRecord, now_ms
+from gateway.security import TaskNotes, created_task_id, error_response, task_notes
+from gateway.store import StreamStore
+
+__all__ = [
+    "Resolver",
+    "WebhookDispatcher",
+    "WebhookRefused",
+    "WebhookSettings",
+    "install_webhooks",
+    "sign",
+]
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""``(host, port) -> addresses``; raises ``OSError`` when the name does not resolve."""
+
+
+class WebhookRefused(Exception):
+    """The callback URL is not one the gateway will call (bad scheme, non-public address)."""
+
+    code = "invalid_request"
+
+
+def parse_secret(raw: str) -> bytes:
+    """``whsec_<base64>`` → its bytes; anything else is used as raw UTF-8."""
+    raw = raw.strip()
+    if raw.startswith("whsec_"):
+        try:
+            return base64.b64decode(raw[len("whsec_") :], validate=True)
+        except ValueError as exc:
+            raise ValueError("WEBHOOK_SECRET: whsec_ must be followed by base64") from exc
+    return raw.encode()
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """``WEBHOOK_SECRET``, ``WEBHOOK_ALLOW_HOSTS``, ``WEBHOOK_MAX_ATTEMPTS``,
+    ``WEBHOOK_BACKOFF``, ``WEBHOOK_MAX_BACKOFF``, ``WEBHOOK_TIMEOUT``, ``WEBHOOK_POLL_INTERVAL``.
+
+    Without a secret, deliveries carry no ``webhook-signature`` (a warning is logged once).
+    """
+
+    secret: bytes = dataclasses.field(default=b"", repr=False)
+    allow_hosts: tuple[str, ...] = ()
+    max_attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 60.0
+    timeout: float = 10.0
+    poll_interval: float = 0.25
+    max_concurrency: int = 32
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WebhookSettings:
+        """Read the variables above; bad values raise ``ValueError``."""
+        env = environ
+        allow = tuple(h.strip() for h in env.get("WEBHOOK_ALLOW_HOSTS", "").split(",") if h.strip())
+        settings = cls(
+            secret=parse_secret(env.get("WEBHOOK_SECRET", "")),
+            allow_hosts=allow,
+            max_attempts=int(_number(env, "WEBHOOK_MAX_ATTEMPTS", 5, 1)),
+            backoff=_number(env, "WEBHOOK_BACKOFF", 0.5, 0),
+            max_backoff=_number(env, "WEBHOOK_MAX_BACKOFF", 60.0, 0),
+            timeout=_number(env, "WEBHOOK_TIMEOUT", 10.0, 0.01),
+            poll_interval=_number(env, "WEBHOOK_POLL_INTERVAL", 0.25, 0.01),
+        )
+        TargetPolicy(settings.allow_hosts)  # validates the CIDRs now, not at the first delivery
+        return settings
+
+
+def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+# -- the SSRF guard ----------------------------------------------------------------------------
+def _public(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class TargetPolicy:
+    """Which hosts and addresses webhooks may reach: public ones, plus the allowlist."""
+
+    def __init__(self, allow: tuple[str, ...]) -> None:
+        self.hosts: set[str] = set()
+        self.networks: list[IPNetwork] = []
+        for entry in allow:
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                if "/" in entry:
+                    raise ValueError(f"WEBHOOK_ALLOW_HOSTS: {entry!r} is not a CIDR") from None
+                self.hosts.add(entry.lower().rstrip("."))
+
+    def address_allowed(self, ip: IPAddress) -> bool:
+        return _public(ip) or any(ip in net for net in self.networks if net.version == ip.version)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """A checked callback: the URL to request (pinned to ``address`` when one was checked)."""
+
+    url: str
+    host: str
+    address: str | None
+
+    def request_args(self) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """URL, extra headers and httpx extensions that make the request reach ``address``."""
+        if self.address is None:
+            return self.url, {}, {}
+        parts = httpx.URL(self.url)
+        pinned = parts.copy_with(host=self.address)
+        extensions = {"sni_hostname": self.host} if parts.scheme == "https" else {}
+        return str(pinned), {"Host": parts.netloc.decode("ascii")}, extensions
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The addresses of ``host`` from the system resolver."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def check_target(url: str, policy: TargetPolicy, resolve: Resolver) -> Target:
+    """Resolve ``url``'s host and check it; raises ``WebhookRefused`` (or ``OSError`` for DNS)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise WebhookRefused(f"callbackUrl is not a valid URL: {exc}") from None
+    host = (parts.hostname or "").rstrip(".")
+    if parts.scheme not in ("http", "https") or not host:
+        raise WebhookRefused("callbackUrl must be an http(s) URL with a host")
+    if host in policy.hosts:
+        return Target(url, host, None)
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        async with asyncio.timeout(5):
+            addresses = await resolve(host, port)
+    if not addresses:
+        raise OSError(f"{host} has no address")
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if not policy.address_allowed(ip):
+            raise WebhookRefused(
+                f"callbackUrl host {host} resolves to a non-public address ({ip}); "
+                "allow it with WEBHOOK_ALLOW_HOSTS"
+            )
+    return Target(url, host, addresses[0].split("%", 1)[0])
+
+
+# -- delivery ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Attempt:
+    delivered: bool
+    retry: bool
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+def _retry_after(raw: str | None) -> float | None:
+    return float(raw) if raw and raw.strip().isdigit() else None
+
+
+def _payload(record: TaskRecord) -> bytes:
+    from gateway.routes.tasks import snapshot  # routes import settings, which imports us
+
+    stamp = datetime.datetime.fromtimestamp((record.ended_at or now_ms()) / 1000, datetime.UTC)
+    return orjson.dumps(
+        {
+            "type": f"task.{record.status.value.lower()}",
+            "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "data": snapshot(record),
+        }
+    )
+
+
+class WebhookDispatcher:
+    """Watches tasks with a ``callbackUrl`` and delivers their end; owns every delivery task."""
+
+    def __init__(
+        self,
+        store: StreamStore,
+        notes: TaskNotes,
+        settings: WebhookSettings,
+        resolve: Resolver | None = None,
+    ) -> None:
+        self.store = store
+        self.notes = notes
+        self.settings = settings
+        self.policy = TargetPolicy(settings.allow_hosts)
+        self.resolve = resolve or system_resolve
+        self._watched: set[str] = set()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+
+    # -- API ------------------------------------------------------------------------------
+    async def check(self, url: str) -> Target:
+        """Refuse (``WebhookRefused``) a callback URL the gateway must not call."""
+        try:
+            return await check_target(url, self.policy, self.resolve)
+        except (OSError, TimeoutError) as exc:
+            raise WebhookRefused(f"callbackUrl host does not resolve: {exc}") from None
+
+    def watch(self, task_id: str) -> None:
+        """Deliver ``task_id``'s end to its ``callbackUrl`` once it is terminal."""
+        self._watched.add(task_id)
+        self._wake.set()
+
+    async def delivery(self, task_id: str) -> dict[str, Any]:
+        """The delivery record of ``task_id`` (``status: pending`` before the first attempt)."""
+        raw = await self.notes.get(task_id, "webhook")
+        state: dict[str, Any] = {"status": raw.get("status", "pending")}
+        state["attempts"] = int(raw.get("attempts", 0))
+        for name in ("lastStatus", "lastAttemptAt", "deliveredAt", "nextAttemptAt"):
+            state[name] = int(raw[name]) if raw.get(name) else None
+        state["lastError"] = raw.get("lastError") or None
+        state["webhookId"] = raw.get("webhookId") or None
+        return state
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[WebhookDispatcher]:
+        """Run the dispatcher for the duration of the block (deliveries in flight are cut)."""
+        if not self.settings.secret:
+            logger.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned")
+        task = asyncio.create_task(self.run(), name="webhooks")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self) -> None:
+        """Poll the watched tasks and start a delivery for each one that ended, until cancelled."""
+        async with (
+            httpx.AsyncClient(
+                timeout=self.settings.timeout, follow_redirects=False, trust_env=False
+            ) as client,
+            asyncio.TaskGroup() as group,
+        ):
+            while True:
+                if not self._watched:
+                    await self._wake.wait()
+                self._wake.clear()
+                try:
+                    ended = await self._ended()
+                except Exception:
+                    logger.exception("webhook poll failed")
+                    ended = []
+                for record in ended:
+                    group.create_task(self._deliver(client, record), name="webhook-delivery")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.poll_interval):
+                        await self._wake.wait()
+
+    async def _ended(self) -> list[TaskRecord]:
+        watched = list(self._watched)
+        if not watched:
+            return []
+        records = {r.task_id: r for r in await self.store.get_many(watched)}
+        ended = []
+        for task_id in watched:
+            record = records.get(task_id)
+            if record is None or record.terminal:
+                self._watched.discard(task_id)  # expired, or ended: deliver it
+            if record is not None and record.terminal and record.request.get("callbackUrl"):
+                ended.append(record)
+        return ended
+
+    async def _deliver(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
+        task_id = record.task_id
+        url = str(record.request["callbackUrl"])
+        body = _payload(record)
+        msg_id = f"msg_{task_id}"
+        settings = self.settings
+        state: dict[str, str] = {"status": "delivering", "attempts": "0", "webhookId": msg_id}
+        for attempt in range(1, settings.max_attempts + 1):
+            async with self._slots:
+                outcome = await self._attempt(client, url, msg_id, body)
+            state.update(attempts=str(attempt), lastAttemptAt=str(now_ms()))
+            state.update(lastStatus=str(outcome.status or ""), lastError=outcome.error or "")
+            if outcome.delivered or not outcome.retry or attempt == settings.max_attempts:
+                state["status"] = "delivered" if outcome.delivered else "failed"
+                state["nextAttemptAt"] = ""
+                if outcome.delivered:
+                    state["deliveredAt"] = str(now_ms())
+                await self._save(task_id, state)
+                log = logger.info if outcome.delivered else logger.warning
+                log("webhook of %s %s after %d attempt(s)", task_id, state["status"], attempt)
+                return
+            delay = min(settings.max_backoff, settings.backoff * 2 ** (attempt - 1))
+            if outcome.retry_after is not None:
+                delay = min(settings.max_backoff, max(delay, outcome.retry_after))
+            state["nextAttemptAt"] = str(now_ms() + int(delay * 1000))
+            await self._save(task_id, state)
+            await asyncio.sleep(delay)
+
+    async def _save(self, task_id: str, state: dict[str, str]) -> None:
+        try:
+            await self.notes.set(task_id, "webhook", state)
+        except Exception:
+            logger.exception("could not record the webhook delivery of %s", task_id)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, url: str, msg_id: str, body: bytes
+    ) -> _Attempt:
+        try:
+            target = await check_target(url, self.policy, self.resolve)
+        except WebhookRefused as exc:
+            return _Attempt(False, False, error=f"refused: {exc}")
+        except (OSError, TimeoutError) as exc:
+            return _Attempt(False, True, error=f"dns: {exc or type(exc).__name__}")
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "agent-gateway-webhooks",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if self.settings.secret:
+            headers["webhook-signature"] = sign(self.settings.secret, msg_id, timestamp, body)
+        request_url, extra, extensions = target.request_args()
+        try:
+            async with client.stream(
+                "POST",
+                request_url,
+                content=body,
+                headers={**headers, **extra},
+                extensions=extensions,
+            ) as response:  # the body is never read: a receiver cannot make us buffer it
+                status = response.status_code
+                retry_after = _retry_after(response.headers.get("retry-after"))
+        except httpx.HTTPError as exc:
+            return _Attempt(False, True, error=f"{type(exc).__name__}: {exc}"[:300])
+        if 200 <= status < 300:
+            return _Attempt(True, False, status)
+        retry = status == 429 or status >= 500
+        return _Attempt(False, retry, status, f"HTTP {status}", retry_after)
+
+
+# -- the app side ------------------------------------------------------------------------------
+class WebhookMiddleware:
+    """Checks ``callbackUrl`` on ``POST /api/tasks`` and has each accepted task watched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/tasks":
+            await self.app(scope, receive, send)
+            return
+        app: Starlette = scope["app"]
+        dispatcher: WebhookDispatcher = app.state.webhooks
+        messages, body = await _buffer(receive, app.state.settings.max_body_bytes)
+        url = _callback_url(body)
+        if url is not None:
+            try:
+                await dispatcher.check(url)
+            except WebhookRefused as exc:
+                for message in error_response(422, "invalid_request", str(exc)):
+                    await send(message)
+                return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        async def watching_send(message: Message) -> None:
+            if url is not None and message["type"] == "http.response.start":
+                task_id = created_task_id(message.get("headers", []))
+                if task_id and 200 <= message["status"] < 300:
+                    dispatcher.watch(task_id)
+            await send(message)
+
+        await self.app(scope, replay, watching_send)
+
+
+async def _buffer(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
+    """Read the body (up to ``limit``); the messages to replay and the body if complete."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return messages, None  # the route answers 413
+        if not message.get("more_body", False):
+            return messages, b"".join(m.get("body", b"") for m in messages)
+
+
+def _callback_url(body: bytes | None) -> str | None:
+    if not body:
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    url = value.get("callbackUrl") if isinstance(value, dict) else None
+    return url if isinstance(url, str) else None
+
+
+async def webhook_status(request: Request) -> Response:
+    """``GET /api/tasks/{id}/webhook``: the delivery record of a task with a ``callbackUrl``."""
+    task_id = request.path_params["task_id"]
+    record = await request.app.state.store.get(task_id)
+    if record is None or not record.request.get("callbackUrl"):
+        error = {"code": "not_found", "message": "no task with a callbackUrl has that id"}
+        return Response(orjson.dumps({"error": error}), 404, media_type="application/json")
+    dispatcher: WebhookDispatcher = request.app.state.webhooks
+    state = await dispatcher.delivery(task_id)
+    answer = {"taskId": task_id, "callbackUrl": record.request["callbackUrl"], **state}
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+def install_webhooks(
+    app: Starlette, settings: WebhookSettings | None = None, resolve: Resolver | None = None
+) -> WebhookDispatcher:
+    """Add webhooks to ``app`` before it starts (after ``install_security``); idempotent.
+
+    A second call replaces the dispatcher (its settings and ``resolve``) and nothing else.
+    """
+    settings = settings or WebhookSettings()
+    dispatcher = WebhookDispatcher(app.state.store, task_notes(app), settings, resolve)
+    installed = getattr(app.state, "webhooks", None) is not None
+    app.state.webhooks = dispatcher
+    if installed:
+        return dispatcher
+    if app.middleware_stack is not None:
+        raise RuntimeError("install_webhooks must run before the app starts")
+    app.user_middleware.append(Middleware(WebhookMiddleware))
+    app.router.routes.append(Route("/api/tasks/{task_id}/webhook", webhook_status, methods=["GET"]))
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
+        async with inner(app) as state, app.state.webhooks.running():
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return dispatcher
