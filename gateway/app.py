@@ -12,9 +12,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
-from gateway.agents.echo import make_echo_agent
+from gateway.agents import agent_services, register_builtin_agents
 from gateway.metrics import GatewayMetrics
-from gateway.routes import EXCEPTION_HANDLERS, health, tasks
+from gateway.routes import EXCEPTION_HANDLERS, compat, health, tasks
 from gateway.settings import Settings
 from gateway.store import MemoryStore, RedisStore, StreamStore
 from gateway.tasks import TaskManager, TaskRegistry
@@ -35,32 +35,8 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
     return MemoryStore(result_ttl=settings.result_ttl)
 
 
-def _register_builtin_agents(registry: TaskRegistry) -> None:  # INTEGRATION: temporary
-    try:
-        from gateway.agents import register_builtin_agents
-    except ImportError:
-        return
-    register_builtin_agents(registry)
-
-
-@contextlib.asynccontextmanager
-async def _agent_services(settings: Settings) -> AsyncIterator[dict[str, object]]:
-    try:
-        from gateway.agents import agent_services
-    except ImportError:
-        yield {}
-        return
-    async with agent_services(settings.upstream) as services:
-        yield services
-
-
 def _routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = [*health.routes, *tasks.routes]
-    try:
-        from gateway.routes import compat
-    except ImportError:
-        return routes
-    return [*routes, *compat.routes]
+    return [*health.routes, *tasks.routes, *compat.routes]
 
 
 def create_app(
@@ -74,14 +50,14 @@ def create_app(
     store = store or build_store(settings, metrics)
     if registry is None:
         registry = TaskRegistry()
-        registry.register(0, make_echo_agent(settings.echo_token_delay_ms), name="echo")
-        _register_builtin_agents(registry)
+        register_builtin_agents(registry, echo_token_delay_ms=settings.echo_token_delay_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()
         await store.start()
         try:
-            async with _agent_services(settings) as services:
+            async with agent_services(settings.upstream) as services:
                 manager = TaskManager(store, registry, settings, services, metrics.on_append)
                 app.state.manager = manager
                 runner = asyncio.create_task(manager.run(), name="task-manager")
@@ -115,6 +91,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.draining = asyncio.Event()
     app.state.store = store
     app.state.metrics = metrics
     app.state.registry = registry

@@ -7,6 +7,7 @@ A reader that cannot take data within ``send_timeout`` is disconnected (it resum
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -44,6 +45,7 @@ class LogStream:
         metrics: GatewayMetrics,
         headers: Mapping[str, str] | None = None,
         on_disconnect: Callable[[], Awaitable[None]] | None = None,
+        draining: asyncio.Event | None = None,
     ) -> None:
         self.store = store
         self.task_id = task_id
@@ -52,6 +54,7 @@ class LogStream:
         self.metrics = metrics
         self.extra_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         self.on_disconnect = on_disconnect
+        self.draining = draining
         self.finished = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,6 +70,8 @@ class LogStream:
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
+                if self.draining is not None:
+                    group.start_soon(self._watch_drain, self.draining, group.cancel_scope)
                 try:
                     await self._pump(send)
                 except SlowClient:
@@ -90,6 +95,10 @@ class LogStream:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.cancel_wait):
                 await self.on_disconnect()
         scope.cancel()
+
+    async def _watch_drain(self, draining: asyncio.Event, scope: anyio.CancelScope) -> None:
+        await draining.wait()
+        scope.cancel()  # end cleanly; the client resumes on another replica
 
     async def _send(self, send: Send, body: bytes) -> None:
         with anyio.move_on_after(self.settings.send_timeout) as timer:

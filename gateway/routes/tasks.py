@@ -100,6 +100,7 @@ async def create_task(request: Request) -> Response:
             request.app.state.metrics,
             headers={"X-Task-Id": record.task_id},
             on_disconnect=on_disconnect,
+            draining=request.app.state.draining,
         )
     return json_response(
         {"taskId": record.task_id, "status": record.status.value, "links": links(record.task_id)},
@@ -130,7 +131,12 @@ async def task_events(request: Request) -> Response:
         return Response(status_code=204)  # tells EventSource to stop reconnecting
     manager = _manager(request)
     return LogStream(  # type: ignore[return-value]
-        manager.store, record.task_id, after, request.app.state.settings, request.app.state.metrics
+        manager.store,
+        record.task_id,
+        after,
+        request.app.state.settings,
+        request.app.state.metrics,
+        draining=request.app.state.draining,
     )
 
 
