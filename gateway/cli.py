@@ -37,6 +37,11 @@ def _serve(args: argparse.Namespace) -> int:
     spec = SERVICES[args.service]
     host = args.host or os.environ.get("HOST", "127.0.0.1")
     port = args.port or int(os.environ.get("PORT", spec.port))
+    if args.service == "gateway":
+        from gateway.server import serve_gateway
+
+        serve_gateway(host, port, args.log_level)  # drains its streams on SIGTERM
+        return 0
     uvicorn.run(
         spec.factory,
         factory=True,

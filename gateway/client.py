@@ -99,6 +99,10 @@ class TerminalRenderer:
             self.err.write("\r\x1b[2K")
             self.progress_text = ""
 
+    def end_line(self) -> None:
+        """Finish a line of streamed text left open (before the final status)."""
+        self._end_inline()
+
     def notice(self, text: str) -> None:
         """A connection notice or the final status, on stderr."""
         self._clear_progress()
@@ -346,7 +350,7 @@ class TaskFollower:
     def _finish(self) -> int:
         status = self.final_status or "FAILED"
         elapsed = time.monotonic() - self.renderer.started
-        self.renderer._end_inline()
+        self.renderer.end_line()
         if self.error:
             self.renderer.notice(f"error: {self.error.get('code')}: {self.error.get('message')}")
         self.renderer.notice(f"{status} in {elapsed:.1f}s · task {self.task_id}")

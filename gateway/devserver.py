@@ -49,6 +49,7 @@ class DevConfig:
         return "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
 
     def url(self, service: str) -> str:
+        """The base URL at which ``service`` is reached."""
         return f"http://{self.connect_host}:{self.ports[service]}"
 
 

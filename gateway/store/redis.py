@@ -101,6 +101,13 @@ def _record(fields: dict[bytes, bytes]) -> TaskRecord:
     )
 
 
+def _raise_if_cancelling() -> None:
+    """redis-py may turn a cancellation into a connection error: never let that hide it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _messages(entries: list[Any]) -> list[StoredMessage]:
     out = []
     for entry_id, fields in entries:
@@ -499,6 +506,7 @@ class RedisStore(StreamStore):
                 {self._k.log(task_id): f"{after}-0"}, count=1000, block=block
             )
         except (RedisError, OSError) as exc:
+            _raise_if_cancelling()
             # Redis is away: the reader keeps its connection (heartbeats) and retries.
             logger.warning("tail of %s failed: %s", task_id, exc)
             await asyncio.sleep(min(timeout, 0.5))
@@ -516,6 +524,7 @@ class RedisStore(StreamStore):
                 GROUP, consumer, {self._k.queue: ">"}, count=1, block=max(1, int(timeout * 1000))
             )
         except (StoreUnavailable, RedisError, OSError) as exc:
+            _raise_if_cancelling()
             if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                 self._group_ready = False  # the queue was deleted (e.g. a flushed Redis)
             await asyncio.sleep(timeout)  # Redis is away: wait, do not spin

@@ -146,7 +146,7 @@ class TaskManager:
             group.create_task(self._sweep(), name="sweeper")
 
     async def _worker(self, consumer: str) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 task_id = await self.store.dequeue(consumer, 1.0)
             except Exception:

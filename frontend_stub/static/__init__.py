@@ -1,0 +1,1 @@
+"""The page's static files (HTML, ES modules, CSS); a package so that they ship in wheels."""
