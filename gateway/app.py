@@ -30,6 +30,7 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
             result_ttl=settings.result_ttl,
             flush_interval=settings.flush_interval_ms / 1000.0,
             prefix=settings.redis_prefix,
+            cluster=settings.redis_cluster,
             on_flush=metrics.on_flush,
         )
     return MemoryStore(result_ttl=settings.result_ttl)

@@ -33,6 +33,7 @@ class Settings:
 
     redis_url: str | None = dataclasses.field(default=None, repr=False)
     redis_prefix: str = "agw"
+    redis_cluster: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     heartbeat_interval: float = 15.0
@@ -65,6 +66,7 @@ class Settings:
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             redis_prefix=env.get("REDIS_PREFIX", "agw"),
+            redis_cluster=env.get("REDIS_CLUSTER", "").lower() in {"1", "true", "yes"},
             host=env.get("HOST", "127.0.0.1"),
             port=int(_num(env, "PORT", 8080, minimum=0)),
             heartbeat_interval=_num(env, "HEARTBEAT_INTERVAL", 15.0, minimum=0.01),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -70,3 +72,104 @@ def redis_url() -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A local 3-master Redis Cluster on loopback ports, started for the session."""
+    binary = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        pytest.fail("redis-server and redis-cli are needed for the cluster tests", pytrace=False)
+    workdir = tempfile.mkdtemp(prefix="agw-cluster-")
+    ports = _cluster_ports(3)
+    procs = []
+    for port in ports:
+        folder = os.path.join(workdir, str(port))
+        os.makedirs(folder)
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    os.path.join(folder, "nodes.conf"),
+                    "--dir",
+                    folder,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+    try:
+        for port in ports:
+            _wait_ping(redis.Redis(port=port))
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=30,
+        )
+        client = redis.Redis(port=ports[0])
+        deadline = time.monotonic() + 30
+        while client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                pytest.fail("the Redis Cluster did not become ready", pytrace=False)
+            time.sleep(0.1)
+        client.close()
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster-bus ports (port + 10000) are free and valid too."""
+    ports: list[int] = []
+    for candidate in random.sample(range(20000, 45000), 400):
+        if len(ports) == count:
+            break
+        if all(_is_free(p) for p in (candidate, candidate + 10000)):
+            ports.append(candidate)
+    return ports
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_ping(client: redis.Redis) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                pytest.fail("redis-server did not start", pytrace=False)
+            time.sleep(0.05)
+    client.close()

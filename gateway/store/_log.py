@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from gateway.protocol import StoredMessage
+
+#: A waiter whose deadline is this close is released (loop timers have millisecond grain).
+_SLACK = 0.001
 
 
 class LocalLog:
     """Messages ``base+1 .. last_seq`` of one task, in memory.
 
-    Readers wait on one shared event that is set and replaced on every append, so a single
-    append wakes every reader at once and no reader is ever handed data by the writer.
+    Each waiting reader parks one future; an append resolves them all at once, so a single
+    append wakes every reader and no reader is ever handed data by the writer.
+
+    Time limits cost no timer per wait (a timer is the dearest thing a hot loop can create):
+    one timer per log is armed at the earliest deadline among the waiters and, when it fires,
+    releases the expired ones and re-arms itself for the next. A reader woken by data every few
+    milliseconds therefore never touches a timer; the log's timer fires about once per timeout.
     """
 
-    __slots__ = ("_event", "base", "finished", "messages")
+    __slots__ = ("_timer", "_timer_at", "_waiters", "base", "finished", "messages")
 
     def __init__(self, base: int = 0) -> None:
         self.base = base
         self.messages: list[StoredMessage] = []
         self.finished = False
-        self._event = asyncio.Event()
+        self._waiters: dict[asyncio.Future[None], float] = {}  # future -> deadline (loop time)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     @property
     def last_seq(self) -> int:
@@ -34,8 +45,13 @@ class LocalLog:
         self.wake()
 
     def wake(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+        """Resolve every parked reader (new data, or the log ended)."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = {}
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
 
     def covers(self, after: int) -> bool:
         """Whether messages after ``after`` can be served from memory."""
@@ -47,12 +63,40 @@ class LocalLog:
 
     async def wait_beyond(self, after: int, timeout: float) -> bool:
         """Wait until a message after ``after`` exists (or the log ends); False on timeout."""
-        if self.last_seq > after or self.finished:
+        if self.base + len(self.messages) > after or self.finished:
             return True
-        try:
-            async with asyncio.timeout(timeout):
-                while self.last_seq <= after and not self.finished:
-                    await self._event.wait()
-        except TimeoutError:
-            return False
-        return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters[future] = deadline
+            if deadline < self._timer_at:
+                self._arm(loop, deadline)
+            try:
+                await future
+            finally:
+                self._waiters.pop(future, None)  # gone already unless cancelled or expired
+            if self.base + len(self.messages) > after or self.finished:
+                return True
+            if loop.time() >= deadline - _SLACK:
+                return False
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = loop.time()
+        earliest = math.inf
+        for future, deadline in list(self._waiters.items()):
+            if deadline <= now + _SLACK:
+                del self._waiters[future]
+                if not future.done():
+                    future.set_result(None)
+            elif deadline < earliest:
+                earliest = deadline
+        if earliest < math.inf:
+            self._arm(loop, earliest)

@@ -77,6 +77,7 @@ class Flusher:
         on_flushed: Callable[[float], None],
         on_finished: Callable[[str, _Writer], Any],
         interval: float,
+        pipelined: bool = True,
     ) -> None:
         self._client = client
         self._script = append_script
@@ -84,10 +85,17 @@ class Flusher:
         self._on_flushed = on_flushed
         self._on_finished = on_finished
         self._interval = interval
+        self._pipelined = pipelined
         self._dirty: dict[str, _Writer] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+
+    async def _call_script(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._script(keys=keys, args=args)
+        except ResponseError as exc:
+            return exc
 
     def mark(self, task_id: str, writer: _Writer) -> None:
         self._dirty[task_id] = writer
@@ -130,7 +138,8 @@ class Flusher:
 
     async def _flush(self, batch: dict[str, _Writer]) -> None:
         started = time.perf_counter()
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False) if self._pipelined else None
+        calls: list[Any] = []
         sent: list[tuple[str, _Writer, int, int, bool]] = []
         for task_id, writer in batch.items():
             if writer.lost:
@@ -147,11 +156,17 @@ class Flusher:
             else:
                 args.extend(["", 0, "", "", 0, b""])
             last = first + len(messages) - 1 + (1 if final is not None else 0)
-            await self._script(keys=self._keys(task_id), args=args, client=pipe)
+            if pipe is not None:
+                await self._script(keys=self._keys(task_id), args=args, client=pipe)
+            else:  # Redis Cluster refuses scripts in pipelines: one concurrent call per task
+                calls.append(self._call_script(self._keys(task_id), args))
             sent.append((task_id, writer, len(messages), last, final is not None))
         if not sent:
             return
-        replies = await pipe.execute(raise_on_error=False)
+        if pipe is not None:
+            replies = await pipe.execute(raise_on_error=False)
+        else:
+            replies = await asyncio.gather(*calls)
         self._on_flushed(time.perf_counter() - started)
         for (task_id, writer, n_sent, last, is_final), reply in zip(sent, replies, strict=True):
             if isinstance(reply, ResponseError):

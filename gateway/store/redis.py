@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.protocol import (
@@ -126,13 +127,18 @@ class RedisStore(StreamStore):
         result_ttl: int = 86_400,
         flush_interval: float = 0.002,
         prefix: str = "agw",
+        cluster: bool = False,
         on_flush: Callable[[float], None] | None = None,
     ) -> None:
         self.url = url
         self.result_ttl = int(result_ttl)
         self._k = _Keys(prefix)
         # redis-py 8 types replies as wide unions; the shapes used here are fixed by the commands.
-        self._client: Any = aioredis.Redis.from_url(url, health_check_interval=30)
+        self._client: Any = (
+            RedisCluster.from_url(url)
+            if cluster
+            else aioredis.Redis.from_url(url, health_check_interval=30)
+        )
         self._append = self._client.register_script(_scripts.APPEND)
         self._finish_if = self._client.register_script(_scripts.FINISH_IF)
         self._claim = self._client.register_script(_scripts.CLAIM)
@@ -147,6 +153,7 @@ class RedisStore(StreamStore):
             on_flush or (lambda _seconds: None),
             self._finished,
             flush_interval,
+            pipelined=not cluster,
         )
 
     async def start(self) -> None:

@@ -22,12 +22,15 @@ from gateway.store import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StreamStore]:
     if request.param == "memory":
         s: StreamStore = MemoryStore(result_ttl=60)
-    else:
+    elif request.param == "redis":
         s = RedisStore(request.getfixturevalue("redis_url"), result_ttl=60, prefix=new_task_id())
+    else:  # a local 3-master Redis Cluster
+        url = request.getfixturevalue("redis_cluster_url")
+        s = RedisStore(url, result_ttl=60, prefix=new_task_id(), cluster=True)
     await s.start()
     try:
         yield s
