@@ -91,6 +91,16 @@ class Flusher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
+    async def _send(self, requests: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One pipeline for all tasks; Redis Cluster refuses scripts in pipelines, so there
+        each task's call goes out concurrently instead."""
+        if not self._pipelined:
+            return list(await asyncio.gather(*(self._call_script(k, a) for k, a in requests)))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in requests:
+                await self._script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
     async def _call_script(self, keys: list[str], args: list[Any]) -> Any:
         try:
             return await self._script(keys=keys, args=args)
@@ -138,8 +148,7 @@ class Flusher:
 
     async def _flush(self, batch: dict[str, _Writer]) -> None:
         started = time.perf_counter()
-        pipe = self._client.pipeline(transaction=False) if self._pipelined else None
-        calls: list[Any] = []
+        requests: list[tuple[list[str], list[Any]]] = []
         sent: list[tuple[str, _Writer, int, int, bool]] = []
         for task_id, writer in batch.items():
             if writer.lost:
@@ -156,17 +165,11 @@ class Flusher:
             else:
                 args.extend(["", 0, "", "", 0, b""])
             last = first + len(messages) - 1 + (1 if final is not None else 0)
-            if pipe is not None:
-                await self._script(keys=self._keys(task_id), args=args, client=pipe)
-            else:  # Redis Cluster refuses scripts in pipelines: one concurrent call per task
-                calls.append(self._call_script(self._keys(task_id), args))
+            requests.append((self._keys(task_id), args))
             sent.append((task_id, writer, len(messages), last, final is not None))
         if not sent:
             return
-        if pipe is not None:
-            replies = await pipe.execute(raise_on_error=False)
-        else:
-            replies = await asyncio.gather(*calls)
+        replies = await self._send(requests)
         self._on_flushed(time.perf_counter() - started)
         for (task_id, writer, n_sent, last, is_final), reply in zip(sent, replies, strict=True):
             if isinstance(reply, ResponseError):

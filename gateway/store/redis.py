@@ -207,13 +207,22 @@ class RedisStore(StreamStore):
             "request": orjson.dumps(record.request),
             "score": repr(score),
         }
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hset(self._k.state(record.task_id), mapping=mapping)
-        pipe.expire(self._k.state(record.task_id), self.result_ttl * 2)
-        pipe.zadd(self._k.all, {record.task_id: score})
-        pipe.zadd(self._k.index(record.status), {record.task_id: score})
-        await pipe.execute()
+        state = self._k.state(record.task_id)
+
+        def build(pipe: Any) -> None:
+            pipe.hset(state, mapping=mapping)
+            pipe.expire(state, self.result_ttl * 2)
+            pipe.zadd(self._k.all, {record.task_id: score})
+            pipe.zadd(self._k.index(record.status), {record.task_id: score})
+
+        await self._batch(build)
         return record, True
+
+    async def _batch(self, build: Callable[[Any], object]) -> list[Any]:
+        """Run the commands ``build`` queues on one non-transactional pipeline."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            build(pipe)
+            return list(await pipe.execute())
 
     async def _idempotent_winner(self, idem: str) -> TaskRecord:
         # The winner may still be writing its record: wait for it, bounded.
@@ -238,10 +247,7 @@ class RedisStore(StreamStore):
         return record
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
-        pipe = self._client.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hgetall(self._k.state(task_id))
-        return [_record(f) for f in await pipe.execute() if f]
+        return [r for r in await self._get_all(list(task_ids)) if r is not None]
 
     async def list_tasks(
         self, status: TaskStatus | None, limit: int, cursor: str | None
@@ -273,10 +279,10 @@ class RedisStore(StreamStore):
         return [rec for _, rec in page], next_cursor
 
     async def _get_all(self, task_ids: list[str]) -> list[TaskRecord | None]:
-        pipe = self._client.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hgetall(self._k.state(task_id))
-        return [_record(f) if f else None for f in await pipe.execute()]
+        replies = await self._batch(
+            lambda pipe: [pipe.hgetall(self._k.state(task_id)) for task_id in task_ids]
+        )
+        return [_record(f) if f else None for f in replies]
 
     async def count(self, status: TaskStatus) -> int:
         return int(await self._client.zcard(self._k.index(status)))
@@ -284,10 +290,11 @@ class RedisStore(StreamStore):
     async def _move(
         self, task_id: str, old: TaskStatus | str, new: TaskStatus, score: float
     ) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        pipe.zrem(self._k.index(old), task_id)
-        pipe.zadd(self._k.index(new), {task_id: score})
-        await pipe.execute()
+        def build(pipe: Any) -> None:
+            pipe.zrem(self._k.index(old), task_id)
+            pipe.zadd(self._k.index(new), {task_id: score})
+
+        await self._batch(build)
 
     async def _score(self, task_id: str) -> float:
         raw = await self._client.hget(self._k.state(task_id), "score")
@@ -355,11 +362,11 @@ class RedisStore(StreamStore):
         ]
         if not running:
             return []
-        pipe = self._client.pipeline(transaction=False)
-        for task_id in running:
-            pipe.hmget(self._k.state(task_id), "status", "leaseUntil")
+        replies = await self._batch(
+            lambda pipe: [pipe.hmget(self._k.state(t), "status", "leaseUntil") for t in running]
+        )
         expired = []
-        for task_id, (status, lease) in zip(running, await pipe.execute(), strict=True):
+        for task_id, (status, lease) in zip(running, replies, strict=True):
             if status == b"RUNNING" and lease is not None and int(lease) < now:
                 expired.append(task_id)
         return expired
@@ -539,10 +546,12 @@ class RedisStore(StreamStore):
         if not reply:
             return None
         entry_id, fields = reply[0][1][0]
-        pipe = self._client.pipeline(transaction=False)
-        pipe.xack(self._k.queue, GROUP, entry_id)
-        pipe.xdel(self._k.queue, entry_id)
-        await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            pipe.xack(self._k.queue, GROUP, entry_id)
+            pipe.xdel(self._k.queue, entry_id)
+
+        await self._batch(build)
         return str(fields[b"t"].decode())
 
     async def sweep_index(self, now: int) -> None:
