@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_redis
 
 
 @pytest.fixture(scope="session")
@@ -55,17 +55,10 @@ def redis_url() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server on port {port} did not start", pytrace=False)
-            time.sleep(0.05)
-    client.close()
+    try:
+        wait_redis(port, proc)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
     try:
         yield url
     finally:
@@ -111,7 +104,7 @@ def redis_cluster_url() -> Iterator[str]:
         )
     try:
         for port in ports:
-            _wait_ping(redis.Redis(port=port))
+            wait_redis(port)
         subprocess.run(
             [
                 cli,
@@ -160,16 +153,3 @@ def _is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _wait_ping(client: redis.Redis) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                pytest.fail("redis-server did not start", pytrace=False)
-            time.sleep(0.05)
-    client.close()

@@ -127,3 +127,22 @@ def ensure_node_modules() -> str:
                 timeout=600,
             )
     return NODE_DIR
+
+
+def wait_redis(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10) -> None:
+    """Wait until the Redis on ``port`` answers PING; fail if ``proc`` exits or time runs out."""
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)
+    finally:
+        client.close()

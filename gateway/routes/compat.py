@@ -32,9 +32,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.protocol import AgentRequest, StoredMessage, TaskRecord, now_ms
-from gateway.routes.errors import ApiError, json_response, read_json
+from gateway.routes.errors import ApiError, json_response, read_model, validation_message
 from gateway.routes.sse import SSE_HEADERS, SlowClient
-from gateway.routes.tasks import submit, validation_message
+from gateway.routes.tasks import submit
 from gateway.store import StreamStore, TaskNotFound
 
 __all__ = ["EventProjector", "agent_response", "heartbeat_packet", "routes"]
@@ -294,16 +294,6 @@ class CompatStream(Response):
 
 
 # -- endpoints -------------------------------------------------------------------------------
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    body = await read_json(request, request.app.state.settings.max_body_bytes)
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", "the body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", validation_message(exc)) from exc
-
-
 async def _submit(
     request: Request, query: str, agent_type: int, request_id: str | None
 ) -> TaskRecord:
@@ -318,7 +308,7 @@ async def _submit(
 
 async def query_agent_stream_incr(request: Request) -> Response:
     """``POST /web/api/v1/gpt/queryAgentStreamIncr``: ``deepThink`` 1 plans, 0 runs ReAct."""
-    body: GptQueryReq = await _body(request, GptQueryReq)
+    body: GptQueryReq = await read_model(request, GptQueryReq)
     agent_type = 3 if body.deep_think == 1 else 5
     record = await _submit(request, body.query, agent_type, body.request_id)
     projector = EventProjector(react_mode=agent_type == 5)
@@ -332,7 +322,7 @@ async def query_agent_stream_incr(request: Request) -> Response:
 
 async def auto_agent(request: Request) -> Response:
     """``POST /AutoAgent``: the task's messages as ``AgentResponse`` frames."""
-    body: AutoAgentReq = await _body(request, AutoAgentReq)
+    body: AutoAgentReq = await read_model(request, AutoAgentReq)
     record = await _submit(request, body.query, body.agent_type, body.request_id)
 
     def render(message: dict[str, Any]) -> bytes | None:

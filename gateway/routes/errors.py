@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -95,6 +98,26 @@ async def read_json(request: Request, limit: int) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
+
+
+def validation_message(exc: ValidationError) -> str:
+    """The first few validation errors as one readable line."""
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def read_model(request: Request, model: type[ModelT]) -> ModelT:
+    """The JSON body validated as ``model``: 400 for malformed JSON, 422 for a wrong shape."""
+    body = await read_json(request, request.app.state.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", validation_message(exc)) from exc
 
 
 def json_response(

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.protocol import AgentRequest, TaskRecord, TaskStatus
-from gateway.routes.errors import ApiError, json_response, read_json
+from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
 from gateway.store import TaskNotFound
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
@@ -49,22 +48,8 @@ def _int_param(raw: str | None, name: str, default: int, low: int, high: int | N
     return value
 
 
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
 async def parse_agent_request(request: Request) -> AgentRequest:
-    body = await read_json(request, request.app.state.settings.max_body_bytes)
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", "the body must be a JSON object")
-    try:
-        return AgentRequest.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", validation_message(exc)) from exc
+    return await read_model(request, AgentRequest)
 
 
 async def submit(manager: TaskManager, agent_request: AgentRequest, key: str | None) -> TaskRecord:

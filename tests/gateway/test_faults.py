@@ -16,12 +16,11 @@ import anyio
 import httpx
 import orjson
 import pytest
-import redis
 
 from gateway.protocol import new_task_id
 from gateway.upstream.sse import SSEDecoder
 from tests.gateway.support import echo_query, gateway, read_sse
-from tests.helpers import free_port, wait_http_ok
+from tests.helpers import free_port, wait_http_ok, wait_redis
 
 FAST_LEASES = {
     "LEASE_TTL": "1",
@@ -172,16 +171,7 @@ def durable_redis() -> Iterator[tuple[str, object]]:
 
     def start() -> None:
         procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis did not start"
-                time.sleep(0.05)
-        client.close()
+        wait_redis(port, procs[-1])
 
     def stop() -> None:
         procs[-1].terminate()
