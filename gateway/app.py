@@ -14,10 +14,13 @@ from starlette.routing import BaseRoute
 
 from gateway.agents import agent_services, register_builtin_agents
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import install_openapi
 from gateway.routes import EXCEPTION_HANDLERS, compat, health, tasks
+from gateway.security import install_security
 from gateway.settings import Settings
 from gateway.store import MemoryStore, RedisStore, StreamStore
 from gateway.tasks import TaskManager, TaskRegistry
+from gateway.webhooks import install_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,9 @@ def create_app(
     app.state.store = store
     app.state.metrics = metrics
     app.state.registry = registry
+    install_security(app, settings.security)  # first: unauthenticated bodies are never read
+    install_webhooks(app, settings.webhooks)
+    install_openapi(app)
     return app
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -118,10 +119,11 @@ class SecuritySettings:
         return self.rate_limit_burst or max(1, math.ceil(self.rate_limit_rps))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> SecuritySettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SecuritySettings:
         """Read ``API_KEYS``, ``RATE_LIMIT_RPS``, ``RATE_LIMIT_BURST``, ``MAX_REQUEST_BYTES``,
-        ``MAX_URL_BYTES``, ``MAX_HEADER_BYTES``; bad values raise ``ValueError``."""
-        env = environ
+        ``MAX_URL_BYTES``, ``MAX_HEADER_BYTES`` from ``environ`` (default ``os.environ``); bad
+        values raise ``ValueError``."""
+        env = os.environ if environ is None else environ
         max_body = _positive(env, "MAX_REQUEST_BYTES", 0)
         return cls(
             api_keys=parse_api_keys(env.get("API_KEYS", "")),

@@ -7,7 +7,9 @@ import os
 import secrets
 from collections.abc import Mapping
 
+from gateway.security import SecuritySettings
 from gateway.upstream import UpstreamSettings
+from gateway.webhooks import WebhookSettings
 
 
 class SettingsError(ValueError):
@@ -57,6 +59,8 @@ class Settings:
     compat_heartbeat_interval: float = 10.0
     replica_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
     upstream: UpstreamSettings = dataclasses.field(default_factory=UpstreamSettings)
+    security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
+    webhooks: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,4 +93,6 @@ class Settings:
             cors_origins=origins,
             compat_heartbeat_interval=_num(env, "COMPAT_HEARTBEAT_INTERVAL", 10.0, minimum=0.01),
             upstream=UpstreamSettings.from_env(env),
+            security=SecuritySettings.from_env(env),
+            webhooks=WebhookSettings.from_env(env),
         )

@@ -40,6 +40,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import os
 import socket
 import time
 import urllib.parse
@@ -112,6 +113,7 @@ class WebhookSettings:
     ``WEBHOOK_BACKOFF``, ``WEBHOOK_MAX_BACKOFF``, ``WEBHOOK_TIMEOUT``, ``WEBHOOK_POLL_INTERVAL``.
 
     Without a secret, deliveries carry no ``webhook-signature`` (a warning is logged once).
+    ``WEBHOOK_BACKOFF`` is the first delay; each retry doubles it, up to ``WEBHOOK_MAX_BACKOFF``.
     """
 
     secret: bytes = dataclasses.field(default=b"", repr=False)
@@ -124,9 +126,9 @@ class WebhookSettings:
     max_concurrency: int = 32
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> WebhookSettings:
-        """Read the variables above; bad values raise ``ValueError``."""
-        env = environ
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookSettings:
+        """Read the variables above (default ``os.environ``); bad values raise ``ValueError``."""
+        env = os.environ if environ is None else environ
         allow = tuple(h.strip() for h in env.get("WEBHOOK_ALLOW_HOSTS", "").split(",") if h.strip())
         settings = cls(
             secret=parse_secret(env.get("WEBHOOK_SECRET", "")),
@@ -282,6 +284,7 @@ class WebhookDispatcher:
         self._watched: set[str] = set()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._warned_unsigned = False
 
     # -- API ------------------------------------------------------------------------------
     async def check(self, url: str) -> Target:
@@ -310,8 +313,6 @@ class WebhookDispatcher:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[WebhookDispatcher]:
         """Run the dispatcher for the duration of the block (deliveries in flight are cut)."""
-        if not self.settings.secret:
-            logger.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned")
         task = asyncio.create_task(self.run(), name="webhooks")
         try:
             yield self
@@ -358,6 +359,12 @@ class WebhookDispatcher:
         return ended
 
     async def _deliver(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
+        try:
+            await self._deliver_with_retries(client, record)
+        except Exception:  # one bad delivery must not end the dispatcher's task group
+            logger.exception("webhook delivery of %s crashed", record.task_id)
+
+    async def _deliver_with_retries(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
         task_id = record.task_id
         url = str(record.request["callbackUrl"])
         body = _payload(record)
@@ -409,6 +416,9 @@ class WebhookDispatcher:
         }
         if self.settings.secret:
             headers["webhook-signature"] = sign(self.settings.secret, msg_id, timestamp, body)
+        elif not self._warned_unsigned:
+            self._warned_unsigned = True
+            logger.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned")
         request_url, extra, extensions = target.request_args()
         try:
             async with client.stream(

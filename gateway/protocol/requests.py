@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool
 
 
 class FileRef(BaseModel):
@@ -25,5 +25,5 @@ class AgentRequest(BaseModel):
     agent_type: int = Field(default=3, alias="agentType", ge=0, le=99)
     request_id: str | None = Field(default=None, alias="requestId", min_length=1, max_length=128)
     callback_url: HttpUrl | None = Field(default=None, alias="callbackUrl")
-    cancel_on_disconnect: bool = Field(default=False, alias="cancelOnDisconnect")
+    cancel_on_disconnect: StrictBool = Field(default=False, alias="cancelOnDisconnect")
     files: list[FileRef] = Field(default_factory=list, max_length=50)

@@ -185,9 +185,15 @@ async def list_tasks(request: Request) -> Response:
     return json_response({"tasks": [snapshot(r) for r in records], "nextCursor": cursor})
 
 
+async def tasks_collection(request: Request) -> Response:
+    """``/api/tasks``: one route for both methods, so a 405 names them both in ``Allow``."""
+    if request.method == "POST":
+        return await create_task(request)
+    return await list_tasks(request)
+
+
 routes = [
-    Route("/api/tasks", create_task, methods=["POST"]),
-    Route("/api/tasks", list_tasks, methods=["GET"]),
+    Route("/api/tasks", tasks_collection, methods=["GET", "POST"]),
     Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
     Route("/api/tasks/{task_id}/events", task_events, methods=["GET"]),
     Route("/api/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),

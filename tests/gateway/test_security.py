@@ -24,6 +24,7 @@ KEYS = "alice:sk-alice-1,alice:sk-alice-2,bob:sk-bob,sk-plain"
 ALICE = {"Authorization": "Bearer sk-alice-1"}
 ALICE_ROTATED = {"Authorization": "Bearer sk-alice-2"}
 BOB = {"Authorization": "Bearer sk-bob"}
+ECHO = {"query": "a b", "agentType": 0}
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -152,7 +153,7 @@ async def test_a_post_sse_submission_is_owned_too() -> None:
             headers = {**ALICE, "Accept": "text/event-stream"}
             with anyio.fail_after(10):
                 streamed = await read_sse(
-                    client, "/api/tasks", method="POST", headers=headers, json={"query": "a b"}
+                    client, "/api/tasks", method="POST", headers=headers, json=ECHO
                 )
             task_id = streamed.headers["x-task-id"]
             mine = await client.get(f"/api/tasks/{task_id}", headers=ALICE)
@@ -203,7 +204,7 @@ async def test_cors_allows_only_listed_origins_with_credentials() -> None:
 
 # -- size limits -------------------------------------------------------------------------------
 async def _chunks(total: int, size: int = 500) -> AsyncIterator[bytes]:
-    yield b'{"query": "'
+    yield b'{"agentType": 0, "query": "'
     for _ in range(total // size):
         yield b"x" * size
     yield b'"}'
@@ -220,7 +221,7 @@ async def test_bodies_over_the_limit_get_413_even_when_chunked() -> None:
             )
             small = await client.post(
                 "/api/tasks",
-                content=_chunks(100),
+                content=_chunks(100, size=50),
                 headers={"Content-Type": "application/json"},
             )
     assert "content-length" not in chunked.request.headers
