@@ -29,7 +29,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -37,7 +36,7 @@ from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.store import RedisStore, StreamStore
+from gateway.store import StreamStore
 
 __all__ = [
     "RateLimiter",
@@ -145,42 +144,16 @@ class SecuritySettings:
 
 # -- per-task side records ---------------------------------------------------------------------
 class TaskNotes:
-    """Small string hashes per task and kind (``owner``, ``webhook``), expiring after ``ttl``.
-
-    With a ``RedisStore`` they are hashes ``{prefix}:{<taskId>}:<kind>`` (the task's hash tag,
-    so Redis Cluster keeps them with the task) written through the store's client; otherwise a
-    dict in this process. The store has no public API for this yet: see the issue note.
-    """
+    """Small string records per task and kind (``owner``, ``webhook``), kept by the store
+    beside the task (so they expire with it and follow it across replicas)."""
 
     def __init__(self, store: StreamStore, ttl: float) -> None:
         self.ttl = max(1, int(ttl))
-        self._redis: Any = None
-        self._prefix = ""
-        if isinstance(store, RedisStore):
-            # Private attributes until the store has a public annotate() (see the issue note).
-            self._redis = store._client
-            self._prefix = store._k.prefix
-        self._local: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
-        self._writes = 0
-
-    def _key(self, task_id: str, kind: str) -> str:
-        return f"{self._prefix}:{{{task_id}}}:{kind}"
+        self._store = store
 
     async def set(self, task_id: str, kind: str, fields: Mapping[str, str]) -> None:
         """Merge ``fields`` into the record and restart its expiry."""
-        if self._redis is not None:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.hset(self._key(task_id, kind), mapping=dict(fields))
-            pipe.expire(self._key(task_id, kind), self.ttl)
-            await pipe.execute()
-            return
-        now = time.monotonic()
-        old = self._local.get((kind, task_id))
-        merged = {**(old[0] if old and old[1] > now else {}), **fields}
-        self._local[(kind, task_id)] = (merged, now + self.ttl)
-        self._writes += 1
-        if self._writes % 1024 == 0:
-            self._local = {k: v for k, v in self._local.items() if v[1] > now}
+        await self._store.annotate(task_id, kind, fields, self.ttl)
 
     async def get(self, task_id: str, kind: str) -> dict[str, str]:
         """The record (empty when there is none)."""
@@ -188,18 +161,7 @@ class TaskNotes:
 
     async def get_many(self, task_ids: Sequence[str], kind: str) -> list[dict[str, str]]:
         """The records of ``task_ids``, in order."""
-        if self._redis is not None:
-            pipe = self._redis.pipeline(transaction=False)
-            for task_id in task_ids:
-                pipe.hgetall(self._key(task_id, kind))
-            rows = await pipe.execute()
-            return [{k.decode(): v.decode() for k, v in row.items()} for row in rows]
-        now = time.monotonic()
-        out = []
-        for task_id in task_ids:
-            entry = self._local.get((kind, task_id))
-            out.append(dict(entry[0]) if entry and entry[1] > now else {})
-        return out
+        return await self._store.annotations(task_ids, kind)
 
 
 def task_notes(app: Starlette) -> TaskNotes:

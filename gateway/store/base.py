@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import base64
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus
@@ -188,6 +188,16 @@ class StreamStore(abc.ABC):
     @abc.abstractmethod
     async def dequeue(self, consumer: str, timeout: float) -> str | None:
         """Next queued task id, waiting up to ``timeout`` seconds."""
+
+    # -- annotations ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
+        """Merge ``fields`` into the task's ``kind`` record (owner, webhook delivery …) and
+        (re)start its expiry of ``ttl`` seconds. The record lives beside the task's keys."""
+
+    @abc.abstractmethod
+    async def annotations(self, task_ids: Sequence[str], kind: str) -> list[dict[str, str]]:
+        """The ``kind`` records of ``task_ids`` in order (empty where there is none)."""
 
     async def sweep_index(self, now: int) -> None:  # noqa: B027 - optional hook
         """Drop expired entries from listing indexes (no-op where not needed)."""

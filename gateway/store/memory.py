@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.protocol import (
@@ -46,6 +47,7 @@ class MemoryStore(StreamStore):
         self._tasks: dict[str, _Entry] = {}
         self._idempotency: dict[str, tuple[str, float]] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._notes: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
         self._tiebreak = itertools.count()
 
     async def start(self) -> None:
@@ -236,6 +238,20 @@ class MemoryStore(StreamStore):
         except TimeoutError:
             return None
 
+    async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
+        now = time.monotonic()
+        old = self._notes.get((kind, task_id))
+        merged = {**(old[0] if old and old[1] > now else {}), **fields}
+        self._notes[(kind, task_id)] = (merged, now + ttl)
+
+    async def annotations(self, task_ids: Sequence[str], kind: str) -> list[dict[str, str]]:
+        now = time.monotonic()
+        out = []
+        for task_id in task_ids:
+            note = self._notes.get((kind, task_id))
+            out.append(dict(note[0]) if note and note[1] > now else {})
+        return out
+
     async def sweep_index(self, now: int) -> None:
         for task_id in list(self._tasks):
             self._live(task_id)
@@ -243,3 +259,6 @@ class MemoryStore(StreamStore):
         for key, (_, expires) in list(self._idempotency.items()):
             if expires <= deadline:
                 del self._idempotency[key]
+        for note_key, (_, expires) in list(self._notes.items()):
+            if expires <= deadline:
+                del self._notes[note_key]

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -70,6 +70,9 @@ class _Keys:
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{{{key}}}"
+
+    def note(self, task_id: str, kind: str) -> str:
+        return f"{self.prefix}:{{{task_id}}}:note:{kind}"
 
     def task(self, task_id: str) -> list[str]:
         return [self.state(task_id), self.log(task_id)]
@@ -553,6 +556,21 @@ class RedisStore(StreamStore):
 
         await self._batch(build)
         return str(fields[b"t"].decode())
+
+    async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
+        key = self._k.note(task_id, kind)
+
+        def build(pipe: Any) -> None:
+            pipe.hset(key, mapping=dict(fields))
+            pipe.expire(key, ttl)
+
+        await self._batch(build)
+
+    async def annotations(self, task_ids: Sequence[str], kind: str) -> list[dict[str, str]]:
+        rows = await self._batch(
+            lambda pipe: [pipe.hgetall(self._k.note(task_id, kind)) for task_id in task_ids]
+        )
+        return [{k.decode(): v.decode() for k, v in row.items()} for row in rows]
 
     async def sweep_index(self, now: int) -> None:
         horizon = (now - self.result_ttl * 2000) * 1000.0

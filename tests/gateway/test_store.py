@@ -273,3 +273,13 @@ async def test_requeue_hands_a_running_task_back_with_a_status_message(store: St
     lapsed = await store.requeue(task_id, dict(body_), owner=None, now=now_ms() + 60_000)
     assert lapsed is not None and lapsed.seq == 4
     assert [m.seq for m in await store.read(task_id, 0, 10)] == [1, 2, 3, 4]
+
+
+async def test_annotations_merge_per_kind_and_are_read_in_order(store: StreamStore) -> None:
+    task_id = await running(store)
+    await store.annotate(task_id, "webhook", {"attempts": "1"}, 60)
+    await store.annotate(task_id, "webhook", {"status": "200"}, 60)
+    await store.annotate(task_id, "owner", {"name": "alice"}, 60)
+    got = await store.annotations([task_id, "unknown"], "webhook")
+    assert got == [{"attempts": "1", "status": "200"}, {}]
+    assert await store.annotations([task_id], "owner") == [{"name": "alice"}]
