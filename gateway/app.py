@@ -34,6 +34,7 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
             flush_interval=settings.flush_interval_ms / 1000.0,
             prefix=settings.redis_prefix,
             cluster=settings.redis_cluster,
+            max_connections=settings.redis_max_connections,
             on_flush=metrics.on_flush,
         )
     return MemoryStore(result_ttl=settings.result_ttl)

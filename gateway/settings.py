@@ -36,6 +36,7 @@ class Settings:
     redis_url: str | None = dataclasses.field(default=None, repr=False)
     redis_prefix: str = "agw"
     redis_cluster: bool = False
+    redis_max_connections: int = 2048
     host: str = "127.0.0.1"
     port: int = 8080
     heartbeat_interval: float = 15.0
@@ -70,6 +71,7 @@ class Settings:
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             redis_prefix=env.get("REDIS_PREFIX", "agw"),
+            redis_max_connections=int(_num(env, "REDIS_MAX_CONNECTIONS", 2048, minimum=1)),
             redis_cluster=env.get("REDIS_CLUSTER", "").lower() in {"1", "true", "yes"},
             host=env.get("HOST", "127.0.0.1"),
             port=int(_num(env, "PORT", 8080, minimum=0)),

@@ -33,6 +33,7 @@ from gateway.protocol import (
     stamp_seq,
 )
 from gateway.store import _scripts
+from gateway.store._log import LocalLog
 from gateway.store._writer import Flusher, LostWriter, _Writer
 from gateway.store.base import (
     LeaseState,
@@ -47,6 +48,9 @@ from gateway.store.base import (
 logger = logging.getLogger(__name__)
 
 GROUP = "agw-workers"
+SOCKET_TIMEOUT = 10.0
+#: Longest a blocking read waits in one call; below ``SOCKET_TIMEOUT`` so it never trips it.
+MAX_BLOCK = 4.0
 
 
 class _Keys:
@@ -120,6 +124,18 @@ def _messages(entries: list[Any]) -> list[StoredMessage]:
     return out
 
 
+class _Follower:
+    """A shared tail of one task's Redis Stream (messages after ``base``)."""
+
+    __slots__ = ("done", "log", "readers", "task")
+
+    def __init__(self, base: int) -> None:
+        self.log = LocalLog(base)
+        self.readers = 0
+        self.done = False
+        self.task: asyncio.Task[None] | None = None
+
+
 class RedisStore(StreamStore):
     """``StreamStore`` over Redis with coalesced writes and in-memory wake-ups for local readers."""
 
@@ -131,6 +147,7 @@ class RedisStore(StreamStore):
         flush_interval: float = 0.002,
         prefix: str = "agw",
         cluster: bool = False,
+        max_connections: int = 2048,
         on_flush: Callable[[float], None] | None = None,
     ) -> None:
         self.url = url
@@ -138,9 +155,16 @@ class RedisStore(StreamStore):
         self._k = _Keys(prefix)
         # redis-py 8 types replies as wide unions; the shapes used here are fixed by the commands.
         self._client: Any = (
-            RedisCluster.from_url(url)
+            RedisCluster.from_url(
+                url, socket_timeout=SOCKET_TIMEOUT, max_connections=max_connections
+            )
             if cluster
-            else aioredis.Redis.from_url(url, health_check_interval=30)
+            else aioredis.Redis.from_url(
+                url,
+                health_check_interval=30,
+                socket_timeout=SOCKET_TIMEOUT,
+                max_connections=max_connections,
+            )
         )
         self._append = self._client.register_script(_scripts.APPEND)
         self._finish_if = self._client.register_script(_scripts.FINISH_IF)
@@ -149,6 +173,7 @@ class RedisStore(StreamStore):
         self._requeue = self._client.register_script(_scripts.REQUEUE)
         self._writers: dict[str, _Writer] = {}
         self._group_ready = False
+        self._followers: dict[str, _Follower] = {}
         self._flusher = Flusher(
             self._client,
             self._append,
@@ -180,6 +205,10 @@ class RedisStore(StreamStore):
         self._group_ready = True
 
     async def close(self) -> None:
+        followers = [f.task for f in self._followers.values() if f.task is not None]
+        for task in followers:
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
         await self._flusher.close()
         await self._client.aclose()
 
@@ -516,19 +545,59 @@ class RedisStore(StreamStore):
             return await self.read(task_id, after, 1000)
         try:
             messages = await self.read(task_id, after, 1000)
-            if messages:
-                return messages
-            block = max(1, int(timeout * 1000))
-            reply = await self._client.xread(
-                {self._k.log(task_id): f"{after}-0"}, count=1000, block=block
-            )
         except (RedisError, OSError) as exc:
             _raise_if_cancelling()
             # Redis is away: the reader keeps its connection (heartbeats) and retries.
             logger.warning("tail of %s failed: %s", task_id, exc)
             await asyncio.sleep(min(timeout, 0.5))
             return []
-        return _messages(reply[0][1]) if reply else []
+        if messages:
+            return messages
+        # Caught up with Redis: wait on the one follower this process runs for the task.
+        follower = self._follow(task_id, after)
+        follower.readers += 1
+        try:
+            await follower.log.wait_beyond(after, timeout)
+        finally:
+            follower.readers -= 1
+        return follower.log.since(after, 1000) if follower.log.covers(after) else []
+
+    def _follow(self, task_id: str, after: int) -> _Follower:
+        follower = self._followers.get(task_id)
+        if follower is None or not follower.log.covers(after) or follower.done:
+            follower = _Follower(after)
+            self._followers[task_id] = follower
+            follower.task = asyncio.create_task(
+                self._run_follower(task_id, follower), name=f"follow-{task_id}"
+            )
+        return follower
+
+    async def _run_follower(self, task_id: str, follower: _Follower) -> None:
+        """One blocking XREAD loop per task and process, shared by all its local readers."""
+        log = follower.log
+        try:
+            idle_rounds = 0
+            while not log.finished and idle_rounds < 2:
+                try:
+                    reply = await self._client.xread(
+                        {self._k.log(task_id): f"{log.last_seq}-0"},
+                        count=1000,
+                        block=int(MAX_BLOCK * 1000),
+                    )
+                except (RedisError, OSError) as exc:
+                    _raise_if_cancelling()
+                    logger.warning("following %s failed: %s", task_id, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for message in _messages(reply[0][1]) if reply else []:
+                    if message.seq == log.last_seq + 1:
+                        log.add(message)
+                idle_rounds = idle_rounds + 1 if follower.readers == 0 else 0
+        finally:
+            follower.done = True
+            log.wake()
+            if self._followers.get(task_id) is follower:
+                del self._followers[task_id]
 
     # -- queue ----------------------------------------------------------------------------
     async def enqueue(self, task_id: str) -> None:
@@ -537,8 +606,9 @@ class RedisStore(StreamStore):
     async def dequeue(self, consumer: str, timeout: float) -> str | None:
         try:
             await self._ensure_group()
+            block = max(1, int(min(timeout, MAX_BLOCK) * 1000))
             reply = await self._client.xreadgroup(
-                GROUP, consumer, {self._k.queue: ">"}, count=1, block=max(1, int(timeout * 1000))
+                GROUP, consumer, {self._k.queue: ">"}, count=1, block=block
             )
         except (StoreUnavailable, RedisError, OSError) as exc:
             _raise_if_cancelling()
