@@ -30,7 +30,7 @@ HEARTBEAT = b": ping\n\n"
 
 
 class SlowClient(Exception):
-    """The client did not take a frame within the send time limit."""
+    """The client did not take a frame within the send time limit (kept for importers)."""
 
 
 class LogStream:
@@ -56,6 +56,11 @@ class LogStream:
         self.on_disconnect = on_disconnect
         self.draining = draining
         self.finished = False
+        self._loop = asyncio.get_running_loop()
+        self._scope: anyio.CancelScope | None = None
+        self._sending_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._slow = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.active_streams.inc()
@@ -69,21 +74,22 @@ class LogStream:
                 }
             )
             async with anyio.create_task_group() as group:
+                self._scope = group.cancel_scope
                 group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
                 if self.draining is not None:
                     group.start_soon(self._watch_drain, self.draining, group.cancel_scope)
-                try:
-                    await self._pump(send)
-                except SlowClient:
-                    self.metrics.slow_clients.inc()
-                    logger.info("SSE reader of %s too slow; disconnected", self.task_id)
-                    group.cancel_scope.cancel()
-                    return
+                await self._pump(send)
                 group.cancel_scope.cancel()
+            if self._slow:
+                self.metrics.slow_clients.inc()
+                logger.info("SSE reader of %s too slow; disconnected", self.task_id)
+                return  # no final chunk: the client cannot take data
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return  # the peer is gone
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             self.metrics.active_streams.dec()
 
     async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
@@ -101,31 +107,56 @@ class LogStream:
         scope.cancel()  # end cleanly; the client resumes on another replica
 
     async def _send(self, send: Send, body: bytes) -> None:
-        with anyio.move_on_after(self.settings.send_timeout) as timer:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-        if timer.cancelled_caught:
-            raise SlowClient(self.task_id)
+        """Send one chunk under the send time limit.
+
+        The limit is enforced by a watchdog timer, not a cancel scope per send: a send almost
+        never blocks (the server only waits when the socket buffer is full), and a timer per
+        frame would be the dearest part of the hot path. The watchdog is armed by the first
+        send after it went quiet and re-arms itself only while a send is in progress.
+        """
+        loop = self._loop
+        self._sending_since = now = loop.time()
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(now + self.settings.send_timeout, self._check_send)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        self._sending_since = None
+
+    def _check_send(self) -> None:
+        self._watchdog = None
+        since = self._sending_since
+        if since is None:
+            return  # idle between sends: stay disarmed until the next send
+        overdue = since + self.settings.send_timeout
+        if self._loop.time() >= overdue - 0.001:
+            self._slow = True  # a client that cannot take data is cut off (it resumes later)
+            if self._scope is not None:
+                self._scope.cancel()
+            return
+        self._watchdog = self._loop.call_at(overdue, self._check_send)
 
     async def _pump(self, send: Send) -> None:
         settings = self.settings
+        store = self.store
+        task_id = self.task_id
+        heartbeat = settings.heartbeat_interval
+        clock = self._loop.time
         cursor = self.after
-        deadline = anyio.current_time() + settings.sse_max_age
+        deadline = clock() + settings.sse_max_age
         await self._send(send, b"retry: %d\n\n" % settings.sse_retry_ms)
         while True:
-            remaining = deadline - anyio.current_time()
+            remaining = deadline - clock()
             if remaining <= 0:
                 return  # SSE_MAX_AGE: end cleanly, the client resumes with Last-Event-ID
             try:
-                messages = await self.store.tail(
-                    self.task_id, cursor, min(settings.heartbeat_interval, remaining)
-                )
+                messages = await store.tail(task_id, cursor, min(heartbeat, remaining))
             except TaskNotFound:
                 return
             if not messages:
-                if deadline - anyio.current_time() > 0:
+                if deadline - clock() > 0:
                     await self._send(send, HEARTBEAT)
                 continue
             last = messages[-1]
+            # Frames are encoded once per message and shared by every reader (cached).
             await self._send(
                 send, last.frame if len(messages) == 1 else b"".join(m.frame for m in messages)
             )

@@ -167,16 +167,18 @@ class TaskManager:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_renew_interval)
-            for task_id, running in list(self.running.items()):
-                try:
-                    state = await self.store.renew(task_id, self.owner, self.lease_ms)
-                except Exception:
-                    logger.exception("lease renewal of %s failed", task_id)
-                    continue
-                if state is LeaseState.CANCEL:
-                    running.stop("cancel")
+            running = list(self.running.items())
+            states = await asyncio.gather(
+                *(self.store.renew(task_id, self.owner, self.lease_ms) for task_id, _ in running),
+                return_exceptions=True,
+            )
+            for (task_id, task), state in zip(running, states, strict=True):
+                if isinstance(state, BaseException):
+                    logger.warning("lease renewal of %s failed: %r", task_id, state)
+                elif state is LeaseState.CANCEL:
+                    task.stop("cancel")
                 elif state is LeaseState.LOST:
-                    running.stop("lost")
+                    task.stop("lost")
 
     async def _sweep(self) -> None:
         while True:

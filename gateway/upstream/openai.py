@@ -69,7 +69,9 @@ class ChatClient:
                 settings.llm_idle_timeout,
                 connect=settings.llm_connect_timeout,
                 pool=settings.llm_connect_timeout,
-            )
+            ),
+            # Concurrency is bounded by MAX_RUNNING, not by the client's pool (default 100).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
 

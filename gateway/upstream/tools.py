@@ -41,7 +41,9 @@ class ToolServiceClient:
                 settings.tool_idle_timeout,
                 connect=settings.tool_connect_timeout,
                 pool=settings.tool_connect_timeout,
-            )
+            ),
+            # Concurrency is bounded by MAX_RUNNING, not by the client's pool (default 100).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self._base = settings.tool_service_url.rstrip("/")
 

@@ -1,0 +1,94 @@
+"""Run the gateway for the bench: one uvicorn worker (uvloop + httptools) with the relay agent.
+
+Equivalent to ``agent-gateway serve gateway`` with ``agentType 1`` registered; settings come from
+the environment (``REDIS_URL``, ``MAX_RUNNING`` …) exactly as there. ``--chat-pool N`` gives the
+relay agent a ChatClient whose HTTP pool allows ``N`` concurrent upstream streams (the default
+``httpx`` pool allows 100, which would queue the 500-stream scenario). ``--reader raw`` reads
+the upstream with ``bench.rawchat`` instead (the proposed upstream reader) — a measurement aid.
+
+    python -m bench.gateway_server --port 8080 --chat-pool 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import httpx
+import uvicorn
+import uvloop
+
+from bench.procs import raise_fd_limit
+from bench.rawchat import RawChatClient
+from gateway.agents import register_builtin_agents
+from gateway.agents.echo import make_echo_agent
+from gateway.agents.relay import relay_agent
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.tasks import TaskRegistry
+from gateway.tasks.context import Handler, TaskContext
+from gateway.upstream import ChatClient
+
+RELAY = 1
+
+
+def _with_chat(chat: ChatClient | RawChatClient) -> Handler:
+    async def relay_with_client(ctx: TaskContext) -> None:
+        await relay_agent(dataclasses.replace(ctx, services={**ctx.services, "chat": chat}))
+
+    return relay_with_client
+
+
+async def serve(port: int, chat_pool: int, reader: str) -> None:
+    settings = dataclasses.replace(Settings.from_env(), port=port)
+    registry = TaskRegistry()
+    registry.register(0, make_echo_agent(settings.echo_token_delay_ms), name="echo")
+    register_builtin_agents(registry)
+    http: httpx.AsyncClient | None = None
+    raw: RawChatClient | None = None
+    if reader == "raw":
+        raw = RawChatClient(settings.upstream)
+        registry.register(RELAY, _with_chat(raw), name="relay")
+    elif chat_pool > 0:
+        up = settings.upstream
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                up.llm_idle_timeout, connect=up.llm_connect_timeout, pool=up.llm_connect_timeout
+            ),
+            limits=httpx.Limits(max_connections=chat_pool, max_keepalive_connections=chat_pool),
+        )
+        registry.register(RELAY, _with_chat(ChatClient(up, http=http)), name="relay")
+    else:
+        registry.register(RELAY, relay_agent, name="relay")
+    app = create_app(settings, registry=registry)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="none",  # already on uvloop (below)
+        http="httptools",
+        log_level="warning",
+        backlog=16384,
+        timeout_graceful_shutdown=3,
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        if http is not None:
+            await http.aclose()
+        if raw is not None:
+            await raw.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--chat-pool", type=int, default=2000)
+    parser.add_argument("--reader", choices=["httpx", "raw"], default="httpx")
+    args = parser.parse_args()
+    raise_fd_limit()
+    uvloop.run(serve(args.port, args.chat_pool, args.reader))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Start the processes, run the scenarios, write the table and the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+from bench.procs import (
+    Child,
+    raise_fd_limit,
+    redis_server,
+    self_cpu_seconds,
+    start_python,
+    wait_port,
+)
+from bench.report import table, verdicts
+from bench.scenarios import SCENARIOS, SMOKE, Sizes, World, warm_up
+from bench.targets import Target, make_targets
+
+RESULTS = Path(__file__).parent / "results"
+
+#: scenario letter (as in the issue) → name
+LETTERS = {"a": "relay", "b": "idle", "c": "fanout", "d": "mirroring", "e": "resume"}
+
+
+def _gateway_env(sizes: Sizes, upstream: Child, redis_url: str) -> dict[str, str]:
+    return {
+        # redis-py's pool holds 100 connections by default and every idle worker parks a
+        # blocking XREADGROUP on one of them: MAX_RUNNING > ~90 needs a bigger pool.
+        "REDIS_URL": redis_url + "?max_connections=4000",
+        "REDIS_PREFIX": f"agw-bench-{secrets.token_hex(4)}",
+        "MAX_RUNNING": str(sizes.max_running),
+        "MAX_QUEUED": "100000",
+        "HEARTBEAT_INTERVAL": str(sizes.idle_ping),
+        "LLM_BASE_URL": f"{upstream.url}/v1",
+        "LLM_MAX_RETRIES": "0",
+        "LLM_IDLE_TIMEOUT": "900",
+    }
+
+
+async def run(
+    names: Sequence[str], sizes: Sizes, chat_pool: int, reader: str = "httpx"
+) -> dict[str, Any]:
+    """Run ``names`` against freshly started processes; returns the results document."""
+    raise_fd_limit()
+    started = time.time()
+    cpu0 = self_cpu_seconds()
+    results: dict[str, Any] = {}
+    with redis_server() as (redis_url, redis_child):
+        upstream = start_python("upstream", "bench.upstream", ["--ping", str(sizes.idle_ping)])
+        env = _gateway_env(sizes, upstream, redis_url)
+        pool = ["--chat-pool", str(chat_pool), "--reader", reader]
+        gateway = start_python("gateway", "bench.gateway_server", pool, env)
+        memory = start_python(
+            "gateway-memory", "bench.gateway_server", pool, {**env, "REDIS_URL": ""}
+        )
+        naive = start_python(
+            "naive",
+            "bench.naive",
+            [
+                "--redis",
+                env["REDIS_URL"],
+                "--upstream",
+                f"{upstream.url}/v1",
+                "--ping",
+                str(sizes.idle_ping),
+                "--prefix",
+                env["REDIS_PREFIX"] + ":naive",
+            ],
+        )
+        children = [upstream, gateway, memory, naive]
+        try:
+            for child in children:
+                wait_port(child.port, child.proc)
+            world = World(
+                targets=make_targets(upstream, gateway, naive),
+                upstream=upstream,
+                gateway_memory=Target("gateway", memory, b'"result":"'),
+                redis=redis_child,
+                sizes=sizes,
+            )
+            await warm_up(world)
+            for name in names:
+                t = time.monotonic()
+                print(f"[bench] {name} …", file=sys.stderr, flush=True)
+                results[name] = await SCENARIOS[name](world)
+                print(
+                    f"[bench] {name} done in {time.monotonic() - t:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        finally:
+            for child in children:
+                child.stop()
+    results["targets"] = verdicts(results)
+    results["meta"] = {
+        "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
+        "seconds": round(time.time() - started, 1),
+        "client_cpu_s": round(self_cpu_seconds() - cpu0, 2),
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "sizes": sizes.__dict__,
+        "chat_pool": chat_pool,
+        "upstream_reader": reader,
+        "smoke": sizes is SMOKE,
+    }
+    return results
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write(results: dict[str, Any], out: Path | None) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = out or RESULTS / f"bench-{stamp}{'-smoke' if results['meta']['smoke'] else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "scenarios", nargs="*", help="a/relay b/idle c/fanout d/mirroring e/resume (default: all)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: a correctness check")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument(
+        "--chat-pool",
+        type=int,
+        default=2000,
+        help="HTTP pool of the relay's ChatClient (0: the app's own client)",
+    )
+    parser.add_argument(
+        "--reader",
+        choices=["httpx", "raw"],
+        default="httpx",
+        help="the relay's upstream reader: the shipped ChatClient (httpx) or "
+        "the raw asyncio prototype in bench/rawchat.py",
+    )
+    args = parser.parse_args(argv)
+    names = [LETTERS.get(s, s) for s in args.scenarios] or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {list(LETTERS.items())}")
+    sizes = SMOKE if args.smoke else Sizes()
+    results = uvloop.run(run(names, sizes, args.chat_pool, args.reader))
+    path = write(results, args.out)
+    print(table(results))
+    print(f"results: {path}")
+    return 0
