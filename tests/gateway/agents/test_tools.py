@@ -85,13 +85,13 @@ def test_agent_limits_are_read_from_the_environment() -> None:
         AgentLimits.from_env({"AGENT_MAX_STEPS": "0"})
 
 
-def test_the_builtin_agents_are_registered_as_3_and_5() -> None:
+def test_the_builtin_agents_are_registered_as_relay_1_plan_3_and_react_5() -> None:
     registry = TaskRegistry()
     register_builtin_agents(registry)
-    assert registry.agent_types == [3, 5]
+    assert registry.agent_types == [1, 3, 5]
 
 
 def test_echo_is_registered_too_when_its_pace_is_given() -> None:
     registry = TaskRegistry()
     register_builtin_agents(registry, echo_token_delay_ms=0)
-    assert registry.agent_types == [0, 3, 5]
+    assert registry.agent_types == [0, 1, 3, 5]
