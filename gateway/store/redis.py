@@ -33,7 +33,16 @@ from gateway.protocol import (
     stamp_seq,
 )
 from gateway.store import _scripts
-from gateway.store._log import LocalLog
+from gateway.store._redis_parts import (
+    GROUP,
+    MAX_BLOCK,
+    SOCKET_TIMEOUT,
+    _Follower,
+    _Keys,
+    _messages,
+    _raise_if_cancelling,
+    _record,
+)
 from gateway.store._writer import Flusher, LostWriter, _Writer
 from gateway.store.base import (
     LeaseState,
@@ -46,94 +55,6 @@ from gateway.store.base import (
 )
 
 logger = logging.getLogger(__name__)
-
-GROUP = "agw-workers"
-SOCKET_TIMEOUT = 10.0
-#: Longest a blocking read waits in one call; below ``SOCKET_TIMEOUT`` so it never trips it.
-MAX_BLOCK = 4.0
-
-
-class _Keys:
-    """Key names under one prefix (``agw`` by default); the task id is the hash tag."""
-
-    __slots__ = ("all", "prefix", "queue")
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.queue = f"{prefix}:queue"
-        self.all = f"{prefix}:idx:all"
-
-    def state(self, task_id: str) -> str:
-        return f"{self.prefix}:{{{task_id}}}:state"
-
-    def log(self, task_id: str) -> str:
-        return f"{self.prefix}:{{{task_id}}}:log"
-
-    def index(self, status: TaskStatus | str) -> str:
-        return f"{self.prefix}:idx:{status}"
-
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}:idem:{{{key}}}"
-
-    def note(self, task_id: str, kind: str) -> str:
-        return f"{self.prefix}:{{{task_id}}}:note:{kind}"
-
-    def task(self, task_id: str) -> list[str]:
-        return [self.state(task_id), self.log(task_id)]
-
-
-def _opt_int(value: bytes | None) -> int | None:
-    return int(value) if value else None
-
-
-def _record(fields: dict[bytes, bytes]) -> TaskRecord:
-    error = fields.get(b"error")
-    err = orjson.loads(error) if error else None
-    result = fields.get(b"result")
-    return TaskRecord(
-        task_id=fields[b"taskId"].decode(),
-        request_id=fields[b"requestId"].decode(),
-        agent_type=int(fields[b"agentType"]),
-        query=fields[b"query"].decode(),
-        status=TaskStatus(fields[b"status"].decode()),
-        created_at=int(fields[b"createdAt"]),
-        started_at=_opt_int(fields.get(b"startedAt")),
-        ended_at=_opt_int(fields.get(b"endedAt")),
-        error=TaskError(err["code"], err["message"]) if err else None,
-        last_seq=int(fields.get(b"lastSeq", b"0")),
-        result=result.decode() if result is not None else None,
-        request=orjson.loads(fields.get(b"request", b"{}")),
-        owner=fields[b"owner"].decode() if fields.get(b"owner") else None,
-        lease_until=_opt_int(fields.get(b"leaseUntil")),
-        attempts=int(fields.get(b"attempts", b"0")),
-    )
-
-
-def _raise_if_cancelling() -> None:
-    """redis-py may turn a cancellation into a connection error: never let that hide it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-def _messages(entries: list[Any]) -> list[StoredMessage]:
-    out = []
-    for entry_id, fields in entries:
-        seq = int(entry_id.split(b"-", 1)[0])
-        out.append(StoredMessage(seq, fields[b"d"], b"f" in fields))
-    return out
-
-
-class _Follower:
-    """A shared tail of one task's Redis Stream (messages after ``base``)."""
-
-    __slots__ = ("done", "log", "readers", "task")
-
-    def __init__(self, base: int) -> None:
-        self.log = LocalLog(base)
-        self.readers = 0
-        self.done = False
-        self.task: asyncio.Task[None] | None = None
 
 
 class RedisStore(StreamStore):
@@ -568,36 +489,17 @@ class RedisStore(StreamStore):
             follower = _Follower(after)
             self._followers[task_id] = follower
             follower.task = asyncio.create_task(
-                self._run_follower(task_id, follower), name=f"follow-{task_id}"
+                follower.run(self._client, self._k.log(task_id), self._unfollow(task_id)),
+                name=f"follow-{task_id}",
             )
         return follower
 
-    async def _run_follower(self, task_id: str, follower: _Follower) -> None:
-        """One blocking XREAD loop per task and process, shared by all its local readers."""
-        log = follower.log
-        try:
-            idle_rounds = 0
-            while not log.finished and idle_rounds < 2:
-                try:
-                    reply = await self._client.xread(
-                        {self._k.log(task_id): f"{log.last_seq}-0"},
-                        count=1000,
-                        block=int(MAX_BLOCK * 1000),
-                    )
-                except (RedisError, OSError) as exc:
-                    _raise_if_cancelling()
-                    logger.warning("following %s failed: %s", task_id, exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                for message in _messages(reply[0][1]) if reply else []:
-                    if message.seq == log.last_seq + 1:
-                        log.add(message)
-                idle_rounds = idle_rounds + 1 if follower.readers == 0 else 0
-        finally:
-            follower.done = True
-            log.wake()
+    def _unfollow(self, task_id: str) -> Callable[[_Follower], None]:
+        def forget(follower: _Follower) -> None:
             if self._followers.get(task_id) is follower:
                 del self._followers[task_id]
+
+        return forget
 
     # -- queue ----------------------------------------------------------------------------
     async def enqueue(self, task_id: str) -> None:
