@@ -31,6 +31,17 @@ from gateway.tasks.context import TaskRegistry
 logger = logging.getLogger(__name__)
 
 
+def _reraise_cancellation() -> None:
+    """Raise ``CancelledError`` if this task is being cancelled.
+
+    redis-py may turn a cancellation that lands inside a command into a connection error; a
+    loop that logs and carries on after errors must not take that for an ordinary failure.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class QueueFull(Exception):
     """Too many tasks wait; the caller should retry after ``retry_after`` seconds."""
 
@@ -62,6 +73,7 @@ class TaskManager:
         self._on_append = on_append
         self.running: dict[str, RunningTask] = {}
         self._group: asyncio.TaskGroup | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
     @property
@@ -140,8 +152,10 @@ class TaskManager:
         """Run workers, the lease renewer and the sweeper until cancelled."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            for index in range(self.settings.max_running):
+            self._workers = [
                 group.create_task(self._worker(f"{self.owner}-{index}"), name=f"worker-{index}")
+                for index in range(self.settings.max_running)
+            ]
             group.create_task(self._renew_leases(), name="lease-renewer")
             group.create_task(self._sweep(), name="sweeper")
 
@@ -150,9 +164,11 @@ class TaskManager:
             try:
                 task_id = await self.store.dequeue(consumer, 1.0)
             except Exception:
+                _reraise_cancellation()
                 logger.exception("dequeue failed")
                 await asyncio.sleep(1.0)
                 continue
+            _reraise_cancellation()
             if task_id is None or self._stopping.is_set():
                 if task_id is not None:
                     await self.store.enqueue(task_id)  # hand it to another replica
@@ -162,6 +178,7 @@ class TaskManager:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                _reraise_cancellation()
                 logger.exception("task %s crashed its worker", task_id)
 
     async def _renew_leases(self) -> None:
@@ -172,6 +189,7 @@ class TaskManager:
                 *(self.store.renew(task_id, self.owner, self.lease_ms) for task_id, _ in running),
                 return_exceptions=True,
             )
+            _reraise_cancellation()
             for (task_id, task), state in zip(running, states, strict=True):
                 if isinstance(state, BaseException):
                     logger.warning("lease renewal of %s failed: %r", task_id, state)
@@ -185,7 +203,9 @@ class TaskManager:
             await asyncio.sleep(self.settings.sweep_interval)
             try:
                 await self.sweep_once()
+                _reraise_cancellation()
             except Exception:
+                _reraise_cancellation()
                 logger.exception("sweep failed")
 
     async def sweep_once(self) -> list[str]:
@@ -264,6 +284,10 @@ class TaskManager:
             running.stop(reason)
         if self.running:
             await asyncio.wait([r.done for r in self.running.values()], timeout=10)
+        # Let every worker leave its loop by itself: one cancelled between taking a task off
+        # the queue and putting it back would lose that task.
+        if self._workers:
+            await asyncio.wait(self._workers, timeout=10)
 
     def on_append(self, message: StoredMessage) -> None:
         if self._on_append is not None:
