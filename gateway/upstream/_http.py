@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
 
 import anyio
 import httpx
@@ -14,7 +16,14 @@ import orjson
 
 from gateway.upstream.errors import UpstreamHTTPError, UpstreamTimeout
 
-__all__ = ["CLOSE_TIMEOUT", "Deadline", "aclose_quietly", "http_error", "parse_retry_after"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "Deadline",
+    "OwnedHttp",
+    "aclose_quietly",
+    "http_error",
+    "parse_retry_after",
+]
 
 CLOSE_TIMEOUT = 2.0
 """Seconds a shielded close of a response may take before it is abandoned."""
@@ -94,3 +103,27 @@ def http_error(response: httpx.Response, body: bytes, what: str) -> UpstreamHTTP
     return UpstreamHTTPError(
         text, response.status_code, parse_retry_after(response.headers.get("retry-after"))
     )
+
+
+class OwnedHttp:
+    """Base of the upstream clients: an ``httpx.AsyncClient`` closed by whoever created it,
+    and ``async with`` support."""
+
+    _http: httpx.AsyncClient
+    _owns_http: bool
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import httpx
 import orjson
 
-from gateway.upstream._http import Deadline, http_error
+from gateway.upstream._http import Deadline, OwnedHttp, http_error
 from gateway.upstream.errors import UpstreamProtocolError, UpstreamRemoteError, from_httpx
 from gateway.upstream.settings import UpstreamSettings
 
@@ -73,7 +72,7 @@ class McpToolResult:
         return "\n".join(parts)
 
 
-class McpBridgeClient:
+class McpBridgeClient(OwnedHttp):
     """Lists and calls MCP tools through the MCP client service."""
 
     def __init__(
@@ -85,22 +84,6 @@ class McpBridgeClient:
             timeout=httpx.Timeout(settings.tool_timeout, connect=settings.tool_connect_timeout)
         )
         self._base = settings.mcp_client_url.rstrip("/")
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> McpBridgeClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def ping(self, server_url: str) -> None:
         """Check that the MCP server answers (``/v1/serv/pong``); raise if it does not."""

@@ -14,14 +14,13 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
 import orjson
 
-from gateway.upstream._http import Deadline, aclose_quietly, http_error
+from gateway.upstream._http import Deadline, OwnedHttp, aclose_quietly, http_error
 from gateway.upstream.chat import ChatAssembler, ChatEvent, ChatResult, parse_completion
 from gateway.upstream.errors import (
     UpstreamConnectError,
@@ -53,7 +52,7 @@ def _is_retryable(exc: UpstreamError) -> bool:
     return False
 
 
-class ChatClient:
+class ChatClient(OwnedHttp):
     """Streams chat completions; use ``async with ChatClient(settings) as chat``.
 
     ``http`` lets several clients share one ``httpx.AsyncClient`` (its owner closes it).
@@ -79,22 +78,6 @@ class ChatClient:
     def model(self) -> str:
         """The model name sent unless a call overrides ``model``."""
         return self._settings.llm_model
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> ChatClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def stream_chat(
         self,

@@ -10,13 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from types import TracebackType
 from typing import Any
 
 import httpx
 import orjson
 
-from gateway.upstream._http import Deadline, aclose_quietly, http_error
+from gateway.upstream._http import Deadline, OwnedHttp, aclose_quietly, http_error
 from gateway.upstream.errors import UpstreamProtocolError, UpstreamRemoteError, from_httpx
 from gateway.upstream.settings import UpstreamSettings
 from gateway.upstream.sse import aiter_sse
@@ -28,7 +27,7 @@ _HEARTBEAT = "heartbeat"
 _DONE = "[DONE]"
 
 
-class ToolServiceClient:
+class ToolServiceClient(OwnedHttp):
     """Streams tool runs from the tool service; use ``async with ToolServiceClient(settings)``."""
 
     def __init__(
@@ -46,22 +45,6 @@ class ToolServiceClient:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self._base = settings.tool_service_url.rstrip("/")
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> ToolServiceClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def stream(
         self, tool: str, payload: Mapping[str, Any]
