@@ -36,6 +36,7 @@ from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway._env import env_number
 from gateway.store import StreamStore
 
 __all__ = [
@@ -61,16 +62,7 @@ def _digest(key: str) -> str:
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a non-negative number, got {raw!r}")
-    return value
+    return env_number(env, name, default)
 
 
 def parse_api_keys(raw: str) -> tuple[tuple[str, str], ...]:

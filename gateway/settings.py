@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Mapping
 
+from gateway._env import env_number
 from gateway.security import SecuritySettings
 from gateway.upstream import UpstreamSettings
 from gateway.webhooks import WebhookSettings
@@ -17,16 +18,10 @@ class SettingsError(ValueError):
 
 
 def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
     try:
-        value = float(raw)
+        return env_number(env, name, default, minimum=minimum)
     except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {raw!r}")
-    return value
+        raise SettingsError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import math
 import os
 import socket
 import time
@@ -56,6 +55,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway._env import env_number
 from gateway.protocol import TaskRecord, now_ms
 from gateway.security import TaskNotes, created_task_id, error_response, task_notes
 from gateway.store import StreamStore
@@ -95,16 +95,7 @@ def parse_secret(raw: str) -> bytes:
 
 
 def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
-    return value
+    return env_number(env, name, default, minimum=minimum)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

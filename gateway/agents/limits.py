@@ -10,20 +10,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway._env import env_int
+
 __all__ = ["AgentLimits"]
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {raw!r}")
-    return value
+    return env_int(env, name, default, minimum=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway._env import env_number
+
 __all__ = ["UpstreamSettings"]
 
 
@@ -17,16 +19,7 @@ def _text(env: Mapping[str, str], name: str, default: str) -> str:
 def _number(
     env: Mapping[str, str], name: str, default: float, *, allow_zero: bool = False
 ) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be positive, got {raw!r}")
-    return value
+    return env_number(env, name, default, above_minimum=not allow_zero)
 
 
 @dataclass(frozen=True, slots=True)
