@@ -75,6 +75,7 @@ class Flusher:
         append_script: Any,
         keys: Callable[[str], list[str]],
         on_flushed: Callable[[float], None],
+        on_sealed: Callable[[str, _Writer], None],
         on_finished: Callable[[str, _Writer], Any],
         interval: float,
         pipelined: bool = True,
@@ -83,6 +84,7 @@ class Flusher:
         self._script = append_script
         self._keys = keys
         self._on_flushed = on_flushed
+        self._on_sealed = on_sealed
         self._on_finished = on_finished
         self._interval = interval
         self._pipelined = pipelined
@@ -171,6 +173,9 @@ class Flusher:
             return
         replies = await self._send(requests)
         self._on_flushed(time.perf_counter() - started)
+        # Settle every writer of the batch before awaiting anything, so no reader ever sees a
+        # task that Redis already calls finished without its finish message in memory.
+        ended: list[tuple[str, _Writer]] = []
         for (task_id, writer, n_sent, last, is_final), reply in zip(sent, replies, strict=True):
             if isinstance(reply, ResponseError):
                 text = str(reply)
@@ -179,16 +184,20 @@ class Flusher:
                     writer.lost = text.split(" ", 1)[0] or "LOST"
                     writer.pending = []
                     writer.settle(0, LostWriter(writer.lost))
-                    await self._on_finished(task_id, writer)
+                    ended.append((task_id, writer))
                     continue
             elif isinstance(reply, Exception):
                 raise reply
             del writer.pending[:n_sent]
             writer.flushed_seq = last
-            writer.settle(last)
             if is_final:
                 writer.final = None
-                await self._on_finished(task_id, writer)
+                ended.append((task_id, writer))
+            writer.settle(last)
+        for task_id, writer in ended:
+            self._on_sealed(task_id, writer)
+        for task_id, writer in ended:
+            await self._on_finished(task_id, writer)
 
 
 class LostWriter(Exception):

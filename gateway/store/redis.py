@@ -100,6 +100,7 @@ class RedisStore(StreamStore):
             self._append,
             self._k.task,
             on_flush or (lambda _seconds: None),
+            self._sealed,
             self._finished,
             flush_interval,
             pipelined=not cluster,
@@ -432,14 +433,18 @@ class RedisStore(StreamStore):
         await self._move(task_id, old, status, await self._score(task_id))
         return StoredMessage(seq, data, True)
 
-    async def _finished(self, task_id: str, writer: _Writer) -> None:
-        """Called by the flusher once a task's final message is durable (or writes were lost)."""
+    def _sealed(self, task_id: str, writer: _Writer) -> None:
+        """The flusher's synchronous step once a task's final message is durable (or its
+        writes were refused): local readers get the finish, later ones go to Redis."""
         if self._writers.get(task_id) is writer:
             del self._writers[task_id]
         if writer.closing is not None and not writer.lost:
             writer.log.add(writer.closing)
         writer.log.finished = True
         writer.log.wake()
+
+    async def _finished(self, task_id: str, writer: _Writer) -> None:
+        """After ``_sealed``: move the task between the listing indexes."""
         if not writer.lost:
             record = await self.get(task_id)
             if record is not None:
