@@ -2,11 +2,12 @@
 
 Equivalent to ``agent-gateway serve gateway`` with ``agentType 1`` registered; settings come from
 the environment (``REDIS_URL``, ``MAX_RUNNING`` …) exactly as there. ``--chat-pool N`` gives the
-relay agent a ChatClient whose HTTP pool allows ``N`` concurrent upstream streams (the default
-``httpx`` pool allows 100, which would queue the 500-stream scenario). ``--reader raw`` reads
-the upstream with ``bench.rawchat`` instead (the proposed upstream reader) — a measurement aid.
+relay agent a ChatClient over an injected ``httpx`` client whose pool allows ``N`` concurrent
+upstream streams (the path a proxy takes; httpx's default pool of 100 would queue the 500-stream
+scenario) — a comparison aid. The default, 0, is the gateway's own ChatClient (its raw HTTP/1.1
+client, no connection cap).
 
-    python -m bench.gateway_server --port 8080 --chat-pool 2000
+    python -m bench.gateway_server --port 8080 [--chat-pool 2000]
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import uvicorn
 import uvloop
 
 from bench.procs import raise_fd_limit
-from bench.rawchat import RawChatClient
 from gateway.agents import register_builtin_agents
 from gateway.agents.echo import make_echo_agent
 from gateway.agents.relay import relay_agent
@@ -32,24 +32,20 @@ from gateway.upstream import ChatClient
 RELAY = 1
 
 
-def _with_chat(chat: ChatClient | RawChatClient) -> Handler:
+def _with_chat(chat: ChatClient) -> Handler:
     async def relay_with_client(ctx: TaskContext) -> None:
         await relay_agent(dataclasses.replace(ctx, services={**ctx.services, "chat": chat}))
 
     return relay_with_client
 
 
-async def serve(port: int, chat_pool: int, reader: str) -> None:
+async def serve(port: int, chat_pool: int) -> None:
     settings = dataclasses.replace(Settings.from_env(), port=port)
     registry = TaskRegistry()
     registry.register(0, make_echo_agent(settings.echo_token_delay_ms), name="echo")
     register_builtin_agents(registry)
     http: httpx.AsyncClient | None = None
-    raw: RawChatClient | None = None
-    if reader == "raw":
-        raw = RawChatClient(settings.upstream)
-        registry.register(RELAY, _with_chat(raw), name="relay")
-    elif chat_pool > 0:
+    if chat_pool > 0:
         up = settings.upstream
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -76,18 +72,15 @@ async def serve(port: int, chat_pool: int, reader: str) -> None:
     finally:
         if http is not None:
             await http.aclose()
-        if raw is not None:
-            await raw.aclose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--chat-pool", type=int, default=2000)
-    parser.add_argument("--reader", choices=["httpx", "raw"], default="httpx")
+    parser.add_argument("--chat-pool", type=int, default=0)
     args = parser.parse_args()
     raise_fd_limit()
-    uvloop.run(serve(args.port, args.chat_pool, args.reader))
+    uvloop.run(serve(args.port, args.chat_pool))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Upstream ingest cost: client CPU per streamed chunk for httpx, httpx2 and a raw reader.
+"""Upstream ingest cost: client CPU per streamed chunk for httpx, httpx2 and the gateway's wire.
 
 Many concurrent paced streams (so every chunk is its own socket read, as in production) from
 ``bench.upstream``; each reader decodes SSE with the gateway's ``SSEDecoder``. Also measured:
-the whole ``ChatClient.stream_chat`` (httpx) and ``bench.rawchat.RawChatClient.stream_chat``.
+the whole ``ChatClient.stream_chat``, over an injected httpx client (the path taken when a proxy
+applies) and over its own raw HTTP/1.1 client (``gateway.upstream._wire``, the default).
 
     python -m bench.ingest [--streams 200] [--tokens 300] [--tps 100]
 """
@@ -22,8 +23,9 @@ import orjson
 import uvloop
 
 from bench.procs import raise_fd_limit, self_cpu_seconds, start_python, wait_port
-from bench.rawchat import RawChatClient, _Conn
 from gateway.upstream import ChatClient, ContentDelta, SSEDecoder, UpstreamSettings
+from gateway.upstream._http import Deadline
+from gateway.upstream._wire import Target, WirePool
 
 
 def _body(q: str) -> bytes:
@@ -40,27 +42,20 @@ async def via_httpx(client: Any, url: str, q: str) -> int:
     return n
 
 
-async def via_raw(port: int, q: str) -> int:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(lambda: _Conn(60.0), "127.0.0.1", port)
-    body = _body(q)
-    conn.start(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\n\r\n%s" % (len(body), body)
-    )
+async def via_wire(pool: WirePool, url: str, q: str) -> int:
+    target = Target.parse(url + "/chat/completions")
+    headers = {"content-type": "application/json"}
+    response = await pool.request(target, headers, _body(q), Deadline(600, "LLM"))
     decoder, n = SSEDecoder(), 0
-    while True:
-        data = await conn.read()
-        n += len(decoder.feed(data))
-        if conn.ended:
-            break
-    conn.stop_timer()
-    if conn.transport is not None:
-        conn.transport.close()
+    try:
+        while data := await response.read():
+            n += len(decoder.feed(data))
+    finally:
+        await response.aclose()
     return n
 
 
-async def via_chat(chat: ChatClient | RawChatClient, q: str) -> int:
+async def via_chat(chat: ChatClient, q: str) -> int:
     n = 0
     async with aclosing(chat.stream_chat([{"role": "user", "content": q}])) as events:
         async for event in events:
@@ -90,13 +85,14 @@ async def main_async(streams: int, tokens: int, tps: float) -> list[dict[str, An
             out.append(await measure("httpx aiter_bytes", lambda: via_httpx(h1, url, q), streams))
         async with httpx2.AsyncClient(limits=httpx2.Limits(**limits)) as h2:
             out.append(await measure("httpx2 aiter_bytes", lambda: via_httpx(h2, url, q), streams))
-        out.append(await measure("raw asyncio", lambda: via_raw(upstream.port, q), streams))
+        pool = WirePool(connect_timeout=5, idle_timeout=60, max_idle=streams)
+        out.append(await measure("wire read", lambda: via_wire(pool, url, q), streams))
+        pool.close()
         async with httpx.AsyncClient(limits=httpx.Limits(**limits)) as h1:
             chat = ChatClient(settings, http=h1)
             out.append(await measure("ChatClient (httpx)", lambda: via_chat(chat, q), streams))
-        raw = RawChatClient(settings)
-        out.append(await measure("RawChatClient", lambda: via_chat(raw, q), streams))
-        await raw.aclose()
+        async with ChatClient(settings) as chat:
+            out.append(await measure("ChatClient (wire)", lambda: via_chat(chat, q), streams))
         return out
     finally:
         upstream.stop()

@@ -49,9 +49,7 @@ def _gateway_env(sizes: Sizes, upstream: Child, redis_url: str) -> dict[str, str
     }
 
 
-async def run(
-    names: Sequence[str], sizes: Sizes, chat_pool: int, reader: str = "httpx"
-) -> dict[str, Any]:
+async def run(names: Sequence[str], sizes: Sizes, chat_pool: int) -> dict[str, Any]:
     """Run ``names`` against freshly started processes; returns the results document."""
     raise_fd_limit()
     started = time.time()
@@ -60,7 +58,7 @@ async def run(
     with redis_server() as (redis_url, redis_child):
         upstream = start_python("upstream", "bench.upstream", ["--ping", str(sizes.idle_ping)])
         env = _gateway_env(sizes, upstream, redis_url)
-        pool = ["--chat-pool", str(chat_pool), "--reader", reader]
+        pool = ["--chat-pool", str(chat_pool)]
         gateway = start_python("gateway", "bench.gateway_server", pool, env)
         memory = start_python(
             "gateway-memory", "bench.gateway_server", pool, {**env, "REDIS_URL": ""}
@@ -113,7 +111,7 @@ async def run(
         "python": platform.python_version(),
         "sizes": sizes.__dict__,
         "chat_pool": chat_pool,
-        "upstream_reader": reader,
+        "upstream_client": f"httpx (pool {chat_pool})" if chat_pool else "wire",
         "smoke": sizes is SMOKE,
     }
     return results
@@ -149,15 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--chat-pool",
         type=int,
-        default=2000,
-        help="HTTP pool of the relay's ChatClient (0: the app's own client)",
-    )
-    parser.add_argument(
-        "--reader",
-        choices=["httpx", "raw"],
-        default="httpx",
-        help="the relay's upstream reader: the shipped ChatClient (httpx) or "
-        "the raw asyncio prototype in bench/rawchat.py",
+        default=0,
+        help="0: the relay uses the gateway's own ChatClient (its raw HTTP/1.1 client); "
+        "N: a ChatClient over an injected httpx client with a pool of N, for comparison",
     )
     args = parser.parse_args(argv)
     names = [LETTERS.get(s, s) for s in args.scenarios] or list(SCENARIOS)
@@ -165,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(LETTERS.items())}")
     sizes = SMOKE if args.smoke else Sizes()
-    results = uvloop.run(run(names, sizes, args.chat_pool, args.reader))
+    results = uvloop.run(run(names, sizes, args.chat_pool))
     path = write(results, args.out)
     print(table(results))
     print(f"results: {path}")

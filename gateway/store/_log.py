@@ -23,7 +23,7 @@ class LocalLog:
     milliseconds therefore never touches a timer; the log's timer fires about once per timeout.
     """
 
-    __slots__ = ("_timer", "_timer_at", "_waiters", "base", "finished", "messages")
+    __slots__ = ("_releases", "_timer", "_timer_at", "_waiters", "base", "finished", "messages")
 
     def __init__(self, base: int = 0) -> None:
         self.base = base
@@ -32,6 +32,7 @@ class LocalLog:
         self._waiters: dict[asyncio.Future[None], float] = {}  # future -> deadline (loop time)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self._releases = 0
 
     @property
     def last_seq(self) -> int:
@@ -53,6 +54,11 @@ class LocalLog:
                 if not future.done():
                     future.set_result(None)
 
+    def release(self) -> None:
+        """End every current wait now, with or without new data (readers should look elsewhere)."""
+        self._releases += 1
+        self.wake()
+
     def covers(self, after: int) -> bool:
         """Whether messages after ``after`` can be served from memory."""
         return after >= self.base
@@ -67,6 +73,7 @@ class LocalLog:
             return True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        releases = self._releases
         while True:
             future: asyncio.Future[None] = loop.create_future()
             self._waiters[future] = deadline
@@ -78,7 +85,7 @@ class LocalLog:
                 self._waiters.pop(future, None)  # gone already unless cancelled or expired
             if self.base + len(self.messages) > after or self.finished:
                 return True
-            if loop.time() >= deadline - _SLACK:
+            if loop.time() >= deadline - _SLACK or self._releases != releases:
                 return False
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:

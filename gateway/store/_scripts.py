@@ -1,36 +1,47 @@
 """Lua scripts of ``RedisStore``. Each touches only the keys of one task (one hash slot)."""
 
-# KEYS: state, log. ARGV: owner ('' = any), first seq, n, data_1..data_n,
-#   final status ('' = none), endedAt, error json, result, ttl seconds, final data.
-# Returns the new last seq; error 'ENDED', 'LOST', 'NOTASK' or 'SEQ <last>'.
+# The log writes of several tasks in one call (a flush), one task after another.
+# KEYS: state_1, log_1, state_2, log_2, ... ARGV, for each task in turn: owner ('' = any),
+#   first seq, n, data_1..data_n, final status ('' = none), endedAt, error json, result,
+#   ttl seconds, final data.
+# Returns one reply per task: its new last seq, or an error text 'ENDED', 'LOST', 'NOTASK' or
+#   'SEQ <last>' (that task's writes are refused; the others' still happen).
+# Redis Cluster: call it with one task's keys (one hash slot) at a time.
 APPEND = """
-local v = redis.call('HMGET', KEYS[1], 'status', 'lastSeq', 'owner')
-if not v[1] then return redis.error_reply('NOTASK') end
-if v[1] == 'COMPLETED' or v[1] == 'FAILED' or v[1] == 'CANCELLED' then
-  return redis.error_reply('ENDED')
+local function append(state, log, a, n)
+  local v = redis.call('HMGET', state, 'status', 'lastSeq', 'owner')
+  if not v[1] then return 'NOTASK' end
+  if v[1] == 'COMPLETED' or v[1] == 'FAILED' or v[1] == 'CANCELLED' then return 'ENDED' end
+  if ARGV[a] ~= '' and v[3] ~= ARGV[a] then return 'LOST' end
+  local last = tonumber(v[2] or '0')
+  local first = tonumber(ARGV[a + 1])
+  if first ~= last + 1 then return 'SEQ ' .. last end
+  for i = 1, n do
+    redis.call('XADD', log, (first + i - 1) .. '-0', 'd', ARGV[a + 2 + i])
+  end
+  last = first + n - 1
+  redis.call('HSET', state, 'lastSeq', last)
+  local f = a + 3 + n
+  if ARGV[f] ~= '' then
+    redis.call('XADD', log, (last + 1) .. '-0', 'd', ARGV[f + 5], 'f', '1')
+    last = last + 1
+    redis.call('HSET', state, 'status', ARGV[f], 'endedAt', ARGV[f + 1], 'error', ARGV[f + 2],
+      'lastSeq', last)
+    if ARGV[f + 3] ~= '' then redis.call('HSET', state, 'result', ARGV[f + 3]) end
+    redis.call('HDEL', state, 'owner', 'leaseUntil')
+    redis.call('EXPIRE', state, ARGV[f + 4])
+    redis.call('EXPIRE', log, ARGV[f + 4])
+  end
+  return last
 end
-if ARGV[1] ~= '' and v[3] ~= ARGV[1] then return redis.error_reply('LOST') end
-local last = tonumber(v[2] or '0')
-local first = tonumber(ARGV[2])
-if first ~= last + 1 then return redis.error_reply('SEQ ' .. last) end
-local n = tonumber(ARGV[3])
-for i = 1, n do
-  redis.call('XADD', KEYS[2], (first + i - 1) .. '-0', 'd', ARGV[3 + i])
+local out = {}
+local a = 1
+for k = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[a + 2])
+  out[#out + 1] = append(KEYS[k], KEYS[k + 1], a, n)
+  a = a + 9 + n
 end
-last = first + n - 1
-redis.call('HSET', KEYS[1], 'lastSeq', last)
-local fs = ARGV[4 + n]
-if fs ~= '' then
-  redis.call('XADD', KEYS[2], (last + 1) .. '-0', 'd', ARGV[9 + n], 'f', '1')
-  last = last + 1
-  redis.call('HSET', KEYS[1], 'status', fs, 'endedAt', ARGV[5 + n], 'error', ARGV[6 + n],
-    'lastSeq', last)
-  if ARGV[7 + n] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7 + n]) end
-  redis.call('HDEL', KEYS[1], 'owner', 'leaseUntil')
-  redis.call('EXPIRE', KEYS[1], ARGV[8 + n])
-  redis.call('EXPIRE', KEYS[2], ARGV[8 + n])
-end
-return last
+return out
 """
 
 # KEYS: state, log. ARGV: expected statuses ',A,B,', status, endedAt, error json, result,
@@ -51,13 +62,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[6])
 return {seq, data, v[1]}
 """
 
-# KEYS: state. ARGV: owner, leaseUntil, startedAt. Returns lastSeq, or nil if not PENDING.
+# KEYS: state. ARGV: owner, leaseUntil, startedAt. Returns the claimed record's fields
+#   (HGETALL), or nil if the task is not PENDING.
 CLAIM = """
 local v = redis.call('HMGET', KEYS[1], 'status', 'lastSeq')
 if v[1] ~= 'PENDING' then return nil end
 redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'owner', ARGV[1], 'leaseUntil', ARGV[2],
   'startedAt', ARGV[3])
-return tonumber(v[2] or '0')
+return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: state. ARGV: owner, leaseUntil. Returns 1 ok, 2 cancel requested, 0 lost.

@@ -1,10 +1,10 @@
-"""Coalesced, pipelined log writes for ``RedisStore``.
+"""Coalesced log writes for ``RedisStore``.
 
 Appends land in a per-task ``_Writer`` in memory at once (local readers are woken from it);
 a single flusher sends every dirty task's pending messages to Redis every few milliseconds in
-one pipeline, one Lua call per task. A failed flush keeps its messages and is retried; a retry
-of a flush that did reach Redis is recognised by its sequence numbers, so nothing is lost or
-written twice.
+one Lua call for all of them (one call per task on Redis Cluster). A failed flush keeps its
+messages and is retried; a retry of a flush that did reach Redis is recognised by its sequence
+numbers, so nothing is lost or written twice.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-
-from redis.exceptions import ResponseError
 
 from gateway.protocol import StoredMessage
 from gateway.store._log import LocalLog
@@ -78,7 +76,7 @@ class Flusher:
         on_sealed: Callable[[str, _Writer], None],
         on_finished: Callable[[str, _Writer], Any],
         interval: float,
-        pipelined: bool = True,
+        one_call: bool = True,
     ) -> None:
         self._client = client
         self._script = append_script
@@ -87,27 +85,22 @@ class Flusher:
         self._on_sealed = on_sealed
         self._on_finished = on_finished
         self._interval = interval
-        self._pipelined = pipelined
+        self._one_call = one_call
         self._dirty: dict[str, _Writer] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
     async def _send(self, requests: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """One pipeline for all tasks; Redis Cluster refuses scripts in pipelines, so there
-        each task's call goes out concurrently instead."""
-        if not self._pipelined:
-            return list(await asyncio.gather(*(self._call_script(k, a) for k, a in requests)))
-        async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args in requests:
-                await self._script(keys=keys, args=args, client=pipe)
-            return list(await pipe.execute(raise_on_error=False))
-
-    async def _call_script(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await self._script(keys=keys, args=args)
-        except ResponseError as exc:
-            return exc
+        """One script call for every task of the flush; Redis Cluster refuses a script whose
+        keys span hash slots, so there each task's call goes out concurrently instead.
+        One reply per task: its last seq, or the error text of its refused writes."""
+        if self._one_call:
+            keys = [key for task_keys, _ in requests for key in task_keys]
+            args = [arg for _, task_args in requests for arg in task_args]
+            return list(await self._script(keys=keys, args=args))
+        replies = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in requests))
+        return [reply[0] for reply in replies]
 
     def mark(self, task_id: str, writer: _Writer) -> None:
         self._dirty[task_id] = writer
@@ -177,8 +170,8 @@ class Flusher:
         # task that Redis already calls finished without its finish message in memory.
         ended: list[tuple[str, _Writer]] = []
         for (task_id, writer, n_sent, last, is_final), reply in zip(sent, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                text = str(reply)
+            if isinstance(reply, bytes):  # the script refused this task's writes
+                text = reply.decode()
                 # A retry of a flush whose first attempt did reach Redis: already durable.
                 if not (text.startswith("SEQ ") and int(text[4:]) >= last):
                     writer.lost = text.split(" ", 1)[0] or "LOST"
@@ -186,8 +179,6 @@ class Flusher:
                     writer.settle(0, LostWriter(writer.lost))
                     ended.append((task_id, writer))
                     continue
-            elif isinstance(reply, Exception):
-                raise reply
             del writer.pending[:n_sent]
             writer.flushed_seq = last
             if is_final:

@@ -90,11 +90,12 @@ class StreamStore(abc.ABC):
     # -- task records ---------------------------------------------------------------------
     @abc.abstractmethod
     async def create(
-        self, record: TaskRecord, idempotency_key: str | None = None
+        self, record: TaskRecord, idempotency_key: str | None = None, *, queue: bool = False
     ) -> tuple[TaskRecord, bool]:
         """Store a new PENDING task; with a known ``idempotency_key`` return that task instead.
 
-        Returns ``(record, created)``.
+        With ``queue`` a created task is also enqueued (in the same round trip where the store
+        can). Returns ``(record, created)``.
         """
 
     @abc.abstractmethod
@@ -185,9 +186,15 @@ class StreamStore(abc.ABC):
     async def enqueue(self, task_id: str) -> None:
         """Hand a PENDING task to the workers (of any replica)."""
 
-    @abc.abstractmethod
     async def dequeue(self, consumer: str, timeout: float) -> str | None:
         """Next queued task id, waiting up to ``timeout`` seconds."""
+        ids = await self.dequeue_many(consumer, timeout, 1)
+        return ids[0] if ids else None
+
+    @abc.abstractmethod
+    async def dequeue_many(self, consumer: str, timeout: float, limit: int) -> list[str]:
+        """Up to ``limit`` queued task ids (in queue order), waiting up to ``timeout`` seconds
+        for the first; empty on timeout."""
 
     # -- annotations ----------------------------------------------------------------------
     @abc.abstractmethod

@@ -74,7 +74,7 @@ class MemoryStore(StreamStore):
         return entry
 
     async def create(
-        self, record: TaskRecord, idempotency_key: str | None = None
+        self, record: TaskRecord, idempotency_key: str | None = None, *, queue: bool = False
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             known = self._idempotency.get(idempotency_key)
@@ -89,6 +89,8 @@ class MemoryStore(StreamStore):
                 record.task_id,
                 time.monotonic() + self.result_ttl,
             )
+        if queue:
+            await self.enqueue(record.task_id)
         return record, True
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -231,12 +233,15 @@ class MemoryStore(StreamStore):
     async def enqueue(self, task_id: str) -> None:
         self._queue.put_nowait(task_id)
 
-    async def dequeue(self, consumer: str, timeout: float) -> str | None:
+    async def dequeue_many(self, consumer: str, timeout: float, limit: int) -> list[str]:
         try:
             async with asyncio.timeout(timeout):
-                return await self._queue.get()
+                ids = [await self._queue.get()]
         except TimeoutError:
-            return None
+            return []
+        while len(ids) < limit and not self._queue.empty():
+            ids.append(self._queue.get_nowait())
+        return ids
 
     async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
         now = time.monotonic()

@@ -94,6 +94,7 @@ class RedisStore(StreamStore):
         self._requeue = self._client.register_script(_scripts.REQUEUE)
         self._writers: dict[str, _Writer] = {}
         self._group_ready = False
+        self._read_entries: list[bytes] = []  # queue entries read, to delete on the next read
         self._followers: dict[str, _Follower] = {}
         self._flusher = Flusher(
             self._client,
@@ -103,7 +104,7 @@ class RedisStore(StreamStore):
             self._sealed,
             self._finished,
             flush_interval,
-            pipelined=not cluster,
+            one_call=not cluster,
         )
 
     async def start(self) -> None:
@@ -142,7 +143,7 @@ class RedisStore(StreamStore):
 
     # -- records --------------------------------------------------------------------------
     async def create(
-        self, record: TaskRecord, idempotency_key: str | None = None
+        self, record: TaskRecord, idempotency_key: str | None = None, *, queue: bool = False
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             idem = self._k.idempotency(idempotency_key)
@@ -168,6 +169,8 @@ class RedisStore(StreamStore):
             pipe.expire(state, self.result_ttl * 2)
             pipe.zadd(self._k.all, {record.task_id: score})
             pipe.zadd(self._k.index(record.status), {record.task_id: score})
+            if queue:
+                self._enqueue(pipe, record.task_id)
 
         await self._batch(build)
         return record, True
@@ -257,13 +260,18 @@ class RedisStore(StreamStore):
     # -- lifecycle ------------------------------------------------------------------------
     async def claim(self, task_id: str, owner: str, lease_ms: int) -> TaskRecord | None:
         now = now_ms()
-        last = await self._claim(keys=[self._k.state(task_id)], args=[owner, now + lease_ms, now])
-        if last is None:
+        reply = await self._claim(keys=[self._k.state(task_id)], args=[owner, now + lease_ms, now])
+        if not reply:
             return None
-        score = await self._score(task_id)
-        self._writers[task_id] = _Writer(int(last), owner, score)
+        fields = dict(zip(reply[::2], reply[1::2], strict=True))
+        record = _record(fields)
+        score = float(fields.get(b"score") or 0)
+        self._writers[task_id] = _Writer(record.last_seq, owner, score)
+        follower = self._followers.get(task_id)
+        if follower is not None:  # its readers switch to the local log (no Redis round trip)
+            follower.log.release()
         await self._move(task_id, TaskStatus.PENDING, TaskStatus.RUNNING, score)
-        return await self.get(task_id)
+        return record
 
     async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:
         answer = await self._renew(keys=[self._k.state(task_id)], args=[owner, now_ms() + lease_ms])
@@ -462,13 +470,11 @@ class RedisStore(StreamStore):
         return _messages(entries)
 
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         writer = self._writers.get(task_id)
         if writer is not None and writer.log.covers(after):
-            log = writer.log
-            await log.wait_beyond(after, timeout)
-            if log.last_seq > after:
-                return log.since(after, 1000)
-            return await self.read(task_id, after, 1000)
+            return await self._tail_local(task_id, writer, after, timeout)
         try:
             messages = await self.read(task_id, after, 1000)
         except (RedisError, OSError) as exc:
@@ -479,14 +485,31 @@ class RedisStore(StreamStore):
             return []
         if messages:
             return messages
-        # Caught up with Redis: wait on the one follower this process runs for the task.
-        follower = self._follow(task_id, after)
-        follower.readers += 1
-        try:
-            await follower.log.wait_beyond(after, timeout)
-        finally:
-            follower.readers -= 1
-        return follower.log.since(after, 1000) if follower.log.covers(after) else []
+        # Caught up with Redis: wait on the one follower this process runs for the task. A
+        # claim by this process (before or during the wait) hands the reader to the local log.
+        if (writer := self._writers.get(task_id)) is None:
+            follower = self._follow(task_id, after)
+            follower.readers += 1
+            try:
+                await follower.log.wait_beyond(after, timeout)
+            finally:
+                follower.readers -= 1
+            if follower.log.covers(after) and follower.log.last_seq > after:
+                return follower.log.since(after, 1000)
+            writer = self._writers.get(task_id)
+        if writer is not None and writer.log.covers(after):
+            return await self._tail_local(task_id, writer, after, max(0.0, deadline - loop.time()))
+        return []
+
+    async def _tail_local(
+        self, task_id: str, writer: _Writer, after: int, timeout: float
+    ) -> list[StoredMessage]:
+        """Wait on the log this process writes (its readers see messages before Redis does)."""
+        log = writer.log
+        await log.wait_beyond(after, timeout)
+        if log.last_seq > after:
+            return log.since(after, 1000)
+        return await self.read(task_id, after, 1000)
 
     def _follow(self, task_id: str, after: int) -> _Follower:
         follower = self._followers.get(task_id)
@@ -507,32 +530,41 @@ class RedisStore(StreamStore):
         return forget
 
     # -- queue ----------------------------------------------------------------------------
-    async def enqueue(self, task_id: str) -> None:
-        await self._client.xadd(self._k.queue, {"t": task_id}, maxlen=1_000_000, approximate=True)
+    def _enqueue(self, target: Any, task_id: str) -> Any:
+        """Queue ``task_id`` on ``target`` (the client, or a pipeline being built)."""
+        return target.xadd(self._k.queue, {"t": task_id}, maxlen=1_000_000, approximate=True)
 
-    async def dequeue(self, consumer: str, timeout: float) -> str | None:
+    async def enqueue(self, task_id: str) -> None:
+        await self._enqueue(self._client, task_id)
+
+    async def dequeue_many(self, consumer: str, timeout: float, limit: int) -> list[str]:
+        """One round trip: read with NOACK (a read entry is never redelivered) and delete the
+        entries read before on the same pipeline (they only take memory)."""
+        read, self._read_entries = self._read_entries, []
+        block = max(1, int(min(timeout, MAX_BLOCK) * 1000))
+
+        def build(pipe: Any) -> None:
+            if read:
+                pipe.xdel(self._k.queue, *read)
+            pipe.xreadgroup(
+                GROUP, consumer, {self._k.queue: ">"}, count=limit, block=block, noack=True
+            )
+
         try:
             await self._ensure_group()
-            block = max(1, int(min(timeout, MAX_BLOCK) * 1000))
-            reply = await self._client.xreadgroup(
-                GROUP, consumer, {self._k.queue: ">"}, count=1, block=block
-            )
+            reply = (await self._batch(build))[-1]
         except (StoreUnavailable, RedisError, OSError) as exc:
             _raise_if_cancelling()
+            self._read_entries = read + self._read_entries
             if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                 self._group_ready = False  # the queue was deleted (e.g. a flushed Redis)
             await asyncio.sleep(timeout)  # Redis is away: wait, do not spin
-            return None
+            return []
         if not reply:
-            return None
-        entry_id, fields = reply[0][1][0]
-
-        def build(pipe: Any) -> None:
-            pipe.xack(self._k.queue, GROUP, entry_id)
-            pipe.xdel(self._k.queue, entry_id)
-
-        await self._batch(build)
-        return str(fields[b"t"].decode())
+            return []
+        entries = reply[0][1]
+        self._read_entries.extend(entry_id for entry_id, _ in entries)
+        return [fields[b"t"].decode() for _, fields in entries]
 
     async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
         key = self._k.note(task_id, kind)

@@ -1,8 +1,9 @@
-"""The task manager: submission, a bounded worker pool, timeouts, cancellation, leases, sweeping.
+"""The task manager: submission, bounded concurrency, timeouts, cancellation, leases, sweeping.
 
-Workers take tasks from the store's queue (so any replica may run any task); each running task
-holds a lease its worker renews; the sweeper ends tasks whose lease lapsed as
-``FAILED/interrupted`` with a terminal message, so no reader waits forever.
+One intake per process takes tasks from the store's queue while fewer than ``MAX_RUNNING`` run
+(so any replica may run any task); each running task holds a lease its process renews; the
+sweeper ends tasks whose lease lapsed as ``FAILED/interrupted`` with a terminal message, so no
+reader waits forever.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def _reraise_cancellation() -> None:
         raise asyncio.CancelledError
 
 
+TAKE_BATCH = 64
+"""Most tasks taken off the queue in one round trip."""
+
+QUEUE_COUNT_AGE = 0.25
+"""Seconds a count of the queued tasks is reused while the queue is far from full."""
+
+
 class QueueFull(Exception):
     """Too many tasks wait; the caller should retry after ``retry_after`` seconds."""
 
@@ -55,7 +63,7 @@ class UnknownAgentType(ValueError):
 
 
 class TaskManager:
-    """Owns the workers, the lease renewer and the sweeper of one gateway process."""
+    """Owns the intake, the task runners, the lease renewer and the sweeper of one process."""
 
     def __init__(
         self,
@@ -73,7 +81,11 @@ class TaskManager:
         self._on_append = on_append
         self.running: dict[str, RunningTask] = {}
         self._group: asyncio.TaskGroup | None = None
-        self._workers: list[asyncio.Task[None]] = []
+        self._intake: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
+        self._free = settings.max_running  # slots: tasks this process may start now
+        self._slot_freed = asyncio.Event()
+        self._queue_seen = (-QUEUE_COUNT_AGE, 0, 0)  # loop time of the count, count, since
         self._stopping = asyncio.Event()
 
     @property
@@ -89,7 +101,7 @@ class TaskManager:
             raise UnknownAgentType(
                 f"agentType {request.agent_type} is not one of {self.registry.agent_types}"
             )
-        if await self.store.count(TaskStatus.PENDING) >= self.settings.max_queued:
+        if await self._queue_full():
             raise QueueFull(retry_after=max(1, int(self.settings.lease_renew_interval * 2)))
         task_id = new_task_id()
         record = TaskRecord(
@@ -100,10 +112,21 @@ class TaskManager:
             created_at=now_ms(),
             request=request.model_dump(mode="json", by_alias=True, exclude_none=True),
         )
-        record, created = await self.store.create(record, idempotency_key)
-        if created:
-            await self.store.enqueue(record.task_id)
-        return record, created
+        return await self.store.create(record, idempotency_key, queue=True)
+
+    async def _queue_full(self) -> bool:
+        """Whether ``MAX_QUEUED`` tasks wait. The count costs a store round trip: far from the
+        limit a count younger than ``QUEUE_COUNT_AGE`` plus the tasks submitted since will do
+        (the bound is approximate anyway: other replicas submit too); near it, always count."""
+        now = asyncio.get_running_loop().time()
+        at, counted, since = self._queue_seen
+        if now - at < QUEUE_COUNT_AGE and (counted + since) * 2 < self.settings.max_queued:
+            self._queue_seen = (at, counted, since + 1)
+            return False
+        counted = await self.store.count(TaskStatus.PENDING)
+        full = counted >= self.settings.max_queued
+        self._queue_seen = (now, counted, 0 if full else 1)
+        return full
 
     # -- cancellation ---------------------------------------------------------------------
     async def cancel(self, task_id: str, *, wait: bool = True) -> TaskRecord:
@@ -149,37 +172,56 @@ class TaskManager:
 
     # -- background work ------------------------------------------------------------------
     async def run(self) -> None:
-        """Run workers, the lease renewer and the sweeper until cancelled."""
+        """Run the intake, the lease renewer and the sweeper until cancelled."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            self._workers = [
-                group.create_task(self._worker(f"{self.owner}-{index}"), name=f"worker-{index}")
-                for index in range(self.settings.max_running)
-            ]
+            self._intake = group.create_task(self._take_tasks(group), name="intake")
             group.create_task(self._renew_leases(), name="lease-renewer")
             group.create_task(self._sweep(), name="sweeper")
 
-    async def _worker(self, consumer: str) -> None:
+    async def _take_tasks(self, group: asyncio.TaskGroup) -> None:
+        """Take tasks off the queue while slots are free; each runs in its own asyncio task.
+
+        One blocked dequeue per process, not one per slot: idle slots cost nothing, and a
+        burst of submissions is taken up to ``TAKE_BATCH`` at a time, in one round trip.
+        """
         while not self._stopping.is_set():
+            if self._free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             try:
-                task_id = await self.store.dequeue(consumer, 1.0)
+                ids = await self.store.dequeue_many(self.owner, 1.0, min(self._free, TAKE_BATCH))
             except Exception:
                 _reraise_cancellation()
                 logger.exception("dequeue failed")
                 await asyncio.sleep(1.0)
                 continue
             _reraise_cancellation()
-            if task_id is None or self._stopping.is_set():
-                if task_id is not None:
-                    await self.store.enqueue(task_id)  # hand it to another replica
+            if self._stopping.is_set():
+                for task_id in ids:
+                    await self.store.enqueue(task_id)  # hand them to another replica
                 continue
-            try:
-                await run_task(self, task_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                _reraise_cancellation()
-                logger.exception("task %s crashed its worker", task_id)
+            for task_id in ids:
+                self._free -= 1
+                runner = group.create_task(self._run_one(task_id), name=f"task-{task_id}")
+                self._runners.add(runner)
+                runner.add_done_callback(self._runners.discard)
+
+    async def _run_one(self, task_id: str) -> None:
+        try:
+            if self._stopping.is_set():  # stopped before this task got going: pass it on
+                await self.store.enqueue(task_id)
+                return
+            await run_task(self, task_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _reraise_cancellation()
+            logger.exception("task %s crashed its runner", task_id)
+        finally:
+            self._free += 1
+            self._slot_freed.set()
 
     async def _renew_leases(self) -> None:
         while True:
@@ -284,10 +326,11 @@ class TaskManager:
             running.stop(reason)
         if self.running:
             await asyncio.wait([r.done for r in self.running.values()], timeout=10)
-        # Let every worker leave its loop by itself: one cancelled between taking a task off
-        # the queue and putting it back would lose that task.
-        if self._workers:
-            await asyncio.wait(self._workers, timeout=10)
+        # Let the intake leave its loop by itself (cancelled between taking a task off the
+        # queue and putting it back, it would lose that task), and the runners end.
+        pending = [*self._runners, *([self._intake] if self._intake else [])]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
 
     def on_append(self, message: StoredMessage) -> None:
         if self._on_append is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
@@ -23,6 +23,7 @@ __all__ = [
     "aclose_quietly",
     "http_error",
     "parse_retry_after",
+    "status_error",
 ]
 
 CLOSE_TIMEOUT = 2.0
@@ -86,8 +87,13 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def http_error(response: httpx.Response, body: bytes, what: str) -> UpstreamHTTPError:
-    """An :class:`UpstreamHTTPError` for a non-2xx answer, with the upstream's own message."""
+def status_error(
+    status_code: int, headers: Mapping[str, str], body: bytes, what: str
+) -> UpstreamHTTPError:
+    """An :class:`UpstreamHTTPError` for a non-2xx answer, with the upstream's own message.
+
+    ``headers`` is looked up with lower-case names (``httpx.Headers`` or a lower-cased dict).
+    """
     message = body[:300].decode("utf-8", errors="replace").strip()
     try:
         parsed = orjson.loads(body)
@@ -99,10 +105,13 @@ def http_error(response: httpx.Response, body: bytes, what: str) -> UpstreamHTTP
             error = error.get("message", error)
         if error:
             message = str(error)[:300]
-    text = f"{what}: HTTP {response.status_code}" + (f": {message}" if message else "")
-    return UpstreamHTTPError(
-        text, response.status_code, parse_retry_after(response.headers.get("retry-after"))
-    )
+    text = f"{what}: HTTP {status_code}" + (f": {message}" if message else "")
+    return UpstreamHTTPError(text, status_code, parse_retry_after(headers.get("retry-after")))
+
+
+def http_error(response: httpx.Response, body: bytes, what: str) -> UpstreamHTTPError:
+    """:func:`status_error` for an ``httpx`` response."""
+    return status_error(response.status_code, response.headers, body, what)
 
 
 class OwnedHttp:

@@ -7,20 +7,28 @@ Retries: with exponential back-off (jittered, capped, ``Retry-After`` honoured),
 ``llm_max_retries`` times, only on connect errors and timeouts, 5xx and 429, and only while
 nothing has been yielded to the caller. After the first delta a failure raises: the caller has
 already shown the partial answer and a silent second answer would duplicate it.
+
+Transport: ``stream_chat`` runs on the raw HTTP/1.1 client of :mod:`gateway.upstream._wire` (the
+per-token hot path), except when a proxy from ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` applies
+to the URL (``NO_PROXY`` honoured) or a shared ``httpx`` client was passed in: then it uses httpx,
+as ``complete`` always does. Both give the same events and errors.
 """
 
 from __future__ import annotations
 
 import random
+import ssl
+import urllib.request
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx
 import orjson
 
-from gateway.upstream._http import Deadline, OwnedHttp, aclose_quietly, http_error
+from gateway.upstream._http import Deadline, OwnedHttp, aclose_quietly, http_error, status_error
+from gateway.upstream._wire import Target, WirePool
 from gateway.upstream.chat import ChatAssembler, ChatEvent, ChatResult, parse_completion
 from gateway.upstream.errors import (
     UpstreamConnectError,
@@ -31,7 +39,7 @@ from gateway.upstream.errors import (
     from_httpx,
 )
 from gateway.upstream.settings import UpstreamSettings
-from gateway.upstream.sse import aiter_sse
+from gateway.upstream.sse import SSEDecoder
 
 __all__ = ["ChatClient"]
 
@@ -52,16 +60,33 @@ def _is_retryable(exc: UpstreamError) -> bool:
     return False
 
 
+class _Answer(Protocol):
+    """A response whose headers are in: a :class:`WireResponse` or an :class:`_HttpxAnswer`."""
+
+    status_code: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...  # the next body bytes; b"" at the end
+    async def aread(self) -> bytes: ...  # the rest of the body
+    async def finish(self) -> None: ...  # the caller needs no more of the body
+    async def aclose(self) -> None: ...
+
+
 class ChatClient(OwnedHttp):
     """Streams chat completions; use ``async with ChatClient(settings) as chat``.
 
-    ``http`` lets several clients share one ``httpx.AsyncClient`` (its owner closes it).
+    ``http`` lets several clients share one ``httpx.AsyncClient`` (its owner closes it); the
+    streams then go through it too.
     """
 
     def __init__(
         self, settings: UpstreamSettings, *, http: httpx.AsyncClient | None = None
     ) -> None:
         self._settings = settings
+        self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+        context = None
+        if self._url.startswith("https:"):
+            context = ssl.create_default_context(cafile=settings.llm_ca_file or None)
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -71,8 +96,23 @@ class ChatClient(OwnedHttp):
             ),
             # Concurrency is bounded by MAX_RUNNING, not by the client's pool (default 100).
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            verify=context or True,
         )
-        self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+        self._target = _direct_target(self._url) if http is None else None
+        self._wire: WirePool | None = None
+        if self._target is not None:
+            self._wire = WirePool(
+                connect_timeout=settings.llm_connect_timeout,
+                idle_timeout=settings.llm_idle_timeout,
+                ssl_context=context,
+                what=_WHAT,
+            )
+
+    async def aclose(self) -> None:
+        """Close the connections this client opened."""
+        if self._wire is not None:
+            self._wire.close()
+        await super().aclose()
 
     @property
     def model(self) -> str:
@@ -141,13 +181,17 @@ class ChatClient(OwnedHttp):
         body.update(params)
         return orjson.dumps(body)
 
-    def _request(self, body: bytes, headers: Mapping[str, str] | None, sse: bool) -> httpx.Request:
+    def _headers(self, headers: Mapping[str, str] | None, sse: bool) -> dict[str, str]:
         all_headers = {"content-type": "application/json"}
         if sse:
             all_headers["accept"] = "text/event-stream"
         if self._settings.llm_api_key:
             all_headers["authorization"] = "Bearer " + self._settings.llm_api_key
-        all_headers.update(headers or {})
+        all_headers.update((k.lower(), v) for k, v in (headers or {}).items())
+        return all_headers
+
+    def _request(self, body: bytes, headers: Mapping[str, str] | None, sse: bool) -> httpx.Request:
+        all_headers = self._headers(headers, sse)
         return self._http.build_request("POST", self._url, content=body, headers=all_headers)
 
     async def _backoff(self, exc: UpstreamError, attempt: int, deadline: Deadline) -> bool:
@@ -167,50 +211,41 @@ class ChatClient(OwnedHttp):
     async def _stream_once(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
     ) -> AsyncGenerator[ChatEvent, None]:
-        request = self._request(body, headers, sse=True)
+        answer: _Answer
+        if self._wire is not None and self._target is not None:
+            wire_headers = self._headers(headers, sse=True)
+            wire_headers.setdefault("accept-encoding", "identity")
+            wire_headers.setdefault("user-agent", "agent-gateway")
+            answer = await self._wire.request(self._target, wire_headers, body, deadline)
+        else:
+            answer = await _HttpxAnswer.send(
+                self._http, self._request(body, headers, sse=True), deadline
+            )
         try:
-            with deadline.limit():
-                response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise from_httpx(exc, _WHAT) from exc
-        try:
-            async with aclosing(self._read_stream(response, deadline)) as events:
-                async for event in events:
-                    yield event
+            if answer.status_code >= 400:
+                raise status_error(answer.status_code, answer.headers, await answer.aread(), _WHAT)
+            content_type = answer.headers.get("content-type", "")
+            if content_type.startswith("application/json"):  # a server that ignores stream=true
+                yield parse_completion(_loads(await answer.aread()))
+                return
+            if not content_type.startswith("text/event-stream"):
+                raise UpstreamProtocolError(f"{_WHAT}: unexpected content type {content_type!r}")
+            decoder, assembler = SSEDecoder(), ChatAssembler()
+            while data := await answer.read():
+                for sse in decoder.feed(data):
+                    if sse.data.strip() == "[DONE]":
+                        await answer.finish()
+                        yield assembler.result()
+                        return
+                    for event in assembler.feed(_loads(sse.data)):
+                        yield event
+            if assembler.finish_reason is None:
+                raise UpstreamProtocolError(f"{_WHAT}: the stream ended before [DONE]")
+            yield assembler.result()
         except httpx.HTTPError as exc:
             raise from_httpx(exc, _WHAT) from exc
         finally:
-            await aclose_quietly(response)
-
-    async def _read_stream(
-        self, response: httpx.Response, deadline: Deadline
-    ) -> AsyncGenerator[ChatEvent, None]:
-        if response.status_code >= 400:
-            with deadline.limit():
-                raise http_error(response, await response.aread(), _WHAT)
-        content_type = response.headers.get("content-type", "")
-        if content_type.startswith("application/json"):  # a server that ignores stream=true
-            with deadline.limit():
-                yield parse_completion(_loads(await response.aread()))
-            return
-        if not content_type.startswith("text/event-stream"):
-            raise UpstreamProtocolError(f"{_WHAT}: unexpected content type {content_type!r}")
-        assembler = ChatAssembler()
-        done = False
-        async with aclosing(aiter_sse(response)) as events:
-            while True:
-                with deadline.limit():
-                    sse = await anext(events, None)
-                if sse is None:
-                    break
-                if sse.data.strip() == "[DONE]":
-                    done = True
-                    break
-                for event in assembler.feed(_loads(sse.data.encode())):
-                    yield event
-        if not done and assembler.finish_reason is None:
-            raise UpstreamProtocolError(f"{_WHAT}: the stream ended before [DONE]")
-        yield assembler.result()
+            await answer.aclose()
 
     async def _complete_once(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
@@ -226,7 +261,63 @@ class ChatClient(OwnedHttp):
         return parse_completion(_loads(response.content))
 
 
-def _loads(data: bytes) -> Any:
+class _HttpxAnswer:
+    """A streamed ``httpx`` response seen as an :class:`_Answer`; each read within the deadline."""
+
+    def __init__(self, response: httpx.Response, deadline: Deadline) -> None:
+        self.status_code = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self._response = response
+        self._chunks: AsyncGenerator[bytes, None] = response.aiter_bytes()  # type: ignore[assignment]
+        self._deadline = deadline
+
+    @classmethod
+    async def send(
+        cls, http: httpx.AsyncClient, request: httpx.Request, deadline: Deadline
+    ) -> _HttpxAnswer:
+        try:
+            with deadline.limit():
+                return cls(await http.send(request, stream=True), deadline)
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, _WHAT) from exc
+
+    async def read(self) -> bytes:
+        with self._deadline.limit():
+            async for chunk in self._chunks:
+                if chunk:
+                    return chunk
+        return b""
+
+    async def aread(self) -> bytes:
+        with self._deadline.limit():
+            return await self._response.aread()
+
+    async def finish(self) -> None:
+        pass  # closing the response closes an unfinished body's connection
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            await aclose_quietly(self._response)
+
+
+def _direct_target(url: str) -> Target | None:
+    """Where the wire client sends ``url``; None when it is for httpx (a proxy applies, as httpx
+    reads them from the environment, or the scheme is not http/https)."""
+    try:
+        target = Target.parse(url)
+    except ValueError:
+        return None
+    proxies = urllib.request.getproxies()
+    if (proxies.get(target.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+        target.authority
+    ):
+        return None
+    return target
+
+
+def _loads(data: str | bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:

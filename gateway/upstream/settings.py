@@ -28,7 +28,8 @@ class UpstreamSettings:
 
     All durations are seconds. ``llm_idle_timeout`` bounds the time between two chunks of a
     stream (and the wait for the response headers); ``llm_total_timeout`` bounds a whole call,
-    retries included. The API key never appears in ``repr``.
+    retries included. ``llm_ca_file`` is a PEM file of CA certificates trusted for an ``https``
+    LLM instead of the system's. The API key never appears in ``repr``.
     """
 
     llm_base_url: str = "http://127.0.0.1:8000/v1"
@@ -39,6 +40,7 @@ class UpstreamSettings:
     llm_total_timeout: float = 600.0
     llm_max_retries: int = 3
     llm_retry_backoff: float = 0.5
+    llm_ca_file: str = ""
     tool_service_url: str = "http://127.0.0.1:1601"
     mcp_client_url: str = "http://127.0.0.1:8188"
     mcp_server_urls: tuple[str, ...] = ()
@@ -52,8 +54,8 @@ class UpstreamSettings:
 
         Variables: ``LLM_BASE_URL``, ``LLM_API_KEY``, ``LLM_MODEL``, ``LLM_CONNECT_TIMEOUT``,
         ``LLM_IDLE_TIMEOUT``, ``LLM_TOTAL_TIMEOUT``, ``LLM_MAX_RETRIES``, ``LLM_RETRY_BACKOFF``,
-        ``TOOL_SERVICE_URL``, ``MCP_CLIENT_URL``, ``MCP_SERVER_URLS`` (comma separated),
-        ``TOOL_CONNECT_TIMEOUT``, ``TOOL_IDLE_TIMEOUT``, ``TOOL_TIMEOUT``.
+        ``LLM_CA_FILE``, ``TOOL_SERVICE_URL``, ``MCP_CLIENT_URL``, ``MCP_SERVER_URLS`` (comma
+        separated), ``TOOL_CONNECT_TIMEOUT``, ``TOOL_IDLE_TIMEOUT``, ``TOOL_TIMEOUT``.
         """
         env = os.environ if environ is None else environ
         d = cls()
@@ -71,6 +73,7 @@ class UpstreamSettings:
             llm_retry_backoff=_number(
                 env, "LLM_RETRY_BACKOFF", d.llm_retry_backoff, allow_zero=True
             ),
+            llm_ca_file=env.get("LLM_CA_FILE", "").strip(),
             tool_service_url=_text(env, "TOOL_SERVICE_URL", d.tool_service_url).rstrip("/"),
             mcp_client_url=_text(env, "MCP_CLIENT_URL", d.mcp_client_url).rstrip("/"),
             mcp_server_urls=servers,

@@ -117,6 +117,53 @@ async def test_a_second_redis_store_tails_and_reads_what_the_first_writes(redis_
         await store.close()
 
 
+async def test_a_reader_waiting_before_the_claim_gets_messages_before_they_reach_redis(
+    redis_url: str,
+) -> None:
+    # A stream opened right after the POST waits on Redis; once this process claims the task
+    # it must be served from the local log, not one flush (here: 30 s) later.
+    store = RedisStore(redis_url, result_ttl=60, prefix=new_task_id(), flush_interval=30.0)
+    await store.start()
+    try:
+        rec, _ = await store.create(record())
+        waiter = asyncio.create_task(store.tail(rec.task_id, 0, 10.0))
+        await asyncio.sleep(0.2)  # the reader found nothing in Redis and waits there
+        assert await store.claim(rec.task_id, "me", 10_000) is not None
+        await store.append(rec.task_id, body("live"))
+        got = await asyncio.wait_for(waiter, 5)
+        assert [m.json()["result"] for m in got] == ["live"]
+        assert await store._client.xlen(store._k.log(rec.task_id)) == 0  # not flushed yet
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_a_flush_refused_for_one_task_still_writes_the_others(
+    cluster: bool, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    prefix = new_task_id()
+    store = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=0.3)
+    other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
+    await store.start()
+    await other.start()
+    try:
+        kept, ended = await running(store), await running(store)
+        await store.append(kept, body("a"))
+        await store.append(ended, body("b"))
+        # Another replica ends the second task before this one's flush (a sweep, a cancel).
+        await other.finish(ended, TaskStatus.FAILED, {"messageType": "error"})
+        await store.append(kept, body("c"))
+        await asyncio.sleep(0.8)  # the flush has run
+        assert [m.json()["result"] for m in await other.read(kept, 0, 10)] == ["a", "c"]
+        assert [m.json()["messageType"] for m in await other.read(ended, 0, 10)] == ["error"]
+        with pytest.raises(TaskEnded):
+            await store.append(ended, body("late"))
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def test_nothing_can_be_appended_after_the_finish_message(store: StreamStore) -> None:
     task_id = await running(store)
     await store.append(task_id, body("a"))
@@ -244,6 +291,25 @@ async def test_the_queue_hands_each_task_to_one_consumer(store: StreamStore) -> 
     got = [await store.dequeue("c1", 1.0) for _ in range(5)]
     assert got == ids
     assert await store.dequeue("c1", 0.05) is None
+
+
+async def test_dequeue_many_takes_a_batch_in_queue_order(store: StreamStore) -> None:
+    ids = [new_task_id() for _ in range(5)]
+    for task_id in ids:
+        await store.enqueue(task_id)
+    assert await store.dequeue_many("c1", 1.0, 3) == ids[:3]
+    assert await store.dequeue_many("c1", 1.0, 10) == ids[3:]
+    assert await store.dequeue_many("c1", 0.05, 10) == []
+
+
+async def test_create_can_queue_the_task_in_the_same_call(store: StreamStore) -> None:
+    rec, created = await store.create(record(), queue=True)
+    assert created and await store.dequeue("c1", 1.0) == rec.task_id
+    again, created = await store.create(record(), "same-key", queue=True)
+    _, duplicate = await store.create(record(), "same-key", queue=True)
+    assert created and not duplicate
+    assert await store.dequeue("c1", 1.0) == again.task_id
+    assert await store.dequeue("c1", 0.05) is None  # the duplicate was not queued
 
 
 async def test_counts_follow_status(store: StreamStore) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +45,29 @@ TOOLS = [
 FAST = StubSettings(knobs=Knobs(tokens_per_second=0), stall_seconds=30, retry_after_seconds=1)
 
 
+OpenChat = Callable[[UpstreamSettings], AbstractAsyncContextManager[ChatClient]]
+
+
+@pytest.fixture(params=["wire", "httpx"])
+def open_chat(request: pytest.FixtureRequest) -> OpenChat:
+    """Opens a ChatClient streaming over the raw wire client, or over an injected httpx client."""
+
+    @asynccontextmanager
+    async def opened(settings: UpstreamSettings) -> AsyncIterator[ChatClient]:
+        if request.param == "wire":
+            async with ChatClient(settings) as chat:
+                assert chat._wire is not None  # no proxy applies: streams take the wire client
+                yield chat
+            return
+        timeout = httpx.Timeout(settings.llm_idle_timeout, connect=settings.llm_connect_timeout)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            async with ChatClient(settings, http=http) as chat:
+                assert chat._wire is None
+                yield chat
+
+    return opened
+
+
 def client_settings(url: str, **overrides: Any) -> UpstreamSettings:
     base = UpstreamSettings(
         llm_base_url=url + "/v1", llm_retry_backoff=0.01, llm_idle_timeout=5, llm_total_timeout=20
@@ -76,8 +99,10 @@ async def collect(
     return events
 
 
-async def test_a_streamed_answer_yields_deltas_then_one_result_with_usage(stub_url: str) -> None:
-    async with ChatClient(client_settings(stub_url)) as chat:
+async def test_a_streamed_answer_yields_deltas_then_one_result_with_usage(
+    stub_url: str, open_chat: OpenChat
+) -> None:
+    async with open_chat(client_settings(stub_url)) as chat:
         events = await collect(chat, [{"role": "user", "content": "Hello there, stub"}])
     *deltas, result = events
     assert isinstance(result, ChatResult)
@@ -90,9 +115,11 @@ async def test_a_streamed_answer_yields_deltas_then_one_result_with_usage(stub_u
     assert result.usage.total_tokens == 3 + result.usage.completion_tokens
 
 
-async def test_a_tool_call_is_assembled_from_its_argument_deltas(stub_url: str) -> None:
+async def test_a_tool_call_is_assembled_from_its_argument_deltas(
+    stub_url: str, open_chat: OpenChat
+) -> None:
     messages = [*EXECUTOR, {"role": "user", "content": "Calculate the sum of 4, 5 and 6"}]
-    async with ChatClient(client_settings(stub_url)) as chat:
+    async with open_chat(client_settings(stub_url)) as chat:
         events = await collect(chat, messages, tools=TOOLS)
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     result = events[-1]
@@ -110,9 +137,11 @@ async def test_a_tool_call_is_assembled_from_its_argument_deltas(stub_url: str) 
     assert result.to_message()["tool_calls"][0]["function"]["name"] == "code_interpreter"
 
 
-async def test_complete_returns_the_same_answer_as_the_stream(stub_url: str) -> None:
+async def test_complete_returns_the_same_answer_as_the_stream(
+    stub_url: str, open_chat: OpenChat
+) -> None:
     messages = [*EXECUTOR, {"role": "user", "content": "Search for the latest rust release"}]
-    async with ChatClient(client_settings(stub_url)) as chat:
+    async with open_chat(client_settings(stub_url)) as chat:
         streamed = (await collect(chat, messages, tools=TOOLS))[-1]
         completed = await chat.complete(messages, TOOLS)
     assert isinstance(streamed, ChatResult)
@@ -124,11 +153,12 @@ async def test_complete_returns_the_same_answer_as_the_stream(stub_url: str) -> 
 
 async def test_a_500_before_the_first_token_is_retried_and_then_succeeds(
     fresh_stub_url: str,
+    open_chat: OpenChat,
 ) -> None:
     async with httpx.AsyncClient(base_url=fresh_stub_url) as admin:
         armed = await admin.post("/_stub/faults", json={"fault": "500", "times": 1})
         assert armed.status_code == 200
-        async with ChatClient(client_settings(fresh_stub_url)) as chat:
+        async with open_chat(client_settings(fresh_stub_url)) as chat:
             events = await collect(chat, [{"role": "user", "content": "retry me"}])
         stats = (await admin.get("/_stub/stats")).json()
     assert isinstance(events[-1], ChatResult)
@@ -137,10 +167,12 @@ async def test_a_500_before_the_first_token_is_retried_and_then_succeeds(
     assert stats["faults"] == {"500": 1}
 
 
-async def test_repeated_500s_exhaust_the_retries_and_raise(fresh_stub_url: str) -> None:
+async def test_repeated_500s_exhaust_the_retries_and_raise(
+    fresh_stub_url: str, open_chat: OpenChat
+) -> None:
     async with httpx.AsyncClient(base_url=fresh_stub_url) as admin:
         await admin.post("/_stub/faults", json={"fault": "500", "times": 10})
-        async with ChatClient(client_settings(fresh_stub_url, llm_max_retries=2)) as chat:
+        async with open_chat(client_settings(fresh_stub_url, llm_max_retries=2)) as chat:
             with pytest.raises(UpstreamHTTPError) as caught:
                 await collect(chat, [{"role": "user", "content": "hi"}])
         stats = (await admin.get("/_stub/stats")).json()
@@ -169,9 +201,11 @@ async def test_a_retry_after_beyond_the_total_limit_raises_at_once(fresh_stub_ur
     assert caught.value.status_code == 429 and caught.value.retry_after == 1
 
 
-async def test_a_stream_cut_mid_way_raises_after_partial_content(stub_url: str) -> None:
+async def test_a_stream_cut_mid_way_raises_after_partial_content(
+    stub_url: str, open_chat: OpenChat
+) -> None:
     events: list[ChatEvent] = []
-    async with ChatClient(client_settings(stub_url)) as chat:
+    async with open_chat(client_settings(stub_url)) as chat:
         with pytest.raises(UpstreamError) as caught:
             with anyio.fail_after(15):
                 messages = [{"role": "user", "content": "tell me a long story [[stub:fault=cut]]"}]
@@ -183,8 +217,10 @@ async def test_a_stream_cut_mid_way_raises_after_partial_content(stub_url: str) 
     assert events and all(isinstance(e, ContentDelta) for e in events)
 
 
-async def test_a_cut_after_the_first_token_is_not_retried(fresh_stub_url: str) -> None:
-    async with ChatClient(client_settings(fresh_stub_url)) as chat:
+async def test_a_cut_after_the_first_token_is_not_retried(
+    fresh_stub_url: str, open_chat: OpenChat
+) -> None:
+    async with open_chat(client_settings(fresh_stub_url)) as chat:
         with pytest.raises(UpstreamProtocolError):
             await collect(
                 chat, [{"role": "user", "content": "hi"}], headers={"X-Stub-Fault": "cut"}
@@ -193,10 +229,10 @@ async def test_a_cut_after_the_first_token_is_not_retried(fresh_stub_url: str) -
         assert (await admin.get("/_stub/stats")).json()["requests"] == 1
 
 
-async def test_a_stalled_stream_hits_the_idle_timeout(stub_url: str) -> None:
+async def test_a_stalled_stream_hits_the_idle_timeout(stub_url: str, open_chat: OpenChat) -> None:
     settings = client_settings(stub_url, llm_idle_timeout=0.5)
     events: list[ChatEvent] = []
-    async with ChatClient(settings) as chat:
+    async with open_chat(settings) as chat:
         with pytest.raises(UpstreamTimeout) as caught:
             with anyio.fail_after(10):
                 messages = [{"role": "user", "content": "wait for it"}]
@@ -209,9 +245,9 @@ async def test_a_stalled_stream_hits_the_idle_timeout(stub_url: str) -> None:
     assert events  # some content arrived before the stall
 
 
-async def test_a_slow_stream_hits_the_total_timeout(stub_url: str) -> None:
+async def test_a_slow_stream_hits_the_total_timeout(stub_url: str, open_chat: OpenChat) -> None:
     settings = client_settings(stub_url, llm_total_timeout=0.5)
-    async with ChatClient(settings) as chat:
+    async with open_chat(settings) as chat:
         with pytest.raises(UpstreamTimeout) as caught:
             await collect(
                 chat,
@@ -221,9 +257,11 @@ async def test_a_slow_stream_hits_the_total_timeout(stub_url: str) -> None:
     assert caught.value.phase == "total"
 
 
-async def test_an_unreachable_server_is_retried_then_raises_a_connect_error() -> None:
+async def test_an_unreachable_server_is_retried_then_raises_a_connect_error(
+    open_chat: OpenChat,
+) -> None:
     settings = client_settings(f"http://127.0.0.1:{free_port()}", llm_max_retries=2)
-    async with ChatClient(settings) as chat:
+    async with open_chat(settings) as chat:
         with pytest.raises(UpstreamConnectError):
             await collect(chat, [{"role": "user", "content": "hi"}])
 
@@ -235,7 +273,7 @@ async def test_a_client_error_is_not_retried(fresh_stub_url: str) -> None:
     assert caught.value.status_code == 400
 
 
-async def test_the_api_key_is_sent_as_a_bearer_token() -> None:
+async def test_the_api_key_is_sent_as_a_bearer_token(open_chat: OpenChat) -> None:
     seen: list[str | None] = []
 
     async def completions(request: Request) -> Response:
@@ -245,7 +283,7 @@ async def test_the_api_key_is_sent_as_a_bearer_token() -> None:
 
     app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
     with serve_app(app) as server:
-        async with ChatClient(client_settings(server.url, llm_api_key="sk-secret")) as chat:
+        async with open_chat(client_settings(server.url, llm_api_key="sk-secret")) as chat:
             result = await chat.complete([{"role": "user", "content": "hi"}])
             streamed = await collect(chat, [{"role": "user", "content": "hi"}])
     assert seen == ["Bearer sk-secret", "Bearer sk-secret"]
@@ -257,17 +295,21 @@ def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dic
     return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
 
 
-async def scripted(frames: list[bytes], ending: str = "complete") -> list[ChatEvent]:
+async def scripted(
+    open_chat: OpenChat, frames: list[bytes], ending: str = "complete"
+) -> list[ChatEvent]:
     async def completions(request: Request) -> Response:
         return ScriptedStream(frames, ending)  # type: ignore[arg-type]
 
     app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
     with serve_app(app) as server:
-        async with ChatClient(client_settings(server.url, llm_max_retries=0)) as chat:
+        async with open_chat(client_settings(server.url, llm_max_retries=0)) as chat:
             return await collect(chat, [{"role": "user", "content": "hi"}])
 
 
-async def test_frames_without_a_space_with_crlf_and_comments_are_understood() -> None:
+async def test_frames_without_a_space_with_crlf_and_comments_are_understood(
+    open_chat: OpenChat,
+) -> None:
     frames = [
         b": keep-alive\r\n\r\n",
         b"data:" + orjson.dumps(chunk({"role": "assistant", "content": "Hel"})) + b"\r\n\r\n",
@@ -277,14 +319,14 @@ async def test_frames_without_a_space_with_crlf_and_comments_are_understood() ->
         + orjson.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
         b"\r\n\r\ndata: [DONE]\r\n\r\n",
     ]
-    *deltas, result = await scripted(frames)
+    *deltas, result = await scripted(open_chat, frames)
     assert deltas == [ContentDelta("Hel"), ContentDelta("lo")]
     assert isinstance(result, ChatResult)
     assert result.content == "Hello" and result.finish_reason == "stop"
     assert result.usage is not None and result.usage.total_tokens == 3
 
 
-async def test_parallel_tool_calls_are_assembled_by_index() -> None:
+async def test_parallel_tool_calls_are_assembled_by_index(open_chat: OpenChat) -> None:
     def call(index: int, **fields: Any) -> bytes:
         return (
             b"data: " + orjson.dumps(chunk({"tool_calls": [{"index": index, **fields}]})) + b"\n\n"
@@ -299,7 +341,7 @@ async def test_parallel_tool_calls_are_assembled_by_index() -> None:
         b"data: " + orjson.dumps(chunk({}, "tool_calls")) + b"\n\n",
         b"data: [DONE]\n\n",
     ]
-    result = (await scripted(frames))[-1]
+    result = (await scripted(open_chat, frames))[-1]
     assert isinstance(result, ChatResult)
     assert [(c.id, c.name, c.parsed_arguments()) for c in result.tool_calls] == [
         ("a", "f", {"x": 1}),
@@ -307,18 +349,34 @@ async def test_parallel_tool_calls_are_assembled_by_index() -> None:
     ]
 
 
-async def test_an_error_chunk_in_the_stream_raises_a_remote_error() -> None:
+async def test_an_error_chunk_in_the_stream_raises_a_remote_error(open_chat: OpenChat) -> None:
     frames = [b'data: {"error": {"message": "model overloaded"}}\n\n']
     with pytest.raises(UpstreamRemoteError, match="model overloaded"):
-        await scripted(frames)
+        await scripted(open_chat, frames)
 
 
-async def test_a_stream_that_ends_without_done_or_finish_reason_raises() -> None:
+async def test_a_stream_that_ends_without_done_or_finish_reason_raises(open_chat: OpenChat) -> None:
     frames = [b"data: " + orjson.dumps(chunk({"content": "Hel"})) + b"\n\n"]
     with pytest.raises(UpstreamProtocolError, match=r"before \[DONE\]"):
-        await scripted(frames)
+        await scripted(open_chat, frames)
 
 
-async def test_a_chunk_that_is_not_json_raises_a_protocol_error() -> None:
+async def test_a_chunk_that_is_not_json_raises_a_protocol_error(open_chat: OpenChat) -> None:
     with pytest.raises(UpstreamProtocolError, match="not JSON"):
-        await scripted([b"data: {broken\n\n"])
+        await scripted(open_chat, [b"data: {broken\n\n"])
+
+
+async def test_a_proxy_from_the_environment_carries_streams_unless_no_proxy_excludes_the_host(
+    stub_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "all_proxy", "no_proxy", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    settings = client_settings(stub_url, llm_max_retries=0)
+    async with ChatClient(settings) as chat:
+        with pytest.raises(UpstreamConnectError, match="cannot connect"):
+            await collect(chat, [{"role": "user", "content": "hi"}])  # httpx tried the proxy
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with ChatClient(settings) as chat:
+        events = await collect(chat, [{"role": "user", "content": "hi"}])
+    assert isinstance(events[-1], ChatResult)

@@ -36,6 +36,7 @@ def test_values_are_read_from_the_environment() -> None:
             "LLM_MAX_RETRIES": "0",
             "MCP_SERVER_URLS": " http://a/sse, ,http://b/mcp ",
             "TOOL_TIMEOUT": "30",
+            "LLM_CA_FILE": " /etc/agw/ca.pem ",
         }
     )
     assert settings.llm_base_url == "https://api.example/v1"
@@ -45,6 +46,7 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.llm_max_retries == 0
     assert settings.mcp_server_urls == ("http://a/sse", "http://b/mcp")
     assert settings.tool_timeout == 30
+    assert settings.llm_ca_file == "/etc/agw/ca.pem"
 
 
 def test_the_api_key_never_appears_in_the_repr() -> None:

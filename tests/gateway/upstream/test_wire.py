@@ -1,0 +1,512 @@
+"""The raw HTTP/1.1 client (``gateway.upstream._wire``) against raw asyncio servers on 127.0.0.1.
+
+Each server counts its connections and requests and reports every closed connection, so reuse,
+retries and closes are asserted from the server's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from gateway.upstream import (
+    ChatClient,
+    ChatResult,
+    ContentDelta,
+    UpstreamConnectError,
+    UpstreamHTTPError,
+    UpstreamProtocolError,
+    UpstreamSettings,
+    UpstreamTimeout,
+)
+from gateway.upstream._http import Deadline
+from gateway.upstream._wire import HIGH_WATER, Target, WirePool, WireResponse
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+"""Answers request ``n`` (1-based, over all connections); True keeps the connection open."""
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+@dataclass
+class Server:
+    port: int
+    connections: int = 0
+    requests: int = 0
+    closed: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+
+    async def next_close(self) -> int:
+        """Wait (bounded) until a connection has closed; returns its number."""
+        with anyio.fail_after(5):
+            return await self.closed.get()
+
+
+@asynccontextmanager
+async def raw_server(
+    handler: Handler, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[Server]:
+    """An HTTP/1.1 server whose answers are written by ``handler``; every task ends with it."""
+    state = Server(port=0)
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        state.connections += 1
+        number = state.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                state.requests += 1
+                if not await handler(state.requests, reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went away
+        finally:
+            writer.close()
+            state.closed.put_nowait(number)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=ssl_context)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        with anyio.fail_after(5):
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.wait_closed()
+
+
+async def until_disconnect(reader: asyncio.StreamReader) -> bool:
+    """Hold the connection until the client closes it (at most 10 s); never keep it."""
+    with anyio.move_on_after(10):
+        while await reader.read(65536):
+            pass
+    return False
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def delta(text: str) -> bytes:
+    chunk = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+STOP = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+SSE_ANSWER = SSE_HEAD + chunked(delta("Hel"), delta("lo"), STOP, b"data: [DONE]\n\n")
+
+
+def answer(data: bytes) -> Handler:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        await writer.drain()
+        return True
+
+    return handle
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[WirePool]:
+    opened = WirePool(connect_timeout=5, idle_timeout=5)
+    yield opened
+    opened.close()
+    await asyncio.sleep(0)  # let the aborted transports run connection_lost
+
+
+def target(server: Server, scheme: str = "http") -> Target:
+    return Target.parse(f"{scheme}://127.0.0.1:{server.port}/v1/chat/completions")
+
+
+async def fetch(pool: WirePool, server: Server, seconds: float = 10) -> tuple[int, bytes]:
+    response = await pool.request(target(server), {}, b"{}", Deadline(seconds, "LLM"))
+    try:
+        return response.status_code, await response.aread()
+    finally:
+        await response.aclose()
+
+
+def settings(server: Server, scheme: str = "http", **overrides: Any) -> UpstreamSettings:
+    base = UpstreamSettings(
+        llm_base_url=f"{scheme}://127.0.0.1:{server.port}/v1",
+        llm_retry_backoff=0.01,
+        llm_idle_timeout=5,
+        llm_total_timeout=20,
+    )
+    return replace(base, **overrides)
+
+
+async def collect(chat: ChatClient) -> list[Any]:
+    with anyio.fail_after(15):
+        async with aclosing(chat.stream_chat([{"role": "user", "content": "hi"}])) as events:
+            return [event async for event in events]
+
+
+# -- bodies and keep-alive ---------------------------------------------------------------------
+
+
+async def test_a_chunked_body_split_anywhere_is_dechunked(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        wire = SSE_HEAD + chunked(b"first ", b"second ", b"third")
+        for i in range(0, len(wire), 7):  # a new segment every 7 bytes, mid-line and mid-size
+            writer.write(wire[i : i + 7])
+            await writer.drain()
+        return True
+
+    async with raw_server(handle) as server:
+        assert await fetch(pool, server) == (200, b"first second third")
+
+
+async def test_a_content_length_body_reuses_the_connection_after_an_early_hint(
+    pool: WirePool,
+) -> None:
+    hint = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+    reply = hint + b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+    async with raw_server(answer(reply)) as server:
+        assert await fetch(pool, server) == (200, b"hello")
+        assert await fetch(pool, server) == (200, b"hello")
+        assert (server.connections, server.requests) == (1, 2)
+
+
+async def test_a_body_delimited_by_the_close_ends_there_and_is_not_pooled(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ")
+        await writer.drain()
+        writer.write(b"the close")
+        return False
+
+    async with raw_server(handle) as server:
+        assert await fetch(pool, server) == (200, b"until the close")
+        assert await fetch(pool, server) == (200, b"until the close")
+        assert (server.connections, server.requests) == (2, 2)
+
+
+async def test_a_streamed_chat_reuses_one_connection(pool: WirePool) -> None:
+    async with raw_server(answer(SSE_ANSWER)) as server:
+        async with ChatClient(settings(server)) as chat:
+            first, second = await collect(chat), await collect(chat)
+    assert (
+        first
+        == second
+        == [ContentDelta("Hel"), ContentDelta("lo"), ChatResult("Hello", (), "stop")]
+    )
+    assert (server.connections, server.requests) == (1, 2)
+
+
+async def test_a_large_body_pauses_reading_until_it_is_read(pool: WirePool) -> None:
+    body = bytes(range(256)) * (4 * HIGH_WATER // 256)
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
+    async with raw_server(answer(head + body)) as server:
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
+            with anyio.fail_after(5):
+                while not response._conn._paused:  # the client stops reading at the high water
+                    await anyio.sleep(0.005)
+            assert await response.aread() == body
+        finally:
+            await response.aclose()
+        assert await fetch(pool, server) == (200, body)
+        assert server.connections == 1
+
+
+# -- connections closed by the server ------------------------------------------------------------
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return False  # says keep-alive, closes anyway: the idle connection dies in the pool
+
+    async with raw_server(handle) as server:
+        assert await fetch(pool, server) == (200, b"ok")
+        assert await server.next_close() == 1
+        assert await fetch(pool, server) == (200, b"ok")
+        assert (server.connections, server.requests) == (2, 2)
+
+
+async def test_a_request_on_a_connection_closed_unanswered_is_retried_once_fresh(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if n == 2:
+            return False  # the keep-alive race: closed as the request arrived, no answer
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async with raw_server(handle) as server:
+        assert await fetch(pool, server) == (200, b"ok")
+        assert await fetch(pool, server) == (200, b"ok")
+        assert (server.connections, server.requests) == (2, 3)
+
+
+async def test_a_fresh_connection_closed_unanswered_raises_without_a_retry(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async with raw_server(handle) as server:
+        with pytest.raises(UpstreamProtocolError, match="without answering"):
+            await fetch(pool, server)
+        assert (server.connections, server.requests) == (1, 1)
+
+
+async def test_a_response_cut_mid_body_raises_a_protocol_error(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+        return False
+
+    async with raw_server(handle) as server:
+        with pytest.raises(UpstreamProtocolError, match="closed mid-response"):
+            await fetch(pool, server)
+
+
+async def test_a_malformed_response_raises_a_protocol_error(pool: WirePool) -> None:
+    async with raw_server(answer(b"HTTP/1.1 2x0 OK\r\n\r\n")) as server:
+        with pytest.raises(UpstreamProtocolError, match="bad HTTP response"):
+            await fetch(pool, server)
+
+
+async def test_bytes_after_a_response_keep_its_connection_out_of_the_pool(pool: WirePool) -> None:
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n"
+    async with raw_server(answer(reply)) as server:
+        assert await fetch(pool, server) == (200, b"ok")
+        assert await fetch(pool, server) == (200, b"ok")
+        assert (server.connections, server.requests) == (2, 2)
+
+
+async def test_an_unreachable_server_raises_a_connect_error(pool: WirePool) -> None:
+    url = Target.parse(f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(UpstreamConnectError):
+        await pool.request(url, {}, b"", Deadline(5, "LLM"))
+
+
+# -- time limits ---------------------------------------------------------------------------------
+
+
+async def test_a_silent_server_hits_the_idle_limit_before_and_after_the_headers() -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if n == 2:
+            writer.write(SSE_HEAD + chunked(delta("a"))[:-5])  # one chunk, no end
+        return await until_disconnect(reader)
+
+    idle = WirePool(connect_timeout=5, idle_timeout=0.3)
+    try:
+        async with raw_server(handle) as server:
+            with pytest.raises(UpstreamTimeout) as waiting:
+                await fetch(idle, server)
+            assert await server.next_close() == 1
+            response = await idle.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+            try:
+                assert await response.read() == delta("a")
+                started = time.monotonic()
+                with pytest.raises(UpstreamTimeout) as streaming:
+                    await response.read()
+                assert 0.25 <= time.monotonic() - started < 3
+            finally:
+                await response.aclose()
+            assert await server.next_close() == 2
+    finally:
+        idle.close()
+    assert waiting.value.phase == streaming.value.phase == "idle"
+
+
+async def test_a_steady_stream_hits_the_total_limit(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD)
+        with anyio.move_on_after(10):
+            while True:  # a chunk every 50 ms, forever: never idle
+                writer.write(chunked(b": tick\n\n")[:-5])
+                await writer.drain()
+                await anyio.sleep(0.05)
+        return False
+
+    async with raw_server(handle) as server:
+        started = time.monotonic()
+        response = await pool.request(target(server), {}, b"{}", Deadline(0.5, "LLM"))
+        try:
+            with pytest.raises(UpstreamTimeout) as caught:
+                while await response.read():
+                    pass
+        finally:
+            await response.aclose()
+        assert await server.next_close() == 1
+    assert caught.value.phase == "total"
+    assert 0.45 <= time.monotonic() - started < 3
+
+
+# -- error statuses and retries (through ChatClient) --------------------------------------------
+
+
+async def test_a_client_error_carries_the_upstream_message_and_is_not_retried() -> None:
+    error = orjson.dumps({"error": {"message": "model 'x' does not exist", "type": "invalid"}})
+    reply = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+    reply += b"content-length: %d\r\n\r\n%s" % (len(error), error)
+    async with raw_server(answer(reply)) as server:
+        async with ChatClient(settings(server)) as chat:
+            with pytest.raises(UpstreamHTTPError) as caught:
+                await collect(chat)
+    assert caught.value.status_code == 404
+    assert caught.value.message == "LLM: HTTP 404: model 'x' does not exist"
+    assert server.requests == 1
+
+
+@pytest.mark.parametrize("status", [b"429 Too Many Requests", b"503 Service Unavailable"])
+async def test_a_retry_after_status_is_retried_after_the_time_it_asks(status: bytes) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if n == 1:
+            writer.write(b"HTTP/1.1 %s\r\nretry-after: 0.4\r\ncontent-length: 0\r\n\r\n" % status)
+        else:
+            writer.write(SSE_ANSWER)
+        return True
+
+    async with raw_server(handle) as server:
+        async with ChatClient(settings(server)) as chat:
+            started = time.monotonic()
+            events = await collect(chat)
+            elapsed = time.monotonic() - started
+    assert events[-1] == ChatResult("Hello", (), "stop")
+    assert elapsed >= 0.4  # the back-off alone would be ~10 ms
+    assert (server.connections, server.requests) == (1, 2)
+
+
+# -- leaving early -------------------------------------------------------------------------------
+
+
+async def test_leaving_a_stream_early_closes_its_connection() -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if n == 1:
+            writer.write(SSE_HEAD + chunked(delta("first"))[:-5])
+            return await until_disconnect(reader)
+        writer.write(SSE_ANSWER)
+        return True
+
+    async with raw_server(handle) as server:
+        async with ChatClient(settings(server)) as chat:
+            with anyio.fail_after(5):
+                async with aclosing(chat.stream_chat([{"role": "user", "content": "hi"}])) as s:
+                    assert await anext(s) == ContentDelta("first")
+            assert await server.next_close() == 1  # closed, not kept half-read
+            assert (await collect(chat))[-1] == ChatResult("Hello", (), "stop")
+    assert (server.connections, server.requests) == (2, 2)
+
+
+async def test_a_cancelled_reader_closes_its_connection(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD)
+        return await until_disconnect(reader)
+
+    async with raw_server(handle) as server:
+        response: WireResponse | None = None
+        with anyio.move_on_after(0.2) as scope:
+            response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+            try:
+                await response.read()
+            finally:
+                await response.aclose()
+        assert scope.cancelled_caught
+        assert await server.next_close() == 1
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl CLI, else the cryptography package)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl is not None:
+        options = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
+        options += " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+        subprocess.run(
+            [openssl, *options.split(), "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        return cert, key
+    try:
+        write_self_signed(cert, key)
+    except ImportError as exc:  # never skip: TLS must be tested
+        pytest.fail(f"neither the openssl CLI nor the cryptography package: {exc}", pytrace=False)
+    return cert, key
+
+
+def write_self_signed(cert: Path, key: Path) -> None:
+    """The same certificate with the ``cryptography`` package (raises ImportError without it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+async def test_https_works_with_the_ca_file_and_fails_without_it(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    async with raw_server(answer(SSE_ANSWER), server_context) as server:
+        trusting = settings(server, "https", llm_ca_file=str(cert))
+        async with ChatClient(trusting) as chat:
+            assert chat._wire is not None
+            first, second = await collect(chat), await collect(chat)
+        assert first == second and first[-1] == ChatResult("Hello", (), "stop")
+        assert (server.connections, server.requests) == (1, 2)
+        async with ChatClient(settings(server, "https", llm_max_retries=0)) as chat:
+            with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await collect(chat)
