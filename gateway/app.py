@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
 from gateway.agents import agent_services, register_builtin_agents
+from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import install_openapi
 from gateway.routes import EXCEPTION_HANDLERS, compat, health, tasks
@@ -96,7 +97,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.draining = asyncio.Event()
+    app.state.draining = Drain()
     app.state.store = store
     app.state.metrics = metrics
     app.state.registry = registry

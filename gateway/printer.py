@@ -63,7 +63,7 @@ class Printer:
         self.request_id = request_id
         self._on_append = on_append
         self.outcome: Outcome | None = None
-        self._answers: dict[str, str] = {}
+        self._answers: dict[str, list[str]] = {}  # streamed answer parts per messageId
 
     def body(
         self, message_type: str, payload: Any, message_id: str | None, is_final: bool, **extra: Any
@@ -96,8 +96,10 @@ class Printer:
         """Append one message; ``payload`` goes in the field its type names (DESIGN §3)."""
         body = self.body(message_type, payload, message_id, is_final, **extra)
         if message_type == "agent_stream" and isinstance(payload, str):
-            mid = body["messageId"]
-            self._answers[mid] = payload if is_final else self._answers.get(mid, "") + payload
+            if is_final:  # the final frame carries the whole text
+                self._answers[body["messageId"]] = [payload]
+            else:
+                self._answers.setdefault(body["messageId"], []).append(payload)
         message = await self.store.append(self.task_id, body)
         self.notify(message)
         return message
@@ -120,4 +122,4 @@ class Printer:
     @property
     def partial_answer(self) -> str:
         """The streamed answer so far (kept as the result of a task that did not complete)."""
-        return "".join(self._answers.values())
+        return "".join("".join(parts) for parts in self._answers.values())

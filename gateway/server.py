@@ -15,16 +15,17 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.drain import Drain
 
 
 def drain(app: Starlette) -> None:
     """Ask every open stream of ``app`` to end; safe to call from a signal handler."""
-    event: asyncio.Event = app.state.draining
+    draining: Drain = app.state.draining
     loop: asyncio.AbstractEventLoop | None = getattr(app.state, "loop", None)
     if loop is None:
         return
     with contextlib.suppress(RuntimeError):  # the loop is already closed
-        loop.call_soon_threadsafe(event.set)
+        loop.call_soon_threadsafe(draining.set)
 
 
 class DrainingServer(uvicorn.Server):

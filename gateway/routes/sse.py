@@ -8,12 +8,13 @@ A reader that cannot take data within ``send_timeout`` is disconnected (it resum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-import anyio
 from starlette.types import Receive, Scope, Send
 
+from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.settings import Settings
 from gateway.store import StreamStore, TaskNotFound
@@ -34,7 +35,12 @@ class SlowClient(Exception):
 
 
 class LogStream:
-    """An ASGI response streaming ``task_id``'s log after ``after`` until its ``finish``."""
+    """An ASGI response streaming ``task_id``'s log after ``after`` until its ``finish``.
+
+    An idle connection costs one parked reader and one task waiting for the client's
+    disconnect: the drain and the send time limit are callbacks, not tasks, and ending the
+    stream early (disconnect, drain, slow client) cancels the pumping task itself.
+    """
 
     def __init__(
         self,
@@ -45,7 +51,7 @@ class LogStream:
         metrics: GatewayMetrics,
         headers: Mapping[str, str] | None = None,
         on_disconnect: Callable[[], Awaitable[None]] | None = None,
-        draining: asyncio.Event | None = None,
+        draining: Drain | None = None,
     ) -> None:
         self.store = store
         self.task_id = task_id
@@ -57,7 +63,9 @@ class LogStream:
         self.draining = draining
         self.finished = False
         self._loop = asyncio.get_running_loop()
-        self._scope: anyio.CancelScope | None = None
+        self._pumping: asyncio.Task[object] | None = None
+        self._stopped = False
+        self._disconnected = False
         self._sending_since: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._slow = False
@@ -65,6 +73,8 @@ class LogStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.active_streams.inc()
         self.metrics.streams_total.inc()
+        watcher: asyncio.Task[None] | None = None
+        unsubscribe = None
         try:
             await send(
                 {
@@ -73,13 +83,18 @@ class LogStream:
                     "headers": SSE_HEADERS + self.extra_headers,
                 }
             )
-            async with anyio.create_task_group() as group:
-                self._scope = group.cancel_scope
-                group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
-                if self.draining is not None:
-                    group.start_soon(self._watch_drain, self.draining, group.cancel_scope)
+            self._pumping = asyncio.current_task()
+            watcher = self._loop.create_task(self._watch_disconnect(receive))
+            if self.draining is not None:
+                # End cleanly on a drain: the client resumes on another replica.
+                unsubscribe = self.draining.subscribe(self._stop)
+            try:
                 await self._pump(send)
-                group.cancel_scope.cancel()
+            except asyncio.CancelledError:
+                if not self._stopped or self._uncancel() > 0:
+                    raise  # cancelled from outside (server shutdown), not by this stream
+            finally:
+                self._pumping = None  # from here on a stop cancels nothing
             if self._slow:
                 self.metrics.slow_clients.inc()
                 logger.info("SSE reader of %s too slow; disconnected", self.task_id)
@@ -88,23 +103,43 @@ class LogStream:
         except OSError:
             return  # the peer is gone
         finally:
+            self._pumping = None
+            if unsubscribe is not None:
+                unsubscribe()
+            if watcher is not None:
+                await self._end_watcher(watcher)
             if self._watchdog is not None:
                 self._watchdog.cancel()
             self.metrics.active_streams.dec()
 
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+    def _stop(self) -> None:
+        """End the stream now (once): cancels the pumping task, which then ends cleanly."""
+        if not self._stopped and self._pumping is not None:
+            self._stopped = True
+            self._pumping.cancel()
+
+    def _uncancel(self) -> int:
+        task = asyncio.current_task()
+        return task.uncancel() if task is not None else 0
+
+    async def _end_watcher(self, watcher: asyncio.Task[None]) -> None:
+        """Stop watching; a disconnect callback already running is let finish (bounded)."""
+        if not watcher.done() and not self._disconnected:
+            watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 break
+        self._disconnected = True
         if not self.finished and self.on_disconnect is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.cancel_wait):
-                await self.on_disconnect()
-        scope.cancel()
-
-    async def _watch_drain(self, draining: asyncio.Event, scope: anyio.CancelScope) -> None:
-        await draining.wait()
-        scope.cancel()  # end cleanly; the client resumes on another replica
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.cancel_wait):
+                    await self.on_disconnect()
+        self._stop()
 
     async def _send(self, send: Send, body: bytes) -> None:
         """Send one chunk under the send time limit.
@@ -129,8 +164,7 @@ class LogStream:
         overdue = since + self.settings.send_timeout
         if self._loop.time() >= overdue - 0.001:
             self._slow = True  # a client that cannot take data is cut off (it resumes later)
-            if self._scope is not None:
-                self._scope.cancel()
+            self._stop()
             return
         self._watchdog = self._loop.call_at(overdue, self._check_send)
 

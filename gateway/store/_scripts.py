@@ -72,13 +72,20 @@ redis.call('HSET', KEYS[1], 'status', 'RUNNING', 'owner', ARGV[1], 'leaseUntil',
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: state. ARGV: owner, leaseUntil. Returns 1 ok, 2 cancel requested, 0 lost.
+# The leases of several tasks of one owner. KEYS: state_1, state_2, ... ARGV: owner,
+#   leaseUntil. Returns per task: 1 ok, 2 cancel requested, 0 lost. (Cluster: one key a call.)
 RENEW = """
-local v = redis.call('HMGET', KEYS[1], 'status', 'owner', 'cancel')
-if v[1] ~= 'RUNNING' or v[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'leaseUntil', ARGV[2])
-if v[3] == '1' then return 2 end
-return 1
+local out = {}
+for k = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[k], 'status', 'owner', 'cancel')
+  if v[1] ~= 'RUNNING' or v[2] ~= ARGV[1] then
+    out[k] = 0
+  else
+    redis.call('HSET', KEYS[k], 'leaseUntil', ARGV[2])
+    out[k] = v[3] == '1' and 2 or 1
+  end
+end
+return out
 """
 
 # KEYS: state, log. ARGV: owner ('' = the lease must have lapsed before ARGV[2]), now,

@@ -57,6 +57,9 @@ from gateway.store.base import (
 logger = logging.getLogger(__name__)
 
 
+_LEASE_STATES = {1: LeaseState.OK, 2: LeaseState.CANCEL}
+
+
 class RedisStore(StreamStore):
     """``StreamStore`` over Redis with coalesced writes and in-memory wake-ups for local readers."""
 
@@ -74,6 +77,7 @@ class RedisStore(StreamStore):
         self.url = url
         self.result_ttl = int(result_ttl)
         self._k = _Keys(prefix)
+        self._cluster = cluster
         # redis-py 8 types replies as wide unions; the shapes used here are fixed by the commands.
         self._client: Any = (
             RedisCluster.from_url(
@@ -274,8 +278,21 @@ class RedisStore(StreamStore):
         return record
 
     async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:
-        answer = await self._renew(keys=[self._k.state(task_id)], args=[owner, now_ms() + lease_ms])
-        return {1: LeaseState.OK, 2: LeaseState.CANCEL}.get(int(answer), LeaseState.LOST)
+        return (await self.renew_many([task_id], owner, lease_ms))[0]
+
+    async def renew_many(
+        self, task_ids: Sequence[str], owner: str, lease_ms: int
+    ) -> list[LeaseState]:
+        if not task_ids:
+            return []
+        args: list[str | int] = [owner, now_ms() + lease_ms]
+        states = [self._k.state(t) for t in task_ids]
+        if self._cluster:  # one hash slot per call
+            replies = await asyncio.gather(*(self._renew(keys=[s], args=args) for s in states))
+            answers = [reply[0] for reply in replies]
+        else:
+            answers = await self._renew(keys=states, args=args)
+        return [_LEASE_STATES.get(int(a), LeaseState.LOST) for a in answers]
 
     async def request_cancel(self, task_id: str) -> None:
         if not await self._client.hset(self._k.state(task_id), "cancel", "1") and not (

@@ -227,15 +227,18 @@ class TaskManager:
         while True:
             await asyncio.sleep(self.settings.lease_renew_interval)
             running = list(self.running.items())
-            states = await asyncio.gather(
-                *(self.store.renew(task_id, self.owner, self.lease_ms) for task_id, _ in running),
-                return_exceptions=True,
-            )
-            _reraise_cancellation()
-            for (task_id, task), state in zip(running, states, strict=True):
-                if isinstance(state, BaseException):
-                    logger.warning("lease renewal of %s failed: %r", task_id, state)
-                elif state is LeaseState.CANCEL:
+            if not running:
+                continue
+            try:
+                states = await self.store.renew_many(
+                    [task_id for task_id, _ in running], self.owner, self.lease_ms
+                )
+            except Exception as exc:
+                _reraise_cancellation()
+                logger.warning("lease renewal of %d tasks failed: %r", len(running), exc)
+                continue
+            for (_, task), state in zip(running, states, strict=True):
+                if state is LeaseState.CANCEL:
                     task.stop("cancel")
                 elif state is LeaseState.LOST:
                     task.stop("lost")

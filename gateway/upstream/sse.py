@@ -78,8 +78,10 @@ class SSEDecoder:
             self._skip_lf = False
             if text.startswith("\n"):
                 text = text[1:]
-        buffer = self._pending + text
         events: list[ServerSentEvent] = []
+        if not self._pending and "\r" not in text:
+            text = self._feed_blocks(text, events)
+        buffer = self._pending + text
         pos = 0
         while (match := _LINE_END.search(buffer, pos)) is not None:
             end = match.end()
@@ -96,6 +98,29 @@ class SSEDecoder:
         if len(self._pending) > self._max_line:
             raise UpstreamProtocolError(f"SSE line longer than {self._max_line} characters")
         return events
+
+    def _feed_blocks(self, text: str, events: list[ServerSentEvent]) -> str:
+        """The common case, fast: whole LF-ended blocks, most of them one ``data: `` line (an
+        LLM's chunks). Appends their events; returns the text after the last blank line."""
+        *blocks, rest = text.split("\n\n")
+        for block in blocks:
+            if (
+                block.startswith("data: ")
+                and "\n" not in block
+                and not self._data
+                and not self._event
+                and self._block_retry is None
+            ):
+                events.append(ServerSentEvent(block[6:], "message", self._last_id))
+                continue
+            for line in block.split("\n"):
+                event = self._process_line(line)
+                if event is not None:
+                    events.append(event)
+            event = self._dispatch()  # the blank line that ended the block
+            if event is not None:
+                events.append(event)
+        return rest
 
     def _process_line(self, line: str) -> ServerSentEvent | None:
         if not line:

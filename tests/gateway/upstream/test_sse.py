@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.upstream import ServerSentEvent, SSEDecoder, aiter_sse
 from gateway.upstream.errors import UpstreamProtocolError
@@ -72,6 +75,43 @@ def test_the_same_input_split_at_every_pair_of_boundaries_gives_identical_events
         for second in range(first, len(sample) + 1):
             chunks = [sample[:first], sample[first:second], sample[second:]]
             assert decode_all(chunks) == expected, (first, second)
+
+
+_LINES = st.lists(
+    st.one_of(
+        st.just(""),
+        st.sampled_from(["data: x", "data:", "data", "event: e", "id: 7", "retry: 9", ": c"]),
+        st.text(alphabet="data:ev tirly0\u20ac", max_size=12),
+    ),
+    max_size=30,
+)
+
+
+@given(_LINES, st.lists(st.integers(min_value=0, max_value=400), max_size=4))
+def test_lf_streams_decode_the_same_whole_split_or_byte_by_byte(
+    lines: list[str], cuts: list[int]
+) -> None:
+    # Whole LF-ended blocks take a fast path; one byte at a time never does: same events.
+    raw = "".join(line + "\n" for line in lines).encode()
+    reference = decode_all([raw[i : i + 1] for i in range(len(raw))])
+    assert decode_all([raw]) == reference
+    bounds = [0, *sorted(min(c, len(raw)) for c in cuts), len(raw)]
+    assert decode_all([raw[a:b] for a, b in itertools.pairwise(bounds)]) == reference
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        ("event: e\n", ServerSentEvent("x", "e", "", None)),
+        ("retry: 5\n", ServerSentEvent("x", "message", "", 5)),
+        ("data: a\n", ServerSentEvent("a\nx", "message", "", None)),
+        ("id: 3\n", ServerSentEvent("x", "message", "3", None)),
+    ],
+)
+def test_fields_of_a_block_begun_in_an_earlier_chunk_apply_to_its_event(
+    first: str, expected: ServerSentEvent
+) -> None:
+    assert decode_all([first.encode(), b"data: x\n\n"]) == [expected]
 
 
 @pytest.mark.parametrize("eol", ["\n", "\r", "\r\n"])

@@ -1,0 +1,42 @@
+"""The drain signal: set once on a stop signal, it ends every open SSE stream cleanly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["Drain"]
+
+
+class Drain:
+    """Streams subscribe a callback instead of parking a task each: draining costs an idle
+    connection nothing until it happens."""
+
+    __slots__ = ("_callbacks", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._callbacks: set[Callable[[], None]] = set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Start draining: call every subscriber once (later subscribers are called at once)."""
+        if self._set:
+            return
+        self._set = True
+        callbacks, self._callbacks = self._callbacks, set()
+        for callback in callbacks:
+            callback()
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when draining starts; returns the function that unsubscribes."""
+        if self._set:
+            callback()
+            return _nothing
+        self._callbacks.add(callback)
+        return lambda: self._callbacks.discard(callback)
+
+
+def _nothing() -> None:
+    pass
