@@ -277,6 +277,10 @@ class SecurityMiddleware:
             if refusal is not None:
                 await _answer(send, *refusal)
                 return
+        if "content-length" not in headers and "transfer-encoding" not in headers:
+            # No body (a GET, an SSE stream): nothing to limit, no wrappers on every frame.
+            await self.app(scope, receive, send)
+            return
         await self._call_limited(scope, receive, send, limit)
 
     async def _call_limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:

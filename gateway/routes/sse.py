@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.types import Receive, Scope, Send
@@ -32,6 +33,56 @@ HEARTBEAT = b": ping\n\n"
 
 class SlowClient(Exception):
     """The client did not take a frame within the send time limit (kept for importers)."""
+
+
+class _SendWatch:
+    """The send time limit of every stream of one event loop, kept by one periodic timer.
+
+    A send almost never blocks (the server waits only when the socket buffer is full), so a
+    cancel scope or timer per frame would be the dearest part of the hot path, and a timer per
+    stream costs every idle connection memory. Here a send in progress is one dict entry, and
+    one timer — armed while any stream is open — ticks a few times per time limit and cuts off
+    the streams whose send has been stuck for ``timeout`` seconds (they resume later).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._tick_every = max(0.01, min(1.0, timeout / 4))
+        self.sending: dict[LogStream, float] = {}
+        self._streams = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def opened(self) -> None:
+        self._streams += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick_every, self._tick)
+
+    def closed(self) -> None:
+        self._streams -= 1
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        overdue = [s for s, since in self.sending.items() if now - since >= self.timeout - 0.001]
+        for stream in overdue:
+            del self.sending[stream]
+            stream.cut_off()
+        self._timer = (
+            self._loop.call_later(self._tick_every, self._tick) if self._streams > 0 else None
+        )
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _SendWatch]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _send_watch(loop: asyncio.AbstractEventLoop, timeout: float) -> _SendWatch:
+    per_timeout = _watches.setdefault(loop, {})
+    watch = per_timeout.get(timeout)
+    if watch is None:
+        watch = per_timeout[timeout] = _SendWatch(loop, timeout)
+    return watch
 
 
 class LogStream:
@@ -66,8 +117,7 @@ class LogStream:
         self._pumping: asyncio.Task[object] | None = None
         self._stopped = False
         self._disconnected = False
-        self._sending_since: float | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch = _send_watch(self._loop, settings.send_timeout)
         self._slow = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,6 +135,7 @@ class LogStream:
             )
             self._pumping = asyncio.current_task()
             watcher = self._loop.create_task(self._watch_disconnect(receive))
+            self._watch.opened()
             if self.draining is not None:
                 # End cleanly on a drain: the client resumes on another replica.
                 unsubscribe = self.draining.subscribe(self._stop)
@@ -107,9 +158,8 @@ class LogStream:
             if unsubscribe is not None:
                 unsubscribe()
             if watcher is not None:
+                self._watch.closed()
                 await self._end_watcher(watcher)
-            if self._watchdog is not None:
-                self._watchdog.cancel()
             self.metrics.active_streams.dec()
 
     def _stop(self) -> None:
@@ -142,33 +192,26 @@ class LogStream:
         self._stop()
 
     async def _send(self, send: Send, body: bytes) -> None:
-        """Send one chunk under the send time limit.
+        """Send one chunk under the send time limit (kept by the loop's :class:`_SendWatch`)."""
+        sending = self._watch.sending
+        sending[self] = self._loop.time()
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            sending.pop(self, None)
 
-        The limit is enforced by a watchdog timer, not a cancel scope per send: a send almost
-        never blocks (the server only waits when the socket buffer is full), and a timer per
-        frame would be the dearest part of the hot path. The watchdog is armed by the first
-        send after it went quiet and re-arms itself only while a send is in progress.
-        """
-        loop = self._loop
-        self._sending_since = now = loop.time()
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(now + self.settings.send_timeout, self._check_send)
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        self._sending_since = None
-
-    def _check_send(self) -> None:
-        self._watchdog = None
-        since = self._sending_since
-        if since is None:
-            return  # idle between sends: stay disarmed until the next send
-        overdue = since + self.settings.send_timeout
-        if self._loop.time() >= overdue - 0.001:
-            self._slow = True  # a client that cannot take data is cut off (it resumes later)
-            self._stop()
-            return
-        self._watchdog = self._loop.call_at(overdue, self._check_send)
+    def cut_off(self) -> None:
+        """The client took no data for the send time limit: end the stream (it resumes later)."""
+        self._slow = True
+        self._stop()
 
     async def _pump(self, send: Send) -> None:
+        """Replay, then tail; a heartbeat whenever nothing was sent for ``heartbeat_interval``.
+
+        Heartbeats keep to a fixed beat (each one due an interval after the previous one was
+        due, not after it was sent): when thousands of idle streams ping at once and the last
+        of them goes out late, its next ping is not pushed later still.
+        """
         settings = self.settings
         store = self.store
         task_id = self.task_id
@@ -177,23 +220,27 @@ class LogStream:
         cursor = self.after
         deadline = clock() + settings.sse_max_age
         await self._send(send, b"retry: %d\n\n" % settings.sse_retry_ms)
+        ping_at = clock() + heartbeat
         while True:
-            remaining = deadline - clock()
-            if remaining <= 0:
+            now = clock()
+            if deadline - now <= 0:
                 return  # SSE_MAX_AGE: end cleanly, the client resumes with Last-Event-ID
             try:
-                messages = await store.tail(task_id, cursor, min(heartbeat, remaining))
+                messages = await store.tail(task_id, cursor, max(0.0, min(ping_at, deadline) - now))
             except TaskNotFound:
                 return
             if not messages:
-                if deadline - clock() > 0:
+                now = clock()
+                if now >= ping_at - 0.001 and deadline - now > 0:
                     await self._send(send, HEARTBEAT)
+                    ping_at = max(ping_at + heartbeat, now + heartbeat / 2)
                 continue
             last = messages[-1]
             # Frames are encoded once per message and shared by every reader (cached).
             await self._send(
                 send, last.frame if len(messages) == 1 else b"".join(m.frame for m in messages)
             )
+            ping_at = clock() + heartbeat
             cursor = last.seq
             if last.finish:
                 self.finished = True

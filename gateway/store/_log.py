@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 
 from gateway.protocol import StoredMessage
@@ -19,17 +20,29 @@ class LocalLog:
 
     Time limits cost no timer per wait (a timer is the dearest thing a hot loop can create):
     one timer per log is armed at the earliest deadline among the waiters and, when it fires,
-    releases the expired ones and re-arms itself for the next. A reader woken by data every few
+    releases the expired ones (taken off a heap of deadlines, so ten thousand idle readers cost
+    no scan of all of them) and re-arms itself for the next. A reader woken by data every few
     milliseconds therefore never touches a timer; the log's timer fires about once per timeout.
     """
 
-    __slots__ = ("_releases", "_timer", "_timer_at", "_waiters", "base", "finished", "messages")
+    __slots__ = (
+        "_deadlines",
+        "_releases",
+        "_timer",
+        "_timer_at",
+        "_waiters",
+        "base",
+        "finished",
+        "messages",
+    )
 
     def __init__(self, base: int = 0) -> None:
         self.base = base
         self.messages: list[StoredMessage] = []
         self.finished = False
-        self._waiters: dict[asyncio.Future[None], float] = {}  # future -> deadline (loop time)
+        self._waiters: set[asyncio.Future[None]] = set()
+        # (deadline, tiebreak, future): a future already resolved or gone is skipped when met
+        self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._releases = 0
@@ -49,7 +62,8 @@ class LocalLog:
         """Resolve every parked reader (new data, or the log ended)."""
         waiters = self._waiters
         if waiters:
-            self._waiters = {}
+            self._waiters = set()
+            self._deadlines = []
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
@@ -76,13 +90,14 @@ class LocalLog:
         releases = self._releases
         while True:
             future: asyncio.Future[None] = loop.create_future()
-            self._waiters[future] = deadline
+            self._waiters.add(future)
+            heapq.heappush(self._deadlines, (deadline, id(future), future))
             if deadline < self._timer_at:
                 self._arm(loop, deadline)
             try:
                 await future
             finally:
-                self._waiters.pop(future, None)  # gone already unless cancelled or expired
+                self._waiters.discard(future)  # gone already unless cancelled or expired
             if self.base + len(self.messages) > after or self.finished:
                 return True
             if loop.time() >= deadline - _SLACK or self._releases != releases:
@@ -96,14 +111,12 @@ class LocalLog:
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer, self._timer_at = None, math.inf
-        now = loop.time()
-        earliest = math.inf
-        for future, deadline in list(self._waiters.items()):
-            if deadline <= now + _SLACK:
-                del self._waiters[future]
-                if not future.done():
-                    future.set_result(None)
-            elif deadline < earliest:
-                earliest = deadline
-        if earliest < math.inf:
-            self._arm(loop, earliest)
+        limit = loop.time() + _SLACK
+        heap = self._deadlines
+        while heap and (heap[0][0] <= limit or heap[0][2].done()):
+            future = heapq.heappop(heap)[2]
+            if not future.done():
+                self._waiters.discard(future)
+                future.set_result(None)
+        if heap:
+            self._arm(loop, heap[0][0])
