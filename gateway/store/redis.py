@@ -33,6 +33,7 @@ from gateway.protocol import (
     stamp_seq,
 )
 from gateway.store import _scripts
+from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import (
     GROUP,
     MAX_BLOCK,
@@ -58,6 +59,9 @@ logger = logging.getLogger(__name__)
 
 
 _LEASE_STATES = {1: LeaseState.OK, 2: LeaseState.CANCEL}
+
+RECENT_SECONDS = 60.0
+"""Seconds the log of a task finished in this process is replayed from memory."""
 
 
 class RedisStore(StreamStore):
@@ -97,6 +101,8 @@ class RedisStore(StreamStore):
         self._renew = self._client.register_script(_scripts.RENEW)
         self._requeue = self._client.register_script(_scripts.REQUEUE)
         self._writers: dict[str, _Writer] = {}
+        # Finished here: replayed from memory for a while (never longer than Redis keeps them).
+        self._recent = RecentLogs()
         self._group_ready = False
         self._read_entries: list[bytes] = []  # queue entries read, to delete on the next read
         self._followers: dict[str, _Follower] = {}
@@ -197,6 +203,9 @@ class RedisStore(StreamStore):
         raise StoreUnavailable("idempotent task record did not appear")
 
     async def get(self, task_id: str) -> TaskRecord | None:
+        recent = self._recent.get(task_id)
+        if recent is not None:
+            return recent[0]
         fields = await self._client.hgetall(self._k.state(task_id))
         if not fields:
             return None
@@ -473,6 +482,9 @@ class RedisStore(StreamStore):
         if not writer.lost:
             record = await self.get(task_id)
             if record is not None:
+                if record.terminal and writer.log.finished:
+                    seconds = min(RECENT_SECONDS, self.result_ttl / 2)
+                    self._recent.remember(record, writer.log, seconds)
                 await self._move(task_id, TaskStatus.RUNNING, record.status, writer.score)
                 if record.status is not TaskStatus.RUNNING:
                     await self._client.zrem(self._k.index(TaskStatus.PENDING), task_id)
@@ -481,6 +493,9 @@ class RedisStore(StreamStore):
         writer = self._writers.get(task_id)
         if writer is not None and writer.log.covers(after):
             return writer.log.since(after, limit)
+        recent = self._recent.get(task_id)
+        if recent is not None:
+            return recent[1].since(after, limit)
         entries = await self._client.xrange(self._k.log(task_id), f"({after}-0", "+", count=limit)
         if not entries and not await self._client.exists(self._k.state(task_id)):
             raise TaskNotFound(task_id)

@@ -164,6 +164,33 @@ async def test_a_flush_refused_for_one_task_still_writes_the_others(
         await store.close()
 
 
+async def test_a_finished_task_replays_from_memory_what_redis_holds(redis_url: str) -> None:
+    # Readers coming back after the end share the frames already encoded for the live readers.
+    prefix = new_task_id()
+    store = RedisStore(redis_url, result_ttl=60, prefix=prefix)
+    other = RedisStore(redis_url, result_ttl=60, prefix=prefix)
+    await store.start()
+    await other.start()
+    try:
+        task_id = await running(store)
+        sent = [await store.append(task_id, body(str(i))) for i in range(5)]
+        await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"}, result="r")
+        for _ in range(100):  # the finish is flushed, then the task moves between indexes
+            if len(store._recent):
+                break
+            await asyncio.sleep(0.02)
+        replay = await store.read(task_id, 2, 100)
+        assert replay[:3] == sent[2:] and all(
+            a is b for a, b in zip(replay, sent[2:], strict=False)
+        )
+        from_redis = await other.read(task_id, 2, 100)
+        assert [m.data for m in replay] == [m.data for m in from_redis]
+        assert await store.get(task_id) == await other.get(task_id)
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def test_nothing_can_be_appended_after_the_finish_message(store: StreamStore) -> None:
     task_id = await running(store)
     await store.append(task_id, body("a"))
