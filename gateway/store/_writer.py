@@ -31,6 +31,7 @@ class _Writer:
         "flushed_seq",
         "log",
         "lost",
+        "moved",
         "owner",
         "pending",
         "score",
@@ -48,6 +49,13 @@ class _Writer:
         self.lost: str | None = None
         self.closing: StoredMessage | None = None
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.moved: asyncio.Future[None] | None = None  # the claim's index move, in flight
+
+    async def index_moved(self) -> None:
+        """Wait for the claim's move between the listing indexes (a later move must follow it)."""
+        if self.moved is not None:
+            with contextlib.suppress(Exception):
+                await self.moved
 
     def settle(self, upto: int, error: Exception | None = None) -> None:
         """Resolve the waiters whose seq is durable (or fail them all with ``error``)."""

@@ -60,6 +60,12 @@ logger = logging.getLogger(__name__)
 
 _LEASE_STATES = {1: LeaseState.OK, 2: LeaseState.CANCEL}
 
+
+def _log_failed_move(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        logger.warning("moving a claimed task to the RUNNING index failed: %r", exc)
+
+
 RECENT_SECONDS = 60.0
 """Seconds the log of a task finished in this process is replayed from memory."""
 
@@ -222,6 +228,7 @@ class RedisStore(StreamStore):
     async def list_tasks(
         self, status: TaskStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[TaskRecord], str | None]:
+        await self._indexes_settled()
         key = self._k.index(status) if status is not None else self._k.all
         bound: tuple[float, str] | None = decode_cursor(cursor) if cursor else None
         found: list[tuple[float, TaskRecord]] = []
@@ -255,7 +262,15 @@ class RedisStore(StreamStore):
         return [_record(f) if f else None for f in replies]
 
     async def count(self, status: TaskStatus) -> int:
+        await self._indexes_settled()
         return int(await self._client.zcard(self._k.index(status)))
+
+    async def _indexes_settled(self) -> None:
+        """Wait for the index moves of this process's claims still in flight (a listing or a
+        count after a claim must see the task RUNNING)."""
+        moves = [w.moved for w in self._writers.values() if w.moved and not w.moved.done()]
+        if moves:
+            await asyncio.wait(moves)
 
     async def _move(
         self, task_id: str, old: TaskStatus | str, new: TaskStatus, score: float
@@ -279,11 +294,15 @@ class RedisStore(StreamStore):
         fields = dict(zip(reply[::2], reply[1::2], strict=True))
         record = _record(fields)
         score = float(fields.get(b"score") or 0)
-        self._writers[task_id] = _Writer(record.last_seq, owner, score)
+        writer = self._writers[task_id] = _Writer(record.last_seq, owner, score)
         follower = self._followers.get(task_id)
         if follower is not None:  # its readers switch to the local log (no Redis round trip)
             follower.log.release()
-        await self._move(task_id, TaskStatus.PENDING, TaskStatus.RUNNING, score)
+        # The listing index follows in the background: the task starts one round trip sooner.
+        writer.moved = asyncio.ensure_future(
+            self._move(task_id, TaskStatus.PENDING, TaskStatus.RUNNING, score)
+        )
+        writer.moved.add_done_callback(_log_failed_move)
         return record
 
     async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:
@@ -330,6 +349,7 @@ class RedisStore(StreamStore):
         if stale is not None:  # local readers must not wait on a writer that is gone
             stale.lost = "REQUEUED"
             stale.log.add(message)
+            await stale.index_moved()
         await self._move(
             task_id, TaskStatus.RUNNING, TaskStatus.PENDING, await self._score(task_id)
         )
@@ -464,6 +484,7 @@ class RedisStore(StreamStore):
         if writer is not None:  # this process was writing it: its readers must see the end
             writer.lost = "ENDED"
             writer.log.add(StoredMessage(seq, data, True))
+            await writer.index_moved()
         await self._move(task_id, old, status, await self._score(task_id))
         return StoredMessage(seq, data, True)
 
@@ -479,6 +500,7 @@ class RedisStore(StreamStore):
 
     async def _finished(self, task_id: str, writer: _Writer) -> None:
         """After ``_sealed``: move the task between the listing indexes."""
+        await writer.index_moved()
         if not writer.lost:
             record = await self.get(task_id)
             if record is not None:

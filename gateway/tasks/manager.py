@@ -85,7 +85,9 @@ class TaskManager:
         self._runners: set[asyncio.Task[None]] = set()
         self._free = settings.max_running  # slots: tasks this process may start now
         self._slot_freed = asyncio.Event()
-        self._queue_seen = (-QUEUE_COUNT_AGE, 0, 0)  # loop time of the count, count, since
+        # (loop time of the last count or None, that count, tasks submitted since)
+        self._queue_seen: tuple[float | None, int, int] = (None, 0, 0)
+        self._recount: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     @property
@@ -115,18 +117,39 @@ class TaskManager:
         return await self.store.create(record, idempotency_key, queue=True)
 
     async def _queue_full(self) -> bool:
-        """Whether ``MAX_QUEUED`` tasks wait. The count costs a store round trip: far from the
-        limit a count younger than ``QUEUE_COUNT_AGE`` plus the tasks submitted since will do
-        (the bound is approximate anyway: other replicas submit too); near it, always count."""
-        now = asyncio.get_running_loop().time()
+        """Whether ``MAX_QUEUED`` tasks wait.
+
+        A count costs a store round trip, which a submission should not wait for: far from the
+        limit the last count plus the tasks submitted since will do, and a count older than
+        ``QUEUE_COUNT_AGE`` is refreshed in the background (the bound is approximate anyway:
+        other replicas submit too). Near the limit, or before the first count, count now.
+        """
+        loop = asyncio.get_running_loop()
         at, counted, since = self._queue_seen
-        if now - at < QUEUE_COUNT_AGE and (counted + since) * 2 < self.settings.max_queued:
+        if at is not None and (counted + since) * 2 < self.settings.max_queued:
             self._queue_seen = (at, counted, since + 1)
+            if loop.time() - at >= QUEUE_COUNT_AGE and self._recount is None:
+                self._recount = loop.create_task(self._recount_queue(), name="queue-count")
             return False
-        counted = await self.store.count(TaskStatus.PENDING)
+        await self._count_queue()
+        at, counted, _ = self._queue_seen
         full = counted >= self.settings.max_queued
-        self._queue_seen = (now, counted, 0 if full else 1)
+        if not full:
+            self._queue_seen = (at, counted, 1)
         return full
+
+    async def _recount_queue(self) -> None:
+        try:
+            await self._count_queue()
+        except Exception as exc:  # the next submission counts again
+            logger.warning("counting the queue failed: %r", exc)
+
+    async def _count_queue(self) -> None:
+        try:
+            counted = await self.store.count(TaskStatus.PENDING)
+            self._queue_seen = (asyncio.get_running_loop().time(), counted, 0)
+        finally:
+            self._recount = None
 
     # -- cancellation ---------------------------------------------------------------------
     async def cancel(self, task_id: str, *, wait: bool = True) -> TaskRecord:
@@ -320,6 +343,8 @@ class TaskManager:
         replica. With the embedded store it ends FAILED/interrupted.
         """
         self._stopping.set()
+        if self._recount is not None:
+            self._recount.cancel()
         grace = self.settings.shutdown_grace if grace is None else grace
         handlers = [r.handler_task for r in self.running.values() if r.handler_task]
         if handlers and grace > 0:
