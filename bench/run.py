@@ -36,8 +36,7 @@ LETTERS = {"a": "relay", "b": "idle", "c": "fanout", "d": "mirroring", "e": "res
 
 def _gateway_env(sizes: Sizes, upstream: Child, redis_url: str) -> dict[str, str]:
     return {
-        # redis-py's pool holds 100 connections by default and every idle worker parks a
-        # blocking XREADGROUP on one of them: MAX_RUNNING > ~90 needs a bigger pool.
+        # Hundreds of streams start at once: room for their concurrent Redis commands.
         "REDIS_URL": redis_url + "?max_connections=4000",
         "REDIS_PREFIX": f"agw-bench-{secrets.token_hex(4)}",
         "MAX_RUNNING": str(sizes.max_running),

@@ -38,7 +38,7 @@ class Sizes:
     resume_drop: int = 100
     herd_tasks: int = 100
     herd_per_task: int = 10
-    max_running: int = 520  # gateway workers: at least the streams running at once
+    max_running: int = 520  # gateway slots: at least the streams running at once
     margin: float = 1.0  # seconds of slack on waits for streams that may never end
     settle: bool = True  # wait for quiet servers between runs (off in the smoke)
     pause: float = 0.4  # seconds between steps (let connections close, memory settle)

@@ -266,8 +266,8 @@ class RedisStore(StreamStore):
         return int(await self._client.zcard(self._k.index(status)))
 
     async def _indexes_settled(self) -> None:
-        """Wait for the index moves of this process's claims still in flight (a listing or a
-        count after a claim must see the task RUNNING)."""
+        """Wait for the index moves of this process's claims still in flight (a listing, a
+        count or a lease check after a claim must see the task RUNNING)."""
         moves = [w.moved for w in self._writers.values() if w.moved and not w.moved.done()]
         if moves:
             await asyncio.wait(moves)
@@ -365,6 +365,7 @@ class RedisStore(StreamStore):
             await asyncio.wait_for(done, 10)
 
     async def expired_leases(self, now: int) -> list[str]:
+        await self._indexes_settled()
         running = [
             m.decode() for m in await self._client.zrange(self._k.index(TaskStatus.RUNNING), 0, -1)
         ]
