@@ -180,13 +180,22 @@ class Flusher:
         for (task_id, writer, n_sent, last, is_final), reply in zip(sent, replies, strict=True):
             if isinstance(reply, bytes):  # the script refused this task's writes
                 text = reply.decode()
-                # A retry of a flush whose first attempt did reach Redis: already durable.
-                if not (text.startswith("SEQ ") and int(text[4:]) >= last):
+                durable = int(text[4:]) if text.startswith("SEQ ") else -1
+                if writer.flushed_seq < durable < last:
+                    # An earlier flush whose reply was lost (Redis went away after writing)
+                    # got the first messages through: keep the rest for the next flush.
+                    del writer.pending[: durable - writer.flushed_seq]
+                    writer.flushed_seq = durable
+                    writer.settle(durable)
+                    self.mark(task_id, writer)
+                    continue
+                if durable < last:  # refused: the task ended elsewhere, or the lease is lost
                     writer.lost = text.split(" ", 1)[0] or "LOST"
                     writer.pending = []
                     writer.settle(0, LostWriter(writer.lost))
                     ended.append((task_id, writer))
                     continue
+                # else: a retry of a flush that did reach Redis; all of it is durable
             del writer.pending[:n_sent]
             writer.flushed_seq = last
             if is_final:

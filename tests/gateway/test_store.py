@@ -191,6 +191,37 @@ async def test_a_finished_task_replays_from_memory_what_redis_holds(redis_url: s
         await store.close()
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_a_flush_whose_reply_was_lost_is_completed_not_dropped(
+    cluster: bool, request: pytest.FixtureRequest
+) -> None:
+    # Redis wrote a flush and went away before answering; the retry carries those messages
+    # and newer ones: the newer ones must still be written, each message once.
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    prefix = new_task_id()
+    store = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=0.3)
+    other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
+    await store.start()
+    await other.start()
+    try:
+        task_id = await running(store)
+        first = await store.append(task_id, body("a"))
+        landed = ["me", 1, 1, first.data, "", 0, "", "", 0, b""]  # that earlier flush
+        assert await store._append(keys=store._k.task(task_id), args=landed) == [1]
+        await store.append(task_id, body("b"))
+        await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"})
+        for _ in range(100):
+            if (await other.get(task_id)).status is TaskStatus.COMPLETED:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.05)
+        got = await other.read(task_id, 0, 10)
+        assert [m.seq for m in got] == [1, 2, 3]
+        assert [m.json().get("result") for m in got[:2]] == ["a", "b"] and got[2].finish
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def test_nothing_can_be_appended_after_the_finish_message(store: StreamStore) -> None:
     task_id = await running(store)
     await store.append(task_id, body("a"))
