@@ -5,13 +5,21 @@
 #   first seq, n, data_1..data_n, final status ('' = none), endedAt, error json, result,
 #   ttl seconds, final data.
 # Returns one reply per task: its new last seq, or an error text 'ENDED', 'LOST', 'NOTASK' or
-#   'SEQ <last>' (that task's writes are refused; the others' still happen).
+#   'SEQ <last>' (that task's writes are refused; the others' still happen). A retry of a
+#   finish that already landed (its reply was lost) answers the last seq, not 'ENDED'.
 # Redis Cluster: call it with one task's keys (one hash slot) at a time.
 APPEND = """
 local function append(state, log, a, n)
   local v = redis.call('HMGET', state, 'status', 'lastSeq', 'owner')
   if not v[1] then return 'NOTASK' end
-  if v[1] == 'COMPLETED' or v[1] == 'FAILED' or v[1] == 'CANCELLED' then return 'ENDED' end
+  local f = a + 3 + n
+  if v[1] == 'COMPLETED' or v[1] == 'FAILED' or v[1] == 'CANCELLED' then
+    if ARGV[f] ~= '' then  -- a retry of this very finish (its reply was lost): done already
+      local e = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+      if e[1] and e[1][2][2] == ARGV[f + 5] then return tonumber(v[2]) end
+    end
+    return 'ENDED'
+  end
   if ARGV[a] ~= '' and v[3] ~= ARGV[a] then return 'LOST' end
   local last = tonumber(v[2] or '0')
   local first = tonumber(ARGV[a + 1])
@@ -21,7 +29,6 @@ local function append(state, log, a, n)
   end
   last = first + n - 1
   redis.call('HSET', state, 'lastSeq', last)
-  local f = a + 3 + n
   if ARGV[f] ~= '' then
     redis.call('XADD', log, (last + 1) .. '-0', 'd', ARGV[f + 5], 'f', '1')
     last = last + 1

@@ -515,7 +515,14 @@ class RedisStore(StreamStore):
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
         writer = self._writers.get(task_id)
         if writer is not None and writer.log.covers(after):
-            return writer.log.since(after, limit)
+            messages = writer.log.since(after, limit)
+            if writer.closing is not None and len(messages) < limit and not writer.log.finished:
+                # The finish is being flushed: Redis may hold it before this process has the
+                # reply, and a snapshot read from Redis may already say so.
+                last = writer.log.last_seq
+                entries = await self._client.xrange(self._k.log(task_id), f"({last}-0", "+")
+                messages += _messages(entries)
+            return messages
         recent = self._recent.get(task_id)
         if recent is not None:
             return recent[1].since(after, limit)

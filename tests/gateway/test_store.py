@@ -222,6 +222,34 @@ async def test_a_flush_whose_reply_was_lost_is_completed_not_dropped(
         await store.close()
 
 
+async def test_a_finish_durable_in_redis_is_readable_before_the_flush_reply(
+    redis_url: str,
+) -> None:
+    # A poll may read the snapshot from Redis (finished) while this process still waits for
+    # the reply of the flush that wrote it: the finish message must be readable too.
+    prefix = new_task_id()
+    store = RedisStore(redis_url, result_ttl=60, prefix=prefix, flush_interval=0.3)
+    await store.start()
+    try:
+        task_id = await running(store)
+        first = await store.append(task_id, body("a"))
+        finishing = asyncio.create_task(
+            store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"}, result="a")
+        )
+        await asyncio.sleep(0.05)  # the finish waits for the flush
+        writer = store._writers[task_id]
+        assert writer.final is not None
+        landed = ["me", 1, 1, first.data, *writer.final]  # what that flush sends
+        assert await store._append(keys=store._k.task(task_id), args=landed) == [2]
+        snap = await store.get(task_id)
+        assert snap is not None and snap.status is TaskStatus.COMPLETED and snap.last_seq == 2
+        got = await store.read(task_id, 1, 10)
+        assert [m.seq for m in got] == [2] and got[0].finish
+        assert (await asyncio.wait_for(finishing, 5)).seq == 2  # the flush's retry agrees
+    finally:
+        await store.close()
+
+
 async def test_nothing_can_be_appended_after_the_finish_message(store: StreamStore) -> None:
     task_id = await running(store)
     await store.append(task_id, body("a"))
