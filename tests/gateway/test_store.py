@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,6 +56,26 @@ async def running(store: StreamStore) -> str:
     return rec.task_id
 
 
+@contextlib.asynccontextmanager
+async def replicas(
+    url: str, *, cluster: bool = False, flush_interval: float = 0.002
+) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two started Redis stores on one prefix, as two replicas: ``store`` (flushing every
+    ``flush_interval`` seconds) and ``other``."""
+    prefix = new_task_id()
+    store = RedisStore(
+        url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=flush_interval
+    )
+    other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
+    await store.start()
+    await other.start()
+    try:
+        yield store, other
+    finally:
+        await other.close()
+        await store.close()
+
+
 def body(text: str) -> dict[str, Any]:
     return {"messageType": "agent_stream", "result": text}
 
@@ -97,12 +118,7 @@ async def test_tail_times_out_empty_when_nothing_is_appended(store: StreamStore)
 
 
 async def test_a_second_redis_store_tails_and_reads_what_the_first_writes(redis_url: str) -> None:
-    prefix = new_task_id()
-    store = RedisStore(redis_url, result_ttl=60, prefix=prefix)
-    other = RedisStore(redis_url, result_ttl=60, prefix=prefix)
-    await store.start()
-    await other.start()
-    try:
+    async with replicas(redis_url) as (store, other):
         task_id = await running(store)
         waiter = asyncio.create_task(other.tail(task_id, 0, 5.0))
         await store.append(task_id, body("a"))
@@ -112,9 +128,6 @@ async def test_a_second_redis_store_tails_and_reads_what_the_first_writes(redis_
         rest = await other.read(task_id, 1, 10)
         assert [m.seq for m in rest] == [2] and rest[0].finish
         assert (await other.get(task_id)).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
-    finally:
-        await other.close()
-        await store.close()
 
 
 async def test_a_reader_waiting_before_the_claim_gets_messages_before_they_reach_redis(
@@ -142,12 +155,7 @@ async def test_a_flush_refused_for_one_task_still_writes_the_others(
     cluster: bool, request: pytest.FixtureRequest
 ) -> None:
     url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
-    prefix = new_task_id()
-    store = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=0.3)
-    other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
-    await store.start()
-    await other.start()
-    try:
+    async with replicas(url, cluster=cluster, flush_interval=0.3) as (store, other):
         kept, ended = await running(store), await running(store)
         await store.append(kept, body("a"))
         await store.append(ended, body("b"))
@@ -159,19 +167,11 @@ async def test_a_flush_refused_for_one_task_still_writes_the_others(
         assert [m.json()["messageType"] for m in await other.read(ended, 0, 10)] == ["error"]
         with pytest.raises(TaskEnded):
             await store.append(ended, body("late"))
-    finally:
-        await other.close()
-        await store.close()
 
 
 async def test_a_finished_task_replays_from_memory_what_redis_holds(redis_url: str) -> None:
     # Readers coming back after the end share the frames already encoded for the live readers.
-    prefix = new_task_id()
-    store = RedisStore(redis_url, result_ttl=60, prefix=prefix)
-    other = RedisStore(redis_url, result_ttl=60, prefix=prefix)
-    await store.start()
-    await other.start()
-    try:
+    async with replicas(redis_url) as (store, other):
         task_id = await running(store)
         sent = [await store.append(task_id, body(str(i))) for i in range(5)]
         await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"}, result="r")
@@ -186,9 +186,6 @@ async def test_a_finished_task_replays_from_memory_what_redis_holds(redis_url: s
         from_redis = await other.read(task_id, 2, 100)
         assert [m.data for m in replay] == [m.data for m in from_redis]
         assert await store.get(task_id) == await other.get(task_id)
-    finally:
-        await other.close()
-        await store.close()
 
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
@@ -198,12 +195,7 @@ async def test_a_flush_whose_reply_was_lost_is_completed_not_dropped(
     # Redis wrote a flush and went away before answering; the retry carries those messages
     # and newer ones: the newer ones must still be written, each message once.
     url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
-    prefix = new_task_id()
-    store = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=0.3)
-    other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
-    await store.start()
-    await other.start()
-    try:
+    async with replicas(url, cluster=cluster, flush_interval=0.3) as (store, other):
         task_id = await running(store)
         first = await store.append(task_id, body("a"))
         landed = ["me", 1, 1, first.data, "", 0, "", "", 0, b""]  # that earlier flush
@@ -217,9 +209,6 @@ async def test_a_flush_whose_reply_was_lost_is_completed_not_dropped(
         got = await other.read(task_id, 0, 10)
         assert [m.seq for m in got] == [1, 2, 3]
         assert [m.json().get("result") for m in got[:2]] == ["a", "b"] and got[2].finish
-    finally:
-        await other.close()
-        await store.close()
 
 
 async def test_a_finish_durable_in_redis_is_readable_before_the_flush_reply(
