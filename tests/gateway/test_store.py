@@ -56,6 +56,13 @@ async def running(store: StreamStore) -> str:
     return rec.task_id
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def redis_kind(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """A Redis URL and whether it is a Cluster: one plain server, then a 3-master cluster."""
+    cluster = request.param == "cluster"
+    return request.getfixturevalue("redis_cluster_url" if cluster else "redis_url"), cluster
+
+
 @contextlib.asynccontextmanager
 async def replicas(
     url: str, *, cluster: bool = False, flush_interval: float = 0.002
@@ -150,11 +157,10 @@ async def test_a_reader_waiting_before_the_claim_gets_messages_before_they_reach
         await store.close()
 
 
-@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
 async def test_a_flush_refused_for_one_task_still_writes_the_others(
-    cluster: bool, request: pytest.FixtureRequest
+    redis_kind: tuple[str, bool],
 ) -> None:
-    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    url, cluster = redis_kind
     async with replicas(url, cluster=cluster, flush_interval=0.3) as (store, other):
         kept, ended = await running(store), await running(store)
         await store.append(kept, body("a"))
@@ -188,13 +194,12 @@ async def test_a_finished_task_replays_from_memory_what_redis_holds(redis_url: s
         assert await store.get(task_id) == await other.get(task_id)
 
 
-@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
 async def test_a_flush_whose_reply_was_lost_is_completed_not_dropped(
-    cluster: bool, request: pytest.FixtureRequest
+    redis_kind: tuple[str, bool],
 ) -> None:
+    url, cluster = redis_kind
     # Redis wrote a flush and went away before answering; the retry carries those messages
     # and newer ones: the newer ones must still be written, each message once.
-    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
     async with replicas(url, cluster=cluster, flush_interval=0.3) as (store, other):
         task_id = await running(store)
         first = await store.append(task_id, body("a"))
