@@ -143,7 +143,9 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(
                     _row(
                         [
-                            level,
+                            level
+                            if r.get("rounds", 1) == 1
+                            else f"{level} ({r['rounds']} in turn)",
                             name,
                             r["added_ttft_ms"]["p50"],
                             r["added_ttft_ms"]["p99"],

@@ -22,7 +22,8 @@ class Sizes:
     """How big each scenario is (the full run, or the CI smoke)."""
 
     relay_levels: tuple[int, ...] = (1, 200, 500)
-    relay_tokens: tuple[int, ...] = (150, 200, 250)
+    relay_tokens: tuple[int, ...] = (15, 200, 250)
+    relay_rounds: tuple[int, ...] = (20, 1, 1)  # one after another (20 TTFTs at 1 stream)
     tps: float = 50.0
     ramp: float = 1.0
     idle_conns: int = 10_000
@@ -47,6 +48,7 @@ class Sizes:
 SMOKE = Sizes(
     relay_levels=(1, 5),
     relay_tokens=(20, 20),
+    relay_rounds=(2, 1),
     tps=200.0,
     ramp=0.05,
     idle_conns=30,
@@ -146,33 +148,40 @@ def _integrity(progresses: list[Progress], readers_finished: int) -> dict[str, i
 
 
 # -- a. relay ---------------------------------------------------------------------------------
-async def run_streams(world: World, target: Target, n: int, tokens: int) -> dict[str, Any]:
-    """``n`` concurrent relayed completions of ``tokens`` tokens, started over the ramp."""
+async def run_streams(
+    world: World, target: Target, n: int, tokens: int, rounds: int = 1
+) -> dict[str, Any]:
+    """``n`` concurrent relayed completions of ``tokens`` tokens, started over the ramp;
+    ``rounds`` times, each round once the previous one has ended."""
     sizes = world.sizes
     ramp = sizes.ramp if n > 1 else 0.0
     q = query(tokens, sizes.tps)
-    readers = [SSEReader(target.marker, crlf=target.crlf) for _ in range(n)]
+    readers = [SSEReader(target.marker, crlf=target.crlf) for _ in range(n * rounds)]
     await settle(world)
     meter = Meter(world, target)
-    t0 = time.monotonic()
+    stuck = 0
+    for first in range(0, len(readers), n):
+        t0 = time.monotonic()
 
-    async def start(i: int, reader: SSEReader) -> None:
-        delay = t0 + ramp * i / max(1, n) - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await open_stream(target.port, target.stream(q), reader)
+        async def start(i: int, reader: SSEReader, t0: float = t0) -> None:
+            delay = t0 + ramp * i / max(1, n) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await open_stream(target.port, target.stream(q), reader)
 
-    await asyncio.gather(*(start(i, r) for i, r in enumerate(readers)))
-    expected = ramp + tokens / sizes.tps
-    stuck = await _gather_done(readers, timeout=expected * 2 + 5)
+        batch = readers[first : first + n]
+        await asyncio.gather(*(start(i, r) for i, r in enumerate(batch)))
+        expected = ramp + tokens / sizes.tps
+        stuck += await _gather_done(batch, timeout=expected * 2 + 5)
     cpu = meter.stop()
     total_tokens = sum(r.progress.tokens for r in readers)
     lags = [lag for r in readers for lag in r.lags]
     ttfts = [t for r in readers if (t := r.added_ttft_ns()) is not None]
     return {
         "streams": n,
+        "rounds": rounds,
         "tokens": total_tokens,
-        "expected_tokens": n * tokens,
+        "expected_tokens": n * tokens * rounds,
         "added_ttft_ms": summary_ms(ttfts),
         "token_lag_ms": summary_ms(lags),
         "server_cpu_us_per_token": rnd(
@@ -187,10 +196,11 @@ async def run_streams(world: World, target: Target, n: int, tokens: int) -> dict
 async def relay(world: World) -> dict[str, Any]:
     sizes = world.sizes
     out: dict[str, Any] = {}
-    for n, tokens in zip(sizes.relay_levels, sizes.relay_tokens, strict=True):
+    levels = zip(sizes.relay_levels, sizes.relay_tokens, sizes.relay_rounds, strict=True)
+    for n, tokens, rounds in levels:
         level: dict[str, Any] = {}
         for name in ("direct", "gateway", "naive"):
-            level[name] = await run_streams(world, world.targets[name], n, tokens)
+            level[name] = await run_streams(world, world.targets[name], n, tokens, rounds)
             await asyncio.sleep(world.sizes.pause)
         g, v = level["gateway"], level["naive"]
         if g["server_cpu_us_per_token"] and v["server_cpu_us_per_token"]:

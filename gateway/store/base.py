@@ -10,11 +10,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus
+from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
 
 
 class StoreError(Exception):
@@ -45,6 +46,14 @@ class IllegalTransition(StoreError):
     """A status change the lifecycle does not allow."""
 
     code = "illegal_transition"
+
+
+def claimed(record: TaskRecord, owner: str, lease_ms: int) -> TaskRecord:
+    """``record`` as a claim leaves it: RUNNING, started now, leased to ``owner``."""
+    now = now_ms()
+    return dataclasses.replace(
+        record, status=TaskStatus.RUNNING, started_at=now, owner=owner, lease_until=now + lease_ms
+    )
 
 
 class LeaseState(enum.Enum):
@@ -91,12 +100,19 @@ class StreamStore(abc.ABC):
     # -- task records ---------------------------------------------------------------------
     @abc.abstractmethod
     async def create(
-        self, record: TaskRecord, idempotency_key: str | None = None, *, queue: bool = False
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        *,
+        queue: bool = False,
+        claim: tuple[str, int] | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Store a new PENDING task; with a known ``idempotency_key`` return that task instead.
 
         With ``queue`` a created task is also enqueued (in the same round trip where the store
-        can). Returns ``(record, created)``.
+        can). With ``claim=(owner, lease_ms)`` it is created already claimed, as ``claim()``
+        would leave it (RUNNING, leased to ``owner``), and not queued: a replica with a free
+        slot starts it without a trip through the queue. Returns ``(record, created)``.
         """
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ from gateway.store.base import (
     StreamStore,
     TaskEnded,
     TaskNotFound,
+    claimed,
     decode_cursor,
     encode_cursor,
 )
@@ -74,7 +75,12 @@ class MemoryStore(StreamStore):
         return entry
 
     async def create(
-        self, record: TaskRecord, idempotency_key: str | None = None, *, queue: bool = False
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        *,
+        queue: bool = False,
+        claim: tuple[str, int] | None = None,
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             known = self._idempotency.get(idempotency_key)
@@ -83,6 +89,9 @@ class MemoryStore(StreamStore):
                 if existing is not None:
                     return existing.record, False
         score = record.created_at * 1000.0 + next(self._tiebreak) % 1000
+        if claim is not None:
+            record = claimed(record, *claim)
+            queue = False
         self._tasks[record.task_id] = _Entry(record, LocalLog(), score)
         if idempotency_key is not None:
             self._idempotency[idempotency_key] = (
@@ -123,14 +132,7 @@ class MemoryStore(StreamStore):
         entry = self._live(task_id)
         if entry is None or entry.record.status is not TaskStatus.PENDING:
             return None
-        now = now_ms()
-        entry.record = dataclasses.replace(
-            entry.record,
-            status=TaskStatus.RUNNING,
-            started_at=now,
-            owner=owner,
-            lease_until=now + lease_ms,
-        )
+        entry.record = claimed(entry.record, owner, lease_ms)
         return entry.record
 
     async def renew(self, task_id: str, owner: str, lease_ms: int) -> LeaseState:

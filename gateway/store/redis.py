@@ -51,6 +51,7 @@ from gateway.store.base import (
     StreamStore,
     TaskEnded,
     TaskNotFound,
+    claimed,
     decode_cursor,
     encode_cursor,
 )
@@ -159,7 +160,12 @@ class RedisStore(StreamStore):
 
     # -- records --------------------------------------------------------------------------
     async def create(
-        self, record: TaskRecord, idempotency_key: str | None = None, *, queue: bool = False
+        self,
+        record: TaskRecord,
+        idempotency_key: str | None = None,
+        *,
+        queue: bool = False,
+        claim: tuple[str, int] | None = None,
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             idem = self._k.idempotency(idempotency_key)
@@ -167,6 +173,9 @@ class RedisStore(StreamStore):
             if not won:
                 return await self._idempotent_winner(idem), False
         score = record.created_at * 1000.0 + random.randrange(1000)
+        if claim is not None:
+            record = claimed(record, *claim)
+            queue = False
         mapping: dict[str, Any] = {
             "taskId": record.task_id,
             "requestId": record.request_id,
@@ -178,6 +187,10 @@ class RedisStore(StreamStore):
             "request": orjson.dumps(record.request),
             "score": repr(score),
         }
+        if claim is not None:
+            mapping.update(
+                owner=record.owner, leaseUntil=record.lease_until, startedAt=record.started_at
+            )
         state = self._k.state(record.task_id)
 
         def build(pipe: Any) -> None:
@@ -189,6 +202,8 @@ class RedisStore(StreamStore):
                 self._enqueue(pipe, record.task_id)
 
         await self._batch(build)
+        if claim is not None:
+            self._writers[record.task_id] = _Writer(0, claim[0], score)
         return record, True
 
     async def _batch(self, build: Callable[[Any], object]) -> list[Any]:

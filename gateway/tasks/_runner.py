@@ -46,10 +46,11 @@ def _error_for(exc: BaseException) -> TaskError:
     return TaskError(ErrorCode.INTERNAL, "the task failed with an internal error")
 
 
-async def run_task(manager: TaskManager, task_id: str) -> None:
-    """Claim ``task_id``, run its handler under the total timeout, and end its log."""
+async def run_task(manager: TaskManager, task_id: str, claimed: TaskRecord | None = None) -> None:
+    """Claim ``task_id`` (unless it was created ``claimed``), run its handler under the total
+    timeout, and end its log."""
     store = manager.store
-    record = await store.claim(task_id, manager.owner, manager.lease_ms)
+    record = claimed or await store.claim(task_id, manager.owner, manager.lease_ms)
     if record is None:
         return  # cancelled while queued, or another worker has it
     registration = manager.registry.get(record.agent_type)

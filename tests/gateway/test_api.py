@@ -41,6 +41,27 @@ async def test_the_same_idempotency_key_twice_creates_one_task(store_url: str | 
     assert sum(t["taskId"] == task_id for t in listed) == 1
 
 
+async def test_a_replica_with_a_free_slot_starts_a_submission_at_once(
+    store_url: str | None,
+) -> None:
+    # Two slots: a task, the same task again (its idempotency key), then another task. The
+    # retry must give back the slot it reserved, so the third starts too; a fourth waits.
+    with gateway(store_url, max_running=2, echo_token_delay_ms=50) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            body = {"query": echo_query(100), "agentType": 0}
+            key = {"Idempotency-Key": new_task_id()}
+            first = (await client.post("/api/tasks", json=body, headers=key)).json()
+            again = (await client.post("/api/tasks", json=body, headers=key)).json()
+            other = (await client.post("/api/tasks", json=body)).json()
+            queued = (await client.post("/api/tasks", json=body)).json()
+            snapshot = (await client.get(f"/api/tasks/{other['taskId']}")).json()
+            for task in (first, other, queued):
+                await client.post(f"/api/tasks/{task['taskId']}/cancel")
+    assert again["taskId"] == first["taskId"]
+    assert [first["status"], other["status"], queued["status"]] == ["RUNNING", "RUNNING", "PENDING"]
+    assert snapshot["status"] == "RUNNING" and snapshot["startedAt"] is not None
+
+
 async def test_a_full_queue_answers_429_with_retry_after(store_url: str | None) -> None:
     with gateway(store_url, max_running=1, max_queued=1, echo_token_delay_ms=50) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
