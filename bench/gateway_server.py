@@ -24,6 +24,7 @@ from gateway.agents import register_builtin_agents
 from gateway.agents.echo import make_echo_agent
 from gateway.agents.relay import relay_agent
 from gateway.app import create_app
+from gateway.server import tune_garbage_collector
 from gateway.settings import Settings
 from gateway.tasks import TaskRegistry
 from gateway.tasks.context import Handler, TaskContext
@@ -57,6 +58,7 @@ async def serve(port: int, chat_pool: int) -> None:
     else:
         registry.register(RELAY, relay_agent, name="relay")
     app = create_app(settings, registry=registry)
+    tune_garbage_collector()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

@@ -37,6 +37,7 @@ class Sizes:
     resume_clients: int = 100
     resume_tokens: int = 200
     resume_drop: int = 100
+    resume_pause: float = 0.2  # offline before reconnecting: 10 tokens to replay at 50 tok/s
     herd_tasks: int = 100
     herd_per_task: int = 10
     max_running: int = 520  # gateway slots: at least the streams running at once
@@ -62,6 +63,7 @@ SMOKE = Sizes(
     resume_clients=4,
     resume_tokens=30,
     resume_drop=10,
+    resume_pause=0.05,
     herd_tasks=2,
     herd_per_task=3,
     max_running=16,
@@ -366,6 +368,10 @@ async def resume_one(world: World, target: Target) -> dict[str, Any]:
         r1 = SSEReader(target.marker, progress, drop_at_token=sizes.resume_drop, crlf=target.crlf)
         await open_stream(target.port, target.stream(q), r1)
         await _gather_done([r1], sizes.resume_tokens / sizes.tps * 3 + 10)
+        # Offline for a moment, as after a network cut (EventSource waits its retry time):
+        # reconnecting at once would find nothing to replay, and the first event would be the
+        # next live token, up to one token interval later.
+        await asyncio.sleep(sizes.resume_pause)
         r2 = SSEReader(target.marker, progress, crlf=target.crlf, record_lags=False)
         await open_stream(target.port, target.attach(r1.key, progress.last_id), r2)
         # a relay that died with its client never ends: give up after the stream's own length

@@ -11,12 +11,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from gateway.agents import agent_services, register_builtin_agents
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import install_openapi
 from gateway.routes import EXCEPTION_HANDLERS, compat, health, tasks
+from gateway.routes.sse import StreamHost
 from gateway.security import install_security
 from gateway.settings import Settings
 from gateway.store import MemoryStore, RedisStore, StreamStore
@@ -43,6 +45,13 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
 
 def _routes() -> list[BaseRoute]:
     return [*health.routes, *tasks.routes, *compat.routes]
+
+
+class _GatewayApp(Starlette):
+    """Starlette with :class:`StreamHost` around the whole middleware stack (see there why)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return StreamHost(super().build_middleware_stack())
 
 
 def create_app(
@@ -90,7 +99,7 @@ def create_app(
                 max_age=600,
             )
         )
-    app = Starlette(
+    app = _GatewayApp(
         routes=_routes(),
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from types import FrameType
 
 import uvicorn
@@ -40,9 +41,31 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+GC_YOUNG_THRESHOLD = 10_000
+"""Net allocations between two passes of the collector over the youngest objects (CPython's
+default, 700, made the busy gateway run ≈ 470 passes in a 3-minute bench, ≈ 1.7 ms each)."""
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the streams' path. Call once the app is built.
+
+    What exists at startup (modules, classes, functions: over 100,000 objects) is frozen, out
+    of the collector's sight: each full pass visited all of it again, a stall of tens of
+    milliseconds for every stream. The youngest objects are collected after 10,000 net
+    allocations instead of 700, so most of a token's short-lived objects are freed by their
+    reference counts before a pass has to visit them: in bench a, the collector's time fell
+    from ≈ 1.3 s to ≈ 0.2 s and its longest pause from 250 ms to ≈ 60 ms.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def serve_gateway(host: str, port: int, log_level: str = "info") -> None:
     """Build the gateway from the environment and serve it until a stop signal."""
     app = create_app()
+    tune_garbage_collector()
     config = uvicorn.Config(
         app,
         host=host,

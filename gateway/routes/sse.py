@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
@@ -85,13 +86,120 @@ def _send_watch(loop: asyncio.AbstractEventLoop, timeout: float) -> _SendWatch:
     return watch
 
 
+#: The scope key of the list a :class:`LogStream` leaves itself in for :class:`StreamHost`.
+HOSTED = "gateway.hosted_streams"
+
+
+class StreamHost:
+    """ASGI middleware around all others: pumps SSE streams once the chain has returned.
+
+    An idle stream used to keep the whole chain suspended under it — each middleware's
+    frame, the router's, the endpoint wrappers' and two ``Request`` objects: most of the
+    memory an idle connection cost. A :class:`LogStream` sends its response start through
+    the chain (so middleware still see and amend it: CORS, owner records, webhooks), then
+    leaves itself here and returns; the chain unwinds and this host pumps the body with the
+    server's own ``receive`` and ``send``. So middleware inside the host see a stream's
+    response start but not its body chunks: none of ours needs them (none rewrites a body,
+    and the routes have read the request body by then).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        hosted: list[LogStream] = []
+        scope[HOSTED] = hosted
+        await self.app(scope, receive, send)
+        if hosted:
+            await hosted[0].serve(receive, send)
+
+
+class _DisconnectWatch:
+    """Reads ``receive`` until ``http.disconnect``, then calls ``on_end(None)`` once.
+
+    A task per stream waiting in ``receive()`` (the task, its frame, its entry in the loop's
+    task set) was the dearest object of an idle connection after the middleware chain. An
+    ASGI server's ``receive()`` awaits futures (uvicorn, httpx's transport), so the coroutine
+    is stepped here from its futures' done-callbacks, as a task would step it. If ``receive``
+    raises instead, ``on_end`` gets the error (also kept in ``error``).
+    """
+
+    __slots__ = ("_coro", "_loop", "_on_end", "_receive", "error")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        receive: Receive,
+        on_end: Callable[[BaseException | None], None],
+    ) -> None:
+        self._loop = loop
+        self._receive = receive
+        self._on_end = on_end
+        self.error: BaseException | None = None
+        self._coro: Coroutine[Any, Any, Message] | None = receive()  # type: ignore[assignment]
+        self._step(None)
+
+    def _step(self, _: object) -> None:
+        while (coro := self._coro) is not None:
+            try:
+                waiting = coro.send(None)
+            except StopIteration as stop:
+                if stop.value["type"] == "http.disconnect":
+                    self._end(None)
+                else:  # the request body (already read by the route): read on
+                    self._coro = self._receive()  # type: ignore[assignment]
+                continue
+            except (Exception, asyncio.CancelledError) as exc:
+                self._end(exc)
+                continue
+            if waiting is None:  # a bare yield: run again on the next loop iteration
+                self._loop.call_soon(self._step, None)
+            else:
+                waiting._asyncio_future_blocking = False
+                waiting.add_done_callback(self._step)
+            return
+
+    def _end(self, error: BaseException | None) -> None:
+        self._coro = None
+        self.error = error
+        self._on_end(error)
+
+    def close(self) -> None:
+        """Stop reading (the receive coroutine is closed where it waits)."""
+        coro, self._coro = self._coro, None
+        if coro is not None:
+            coro.close()
+
+
 class LogStream:
     """An ASGI response streaming ``task_id``'s log after ``after`` until its ``finish``.
 
-    An idle connection costs one parked reader and one task waiting for the client's
-    disconnect: the drain and the send time limit are callbacks, not tasks, and ending the
-    stream early (disconnect, drain, slow client) cancels the pumping task itself.
+    An idle connection costs one parked reader, a watch of the client's ``receive`` driven by
+    callbacks, and (under :class:`StreamHost`) no middleware frames: the drain, the send time
+    limit and the disconnect are callbacks, not tasks, and ending the stream early
+    (disconnect, drain, slow client) cancels the pumping task itself.
     """
+
+    __slots__ = (
+        "_disconnected",
+        "_loop",
+        "_pumping",
+        "_slow",
+        "_stopped",
+        "_watch",
+        "after",
+        "draining",
+        "extra_headers",
+        "finished",
+        "metrics",
+        "on_disconnect",
+        "settings",
+        "store",
+        "task_id",
+    )
 
     def __init__(
         self,
@@ -121,10 +229,6 @@ class LogStream:
         self._slow = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.metrics.active_streams.inc()
-        self.metrics.streams_total.inc()
-        watcher: asyncio.Task[None] | None = None
-        unsubscribe = None
         try:
             await send(
                 {
@@ -133,12 +237,25 @@ class LogStream:
                     "headers": SSE_HEADERS + self.extra_headers,
                 }
             )
-            self._pumping = asyncio.current_task()
-            watcher = self._loop.create_task(self._watch_disconnect(receive))
-            self._watch.opened()
+        except OSError:
+            return  # the peer is gone
+        hosted: list[LogStream] | None = scope.get(HOSTED)
+        if hosted is not None:
+            hosted.append(self)  # the host serves it, off the middleware chain
+            return
+        await self.serve(receive, send)
+
+    async def serve(self, receive: Receive, send: Send) -> None:
+        """Pump the body (after the response start) until the end, a stop or a disconnect."""
+        self.metrics.active_streams.inc()
+        self.metrics.streams_total.inc()
+        self._pumping = asyncio.current_task()
+        reading = _DisconnectWatch(self._loop, receive, self._on_receive_end)
+        self._watch.opened()
+        try:
             if self.draining is not None:
                 # End cleanly on a drain: the client resumes on another replica.
-                unsubscribe = self.draining.subscribe(self._stop)
+                self.draining.subscribe(self._stop)
             try:
                 await self._pump(send)
             except asyncio.CancelledError:
@@ -155,12 +272,27 @@ class LogStream:
             return  # the peer is gone
         finally:
             self._pumping = None
-            if unsubscribe is not None:
-                unsubscribe()
-            if watcher is not None:
-                self._watch.closed()
-                await self._end_watcher(watcher)
+            if self.draining is not None:
+                self.draining.unsubscribe(self._stop)
+            self._watch.closed()
+            reading.close()
             self.metrics.active_streams.dec()
+            await self._after_disconnect()
+            if reading.error is not None:
+                raise reading.error
+
+    def _on_receive_end(self, error: BaseException | None) -> None:
+        # A failing receive ends the stream too (it could not see a disconnect any more);
+        # its error is raised when the stream has ended.
+        self._disconnected = error is None
+        self._stop()
+
+    async def _after_disconnect(self) -> None:
+        """Run ``on_disconnect`` if the client left before the end (bounded)."""
+        if self._disconnected and not self.finished and self.on_disconnect is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.cancel_wait):
+                    await self.on_disconnect()
 
     def _stop(self) -> None:
         """End the stream now (once): cancels the pumping task, which then ends cleanly."""
@@ -171,25 +303,6 @@ class LogStream:
     def _uncancel(self) -> int:
         task = asyncio.current_task()
         return task.uncancel() if task is not None else 0
-
-    async def _end_watcher(self, watcher: asyncio.Task[None]) -> None:
-        """Stop watching; a disconnect callback already running is let finish (bounded)."""
-        if not watcher.done() and not self._disconnected:
-            watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-
-    async def _watch_disconnect(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-        self._disconnected = True
-        if not self.finished and self.on_disconnect is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.cancel_wait):
-                    await self.on_disconnect()
-        self._stop()
 
     async def _send(self, send: Send, body: bytes) -> None:
         """Send one chunk under the send time limit (kept by the loop's :class:`_SendWatch`)."""

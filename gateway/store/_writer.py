@@ -136,7 +136,9 @@ class Flusher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                if self._interval > 0 and not self._closing:
+                if not self._closing:
+                    # Let the readers this append woke write first (interval 0: one turn of
+                    # the loop); appends made while a flush is in flight join the next one.
                     await asyncio.sleep(self._interval)
             batch, self._dirty = self._dirty, {}
             try:

@@ -79,7 +79,7 @@ class RedisStore(StreamStore):
         url: str,
         *,
         result_ttl: int = 86_400,
-        flush_interval: float = 0.002,
+        flush_interval: float = 0.0,
         prefix: str = "agw",
         cluster: bool = False,
         max_connections: int = 2048,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import socket
 from typing import Any
 
@@ -10,6 +12,8 @@ import anyio
 import httpx
 import pytest
 
+from gateway.routes.sse import _DisconnectWatch
+from gateway.security import SecurityMiddleware
 from gateway.tasks import TaskContext, TaskRegistry
 from tests.gateway.support import echo_query, gateway, read_sse
 
@@ -265,3 +269,74 @@ async def test_post_sse_disconnect_cancels_only_with_cancel_on_disconnect() -> N
                 while (await client.get(f"/api/tasks/{ids[True]}")).json()["status"] != "CANCELLED":
                     await asyncio.sleep(0.05)
             assert (await client.get(f"/api/tasks/{ids[False]}")).json()["status"] == "RUNNING"
+
+
+def _http_calls_suspended_in(function: Any) -> int:
+    """How many coroutines of ``function`` are suspended serving an HTTP request."""
+    code = function.__code__
+    gc.collect()  # finished ones may wait in a reference cycle
+    return sum(
+        1
+        for o in gc.get_objects()
+        if inspect.iscoroutine(o)
+        and o.cr_code is code
+        and o.cr_frame is not None
+        and o.cr_frame.f_locals["scope"]["type"] == "http"  # not the lifespan's
+    )
+
+
+async def test_an_open_stream_holds_no_middleware_frame_and_still_gets_cors_headers() -> None:
+    origin = "http://ui.example"
+    with gateway(None, echo_token_delay_ms=60_000, cors_origins=(origin,)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, "a b")
+            url = f"/api/tasks/{task_id}/events"
+            with anyio.fail_after(10):
+                async with client.stream("GET", url, headers={"Origin": origin}) as response:
+                    async for chunk in response.aiter_raw():
+                        if b"retry:" in chunk:
+                            break
+                    # Pumped by StreamHost once the chain returned: no middleware stays suspended.
+                    assert _http_calls_suspended_in(SecurityMiddleware.__call__) == 0
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == origin
+
+
+async def test_the_disconnect_watch_steps_receive_as_a_task_would() -> None:
+    """Through bare yields and futures; the body is read past; an error ends the watch too."""
+    gone = asyncio.Event()
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+    ends: list[BaseException | None] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        for message in messages:
+            return message
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+
+    def on_end(error: BaseException | None) -> None:
+        ends.append(error)
+        ended.set()
+
+    watch = _DisconnectWatch(loop, receive, on_end)
+    for _ in range(5):
+        await asyncio.sleep(0)  # let it read the body and park on the event
+    assert ends == []
+    gone.set()
+    with anyio.fail_after(5):
+        await ended.wait()
+    assert ends == [None] and watch.error is None
+
+    async def failing() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        raise RuntimeError("receive broke")
+
+    ended.clear()
+    watch = _DisconnectWatch(loop, failing, on_end)
+    with anyio.fail_after(5):
+        await ended.wait()
+    assert isinstance(ends[-1], RuntimeError) and watch.error is ends[-1]
