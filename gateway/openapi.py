@@ -51,6 +51,9 @@ _COMMON_ERRORS = {
     "414": _error("URL too long"),
     "429": _error("rate limited (rate_limited) or queue full (queue_full)", headers=_RETRY_AFTER),
     "431": _error("headers too large"),
+    "503": _error(
+        "the task store (Redis) is unreachable (store_unavailable)", headers=_RETRY_AFTER
+    ),
 }
 _TASK_ID = {
     "name": "task_id",

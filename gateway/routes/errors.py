@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.store import UNREACHABLE
+
 logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -64,6 +66,16 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
 
+async def handle_store_unreachable(request: Request, exc: Exception) -> Response:
+    logger.warning("store unreachable on %s %s: %r", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "store_unavailable",
+        "the task store cannot be reached; retry shortly",
+        {"Retry-After": "1"},
+    )
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal", "internal server error")
@@ -72,6 +84,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
+    **dict.fromkeys(UNREACHABLE, handle_store_unreachable),
     Exception: handle_unexpected,
 }
 

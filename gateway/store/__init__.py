@@ -10,9 +10,10 @@ from gateway.store.base import (
     TaskNotFound,
 )
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
+from gateway.store.redis import UNREACHABLE, RedisStore
 
 __all__ = [
+    "UNREACHABLE",
     "IllegalTransition",
     "LeaseState",
     "MemoryStore",

@@ -20,7 +20,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.protocol import (
     TERMINAL_STATUSES,
@@ -66,6 +68,13 @@ def _log_failed_move(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and (exc := future.exception()) is not None:
         logger.warning("moving a claimed task to the RUNNING index failed: %r", exc)
 
+
+UNREACHABLE: tuple[type[Exception], ...] = (
+    StoreUnavailable,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+"""What a store call raises when Redis cannot be reached (the API answers 503, not 500)."""
 
 RECENT_SECONDS = 60.0
 """Seconds the log of a task finished in this process is replayed from memory."""

@@ -261,13 +261,21 @@ async def test_health_readiness_and_metrics() -> None:
     assert "agw_queue_depth 0.0" in metrics
 
 
-async def test_readyz_fails_when_redis_is_unreachable() -> None:
+async def test_readyz_and_the_api_answer_503_when_redis_is_unreachable() -> None:
     from tests.helpers import free_port
 
     with gateway(f"redis://127.0.0.1:{free_port()}/0") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             r = await client.get("/readyz")
+            submitted = await client.post("/api/tasks", json={"query": "q", "agentType": 0})
+            polled = await client.get(f"/api/tasks/{new_task_id()}")
+            health = await client.get("/healthz")  # the same connection still serves
     assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    for answer in (submitted, polled):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "store_unavailable"
+        assert int(answer.headers["retry-after"]) >= 1
+    assert health.status_code == 200
 
 
 def test_a_task_submitted_to_one_gateway_process_streams_completely_from_another(
