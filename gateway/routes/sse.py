@@ -271,7 +271,6 @@ class LogStream:
         except OSError:
             return  # the peer is gone
         finally:
-            self._pumping = None
             if self.draining is not None:
                 self.draining.unsubscribe(self._stop)
             self._watch.closed()
