@@ -1,8 +1,9 @@
 """Coalesced log writes for ``RedisStore``.
 
 Appends land in a per-task ``_Writer`` in memory at once (local readers are woken from it);
-a single flusher sends every dirty task's pending messages to Redis every few milliseconds in
-one Lua call for all of them (one call per task on Redis Cluster). A failed flush keeps its
+a single flusher sends every dirty task's pending messages to Redis on the next turn of the
+loop in one Lua call for all of them, on a connection of its own (``_lane``; one call per task
+through redis-py on Redis Cluster). A failed flush keeps its
 messages and is retried; a retry of a flush that did reach Redis is recognised by its sequence
 numbers, so nothing is lost or written twice.
 """
@@ -16,10 +17,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from gateway.protocol import StoredMessage
+from gateway.store._lane import Lane, pack
 from gateway.store._log import LocalLog
 
 logger = logging.getLogger(__name__)
+
+
+_NO_FINAL = [b"", b"0", b"", b"", b"0", b""]
 
 
 class _Writer:
@@ -85,9 +92,11 @@ class Flusher:
         on_finished: Callable[[str, _Writer], Any],
         interval: float,
         one_call: bool = True,
+        lane: Lane | None = None,
     ) -> None:
         self._client = client
         self._script = append_script
+        self._lane = lane
         self._keys = keys
         self._on_flushed = on_flushed
         self._on_sealed = on_sealed
@@ -99,16 +108,32 @@ class Flusher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    async def _send(self, requests: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _send(self, requests: list[tuple[list[bytes], list[bytes]]]) -> list[Any]:
         """One script call for every task of the flush; Redis Cluster refuses a script whose
         keys span hash slots, so there each task's call goes out concurrently instead.
         One reply per task: its last seq, or the error text of its refused writes."""
         if self._one_call:
             keys = [key for task_keys, _ in requests for key in task_keys]
             args = [arg for _, task_args in requests for arg in task_args]
+            if self._lane is not None:
+                return list(await self._evalsha(keys, args))
             return list(await self._script(keys=keys, args=args))
         replies = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in requests))
         return [reply[0] for reply in replies]
+
+    async def _evalsha(self, keys: list[bytes], args: list[bytes]) -> Any:
+        """The script call on the lane (loading the script if Redis does not know it)."""
+        assert self._lane is not None
+        sha = self._script.sha.encode()
+        command = pack([b"EVALSHA", sha, b"%d" % len(keys), *keys, *args])
+        try:
+            return await self._lane.call(command)
+        except NoScriptError:
+            source = self._script.script
+            await self._lane.call(
+                pack([b"SCRIPT", b"LOAD", source if isinstance(source, bytes) else source.encode()])
+            )
+            return await self._lane.call(command)
 
     def mark(self, task_id: str, writer: _Writer) -> None:
         self._dirty[task_id] = writer
@@ -127,6 +152,8 @@ class Flusher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._lane is not None:
+            self._lane.close()
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -153,7 +180,7 @@ class Flusher:
 
     async def _flush(self, batch: dict[str, _Writer]) -> None:
         started = time.perf_counter()
-        requests: list[tuple[list[str], list[Any]]] = []
+        requests: list[tuple[list[bytes], list[bytes]]] = []
         sent: list[tuple[str, _Writer, int, int, bool]] = []
         for task_id, writer in batch.items():
             if writer.lost:
@@ -163,14 +190,16 @@ class Flusher:
             if not messages and final is None:
                 continue
             first = writer.flushed_seq + 1
-            args: list[Any] = [writer.owner, first, len(messages)]
-            args.extend(m.data for m in messages)
+            args = [writer.owner.encode(), b"%d" % first, b"%d" % len(messages)]
+            args += [m.data for m in messages]
             if final is not None:
-                args.extend(final)
+                status, ended_at, error, result, ttl, data = final
+                args += [status.encode(), b"%d" % ended_at, error.encode(), result.encode()]
+                args += [b"%d" % ttl, data]
             else:
-                args.extend(["", 0, "", "", 0, b""])
+                args += _NO_FINAL
             last = first + len(messages) - 1 + (1 if final is not None else 0)
-            requests.append((self._keys(task_id), args))
+            requests.append(([key.encode() for key in self._keys(task_id)], args))
             sent.append((task_id, writer, len(messages), last, final is not None))
         if not sent:
             return

@@ -35,6 +35,7 @@ from gateway.protocol import (
     stamp_seq,
 )
 from gateway.store import _scripts
+from gateway.store._lane import Lane
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import (
     GROUP,
@@ -131,7 +132,12 @@ class RedisStore(StreamStore):
             self._finished,
             flush_interval,
             one_call=not cluster,
+            lane=None if cluster else Lane.for_pool(self._pool, SOCKET_TIMEOUT),
         )
+
+    @property
+    def _pool(self) -> Any:
+        return self._client.connection_pool
 
     async def start(self) -> None:
         """Start the flusher; an unreachable Redis is logged, not fatal (``/readyz`` fails)."""

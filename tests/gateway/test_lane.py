@@ -1,0 +1,226 @@
+"""The flusher's own Redis connection (``gateway.store._lane``): real Redis, and small servers
+that misbehave on purpose. Run on both the standard loop and uvloop (the servers' loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.protocol import TaskRecord, TaskStatus, new_task_id, now_ms
+from gateway.store import RedisStore
+from gateway.store._lane import CLIENT_NAME, Lane, pack
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=[False, True], ids=["asyncio", "uvloop"])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    return "asyncio", {"use_uvloop": request.param}
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def fake_redis(handler: Handler) -> AsyncIterator[int]:
+    """A server on 127.0.0.1 whose n-th connection (from 0) is served by ``handler``."""
+    count = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        count += 1
+        try:
+            await handler(reader, writer, count - 1)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def answer_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the lane's CLIENT SETNAME and say OK."""
+    await reader.readuntil(CLIENT_NAME + b"\r\n")
+    writer.write(b"+OK\r\n")
+
+
+def record() -> TaskRecord:
+    return TaskRecord(
+        task_id=new_task_id(), request_id="r", agent_type=0, query="q", created_at=now_ms()
+    )
+
+
+@contextlib.asynccontextmanager
+async def two_stores(url: str) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    prefix = new_task_id()
+    store = RedisStore(url, result_ttl=60, prefix=prefix)
+    other = RedisStore(url, result_ttl=60, prefix=prefix)
+    await store.start()
+    await other.start()
+    try:
+        yield store, other
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def durable(other: RedisStore, task_id: str, count: int) -> list[Any]:
+    """What Redis holds of the task's log once it holds ``count`` messages."""
+    for _ in range(200):
+        got = await other.read(task_id, 0, 100)
+        if len(got) >= count:
+            return [(m.seq, m.json().get("result"), m.finish) for m in got]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"Redis holds {await other.read(task_id, 0, 100)}")
+
+
+async def started(store: RedisStore) -> str:
+    rec, _ = await store.create(record())
+    assert await store.claim(rec.task_id, "me", 10_000) is not None
+    return rec.task_id
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"messageType": "agent_stream", "result": value}
+
+
+async def test_pack_encodes_a_resp_array_of_bulk_strings() -> None:
+    assert pack([b"SET", b"k", b"a\r\nb", b""]) == (
+        b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n$0\r\n\r\n"
+    )
+
+
+async def test_flushes_go_out_on_the_lane_and_survive_redis_forgetting_the_script(
+    redis_url: str,
+) -> None:
+    async with two_stores(redis_url) as (store, other):
+        plain = aioredis.Redis.from_url(redis_url)
+        try:
+            task_id = await started(store)
+            await store.append(task_id, text("a"))
+            assert await durable(other, task_id, 1) == [(1, "a", False)]
+            clients = (await plain.execute_command("CLIENT", "LIST")).decode()
+            assert f"name={CLIENT_NAME.decode()}" in clients
+            await plain.script_flush()  # a Redis restarted without its script cache
+            await store.append(task_id, text("b"))
+            await store.finish(task_id, TaskStatus.COMPLETED, text("c"))
+            assert await durable(other, task_id, 3) == [
+                (1, "a", False),
+                (2, "b", False),
+                (3, "c", True),
+            ]
+        finally:
+            await plain.aclose()
+
+
+async def test_a_flush_after_the_lane_was_killed_connects_again_and_loses_nothing(
+    redis_url: str,
+) -> None:
+    async with two_stores(redis_url) as (store, other):
+        plain = aioredis.Redis.from_url(redis_url)
+        try:
+            task_id = await started(store)
+            await store.append(task_id, text("a"))
+            await durable(other, task_id, 1)
+            lanes = [
+                c["id"] for c in await plain.client_list() if c["name"] == CLIENT_NAME.decode()
+            ]
+            assert lanes  # this store's lane (and any other store's still open)
+            for client_id in lanes:
+                await plain.client_kill_filter(_id=client_id)
+            for i in range(20):
+                await store.append(task_id, text(str(i)))
+            await store.finish(task_id, TaskStatus.COMPLETED, text("end"))
+            got = await durable(other, task_id, 22)
+            assert [seq for seq, _, _ in got] == list(range(1, 23)) and got[-1][2]
+        finally:
+            await plain.aclose()
+
+
+async def test_the_lane_selects_the_database_and_authenticates_as_its_url_says(
+    redis_url: str,
+) -> None:
+    plain = aioredis.Redis.from_url(redis_url)
+    user, secret, key = f"agw-{new_task_id()}", new_task_id(), f"agw-lane-{new_task_id()}"
+    await plain.acl_setuser(
+        user, enabled=True, passwords=[f"+{secret}"], keys=["*"], commands=["+@all"]
+    )
+    try:
+        host_port = redis_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        url = f"redis://{user}:{secret}@{host_port}/3"
+        lane = Lane.for_pool(aioredis.Redis.from_url(url).connection_pool, timeout=5)
+        assert lane is not None
+        try:
+            assert await lane.call(pack([b"SET", key.encode(), b"v"])) == b"OK"
+        finally:
+            lane.close()
+        in_db3 = aioredis.Redis.from_url(f"redis://{host_port}/3")
+        try:
+            assert await in_db3.get(key) == b"v" and await plain.get(key) is None
+            await in_db3.delete(key)
+        finally:
+            await in_db3.aclose()
+        wrong = Lane.for_pool(
+            aioredis.Redis.from_url(f"redis://{user}:nope@{host_port}/0").connection_pool, 5
+        )
+        assert wrong is not None
+        with pytest.raises(ResponseError):
+            await wrong.call(pack([b"PING"]))
+    finally:
+        await plain.acl_deluser(user)
+        await plain.aclose()
+
+
+async def test_tls_urls_keep_redis_py() -> None:
+    assert (
+        Lane.for_pool(aioredis.Redis.from_url("rediss://127.0.0.1:1/0").connection_pool, 1) is None
+    )
+
+
+async def test_a_redis_that_does_not_answer_fails_the_call_at_the_time_limit() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await answer_setup(reader, writer)
+        await reader.read()  # reads the command, answers nothing, until the lane gives up
+
+    async with fake_redis(silent) as port:
+        lane = Lane(port=port, timeout=0.2)
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(lane.call(pack([b"PING"])), 5)
+        lane.close()
+
+
+async def test_a_call_in_flight_when_the_connection_drops_fails_and_the_next_connects_again() -> (
+    None
+):
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await answer_setup(reader, writer)
+        await reader.readuntil(b"PING\r\n")
+        if n == 0:
+            return  # the first connection closes with the call unanswered
+        writer.write(b"+PONG\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with fake_redis(flaky) as port:
+        lane = Lane(port=port, timeout=5)
+        with pytest.raises(RedisConnectionError):
+            await lane.call(pack([b"PING"]))
+        assert await lane.call(pack([b"PING"])) == b"PONG"
+        lane.close()
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    with pytest.raises(RedisConnectionError):
+        await Lane(port=free_port(), timeout=2).call(pack([b"PING"]))
