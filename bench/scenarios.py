@@ -22,8 +22,8 @@ class Sizes:
     """How big each scenario is (the full run, or the CI smoke)."""
 
     relay_levels: tuple[int, ...] = (1, 200, 500)
-    relay_tokens: tuple[int, ...] = (15, 200, 250)
-    relay_rounds: tuple[int, ...] = (20, 1, 1)  # one after another (20 TTFTs at 1 stream)
+    relay_tokens: tuple[int, ...] = (10, 200, 250)
+    relay_rounds: tuple[int, ...] = (100, 1, 1)  # one after another (100 TTFTs at 1 stream)
     tps: float = 50.0
     ramp: float = 1.0
     idle_conns: int = 10_000

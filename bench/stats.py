@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
 def pct(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of ``values`` by nearest rank; None when empty."""
+    """The ``q`` quantile (0..1) of ``values`` by nearest rank (the ⌈q·n⌉-th smallest: the
+    p99 of 100 samples is the 99th, of 1,000 the 990th); None when empty."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
 
 
 def ms(ns_values: Sequence[int]) -> list[float]:
