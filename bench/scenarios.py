@@ -131,13 +131,16 @@ async def settle(world: World, limit: float = 15.0) -> None:
             return
 
 
-async def warm_up(world: World) -> None:
-    """One short stream through each target (connections, caches, script loading)."""
+async def warm_up(world: World, rounds: int = 5) -> None:
+    """A few short streams through each target, one after another (connections, caches,
+    script loading, the first run of every code path), so the first measured stream is not
+    the process's first."""
     targets = [*world.targets.values(), world.gateway_memory]
-    readers = [SSEReader(t.marker, crlf=t.crlf) for t in targets]
-    for t, r in zip(targets, readers, strict=True):
-        await open_stream(t.port, t.stream(query(5, 500)), r)
-    await _gather_done(readers, timeout=10)
+    for _ in range(rounds):
+        readers = [SSEReader(t.marker, crlf=t.crlf) for t in targets]
+        for t, r in zip(targets, readers, strict=True):
+            await open_stream(t.port, t.stream(query(5, 500)), r)
+        await _gather_done(readers, timeout=10)
 
 
 def _integrity(progresses: list[Progress], readers_finished: int) -> dict[str, int]:
