@@ -253,7 +253,9 @@ def table(results: dict[str, Any]) -> str:
                 ]
             ),
             "",
-            f"redis / memory CPU: {_fmt(mir['redis_over_memory_cpu'])}",
+            f"redis / memory CPU: {_fmt(mir['redis_over_memory_cpu'])} (median runs; every run's"
+            f" µs CPU/token, alternately: redis {mir.get('redis_runs_us_per_token')},"
+            f" memory {mir.get('memory_runs_us_per_token')})",
             "",
         ]
     res = results.get("resume")
