@@ -23,19 +23,18 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
 from gateway.protocol import AgentRequest, StoredMessage, TaskRecord, now_ms
 from gateway.routes.errors import ApiError, json_response, read_model, validation_message
-from gateway.routes.sse import SSE_HEADERS, SlowClient
+from gateway.routes.sse import LogStream
 from gateway.routes.tasks import submit
-from gateway.store import StreamStore, TaskNotFound
+from gateway.store import TaskNotFound
 
 __all__ = ["EventProjector", "agent_response", "heartbeat_packet", "routes"]
 
@@ -221,8 +220,17 @@ def _frame(value: Any) -> bytes:
     return b"data:" + orjson.dumps(value) + b"\n\n"
 
 
-class CompatStream(Response):
-    """Streams a task's log from the start as JoyAgent frames, with clocked heartbeats."""
+class CompatStream(LogStream):
+    """A task's log from the start as JoyAgent frames, with clocked heartbeats.
+
+    The native stream's machinery (the host that serves it off the middleware chain, the
+    disconnect watch, the shared send time limit) with JoyAgent's framing. A client that leaves
+    stops only its reader, never the task; a drain does not end it early either: JoyAgent
+    clients cannot resume, so the stream follows the task (through the store, wherever it runs
+    on) for as long as this process serves.
+    """
+
+    __slots__ = ("heartbeat", "interval", "to_frame")
 
     def __init__(
         self,
@@ -231,52 +239,31 @@ class CompatStream(Response):
         render: Callable[[dict[str, Any]], bytes | None],
         heartbeat: bytes,
     ) -> None:
-        settings = request.app.state.settings
-        self.store: StreamStore = request.app.state.store
-        self.record = record
+        state = request.app.state
+        super().__init__(
+            state.store,
+            record.task_id,
+            0,
+            state.settings,
+            state.metrics,
+            headers={"X-Task-Id": record.task_id},
+        )
         self.to_frame = render
         self.heartbeat = heartbeat
-        self.interval: float = settings.compat_heartbeat_interval
-        self.send_timeout: float = settings.send_timeout
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [*SSE_HEADERS, (b"x-task-id", record.task_id.encode())]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-        try:
-            await send(start)
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
-                try:
-                    await self._pump(send)
-                except (SlowClient, TaskNotFound):
-                    pass  # the reader is too slow, or the task expired: end the stream
-                group.cancel_scope.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            return  # the peer is gone; the task goes on
-
-    @staticmethod
-    async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        scope.cancel()  # only this reader stops: the task is not cancelled
-
-    async def _send(self, send: Send, body: bytes) -> None:
-        with anyio.move_on_after(self.send_timeout) as timer:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-        if timer.cancelled_caught:
-            raise SlowClient(self.record.task_id)
+        self.interval: float = state.settings.compat_heartbeat_interval
 
     async def _pump(self, send: Send) -> None:
-        cursor = 0
-        next_beat = anyio.current_time() + self.interval
+        clock = self._loop.time
+        cursor = self.after
+        next_beat = clock() + self.interval
         while True:
-            wait = next_beat - anyio.current_time()
+            wait = next_beat - clock()
             batch: list[StoredMessage] = []
             if wait > 0:
-                batch = await self.store.tail(self.record.task_id, cursor, wait)
+                try:
+                    batch = await self.store.tail(self.task_id, cursor, wait)
+                except TaskNotFound:
+                    return  # expired: end the stream
             frames = []
             for message in batch:
                 cursor = message.seq
@@ -285,12 +272,13 @@ class CompatStream(Response):
                     frames.append(frame)
                 if message.finish:
                     await self._send(send, b"".join(frames))
+                    self.finished = True
                     return
             if frames:
                 await self._send(send, b"".join(frames))
-            if anyio.current_time() >= next_beat:
+            if clock() >= next_beat:
                 await self._send(send, self.heartbeat)
-                next_beat = max(next_beat + self.interval, anyio.current_time())
+                next_beat = max(next_beat + self.interval, clock())
 
 
 # -- endpoints -------------------------------------------------------------------------------
@@ -317,7 +305,7 @@ async def query_agent_stream_incr(request: Request) -> Response:
         packet = gpt_packet(record, message, projector)
         return None if packet is None else _frame(packet)
 
-    return CompatStream(request, record, render, _frame(heartbeat_packet(record)))
+    return CompatStream(request, record, render, _frame(heartbeat_packet(record)))  # type: ignore[return-value]
 
 
 async def auto_agent(request: Request) -> Response:
@@ -329,7 +317,7 @@ async def auto_agent(request: Request) -> Response:
         response = agent_response(message)
         return None if response is None else _frame(response)
 
-    return CompatStream(request, record, render, HEARTBEAT_FRAME)
+    return CompatStream(request, record, render, HEARTBEAT_FRAME)  # type: ignore[return-value]
 
 
 async def all_models(request: Request) -> Response:

@@ -32,10 +32,6 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 HEARTBEAT = b": ping\n\n"
 
 
-class SlowClient(Exception):
-    """The client did not take a frame within the send time limit (kept for importers)."""
-
-
 class _SendWatch:
     """The send time limit of every stream of one event loop, kept by one periodic timer.
 

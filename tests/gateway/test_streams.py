@@ -340,3 +340,43 @@ async def test_the_disconnect_watch_steps_receive_as_a_task_would() -> None:
     with anyio.fail_after(5):
         await ended.wait()
     assert isinstance(ends[-1], RuntimeError) and watch.error is ends[-1]
+
+
+async def test_a_joyagent_stream_is_served_off_the_chain_and_a_stuck_reader_is_cut_off() -> None:
+    # The compat endpoints stream through the same host and send limit as the native ones.
+    big = "x" * 16_384
+    registry = TaskRegistry()
+
+    async def flood(ctx: TaskContext) -> None:
+        for i in range(600):  # ~10 MB of frames: far more than the socket buffers hold
+            await ctx.printer.send("agent_stream", big, is_final=False, n=i)
+        ctx.printer.result("done")
+
+    registry.register(7, flood)
+    body = b'{"requestId": "stuck-1", "query": "flood", "agentType": 7}'
+    with gateway(None, registry=registry, send_timeout=1.0) as server:
+        stuck = socket.create_connection(("127.0.0.1", server.port))
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.sendall(
+            b"POST /AutoAgent HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await asyncio.to_thread(stuck.recv, 1024)
+            task_id = head.split(b"x-task-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+            assert _http_calls_suspended_in(SecurityMiddleware.__call__) == 0
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                with anyio.fail_after(60):
+                    while (await client.get(f"/api/tasks/{task_id}")).json()["status"] != (
+                        "COMPLETED"
+                    ):
+                        await asyncio.sleep(0.05)  # the task never waits for its reader
+                    while (
+                        "agw_slow_client_disconnects_total 0.0"
+                        in (await client.get("/metrics")).text
+                    ):
+                        await asyncio.sleep(0.1)  # the stuck reader is cut at the send limit
+        finally:
+            stuck.close()
