@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
+from gateway.protocol import StoredMessage
 from gateway.settings import Settings
 from gateway.store import StreamStore, TaskNotFound
 
@@ -316,6 +317,10 @@ class LogStream:
     async def _pump(self, send: Send) -> None:
         """Replay, then tail; a heartbeat whenever nothing was sent for ``heartbeat_interval``.
 
+        Caught up with a log this process writes, the stream parks on it (:class:`_Live`): the
+        appender writes each new frame, and this task wakes only for a heartbeat, the end, or a
+        send that has to wait for the client.
+
         Heartbeats keep to a fixed beat (each one due an interval after the previous one was
         due, not after it was sent): when thousands of idle streams ping at once and the last
         of them goes out late, its next ping is not pushed later still.
@@ -333,10 +338,31 @@ class LogStream:
             now = clock()
             if deadline - now <= 0:
                 return  # SSE_MAX_AGE: end cleanly, the client resumes with Last-Event-ID
-            try:
-                messages = await store.tail(task_id, cursor, max(0.0, min(ping_at, deadline) - now))
-            except TaskNotFound:
-                return
+            wait = max(0.0, min(ping_at, deadline) - now)
+            log = store.live_log(task_id, cursor) if wait > 0 else None
+            if log is not None:
+                live = _Live(self, send, cursor)
+                try:
+                    await log.park(live.push, wait)
+                except BaseException:
+                    live.close()
+                    raise
+                cursor = live.cursor
+                if live.waiting is not None:  # a pushed frame waits for the client's buffer
+                    await self._resume_send(*live.waiting)
+                if live.error is not None:
+                    raise live.error
+                if live.finish:
+                    self.finished = True
+                    return
+                if live.sent_at is not None:
+                    ping_at = live.sent_at + heartbeat
+                messages: list[StoredMessage] = []
+            else:
+                try:
+                    messages = await store.tail(task_id, cursor, wait)
+                except TaskNotFound:
+                    return
             if not messages:
                 now = clock()
                 if now >= ping_at - 0.001 and deadline - now > 0:
@@ -352,4 +378,85 @@ class LogStream:
             cursor = last.seq
             if last.finish:
                 self.finished = True
+                return
+
+    async def _resume_send(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        """Carry on a send the log's appender started, under the send time limit."""
+        sending = self._watch.sending
+        sending[self] = self._loop.time()
+        try:
+            await _Resume(coro, waiting)
+        finally:
+            sending.pop(self, None)
+
+
+class _Live:
+    """One park of a caught-up :class:`LogStream` on its task's log (``LocalLog.park``).
+
+    ``push`` runs in the appender, once per message: it starts the ASGI send of the frame and
+    steps it once. A server's send returns without waiting unless the client's buffer is full;
+    then the started send is left in ``waiting`` for the stream's task to finish (under the send
+    limit), and pushing ends. So the appender never waits for a client, and frames go out in
+    order: nothing else sends while the stream is parked.
+    """
+
+    __slots__ = ("cursor", "error", "finish", "send", "sent_at", "stream", "waiting")
+
+    def __init__(self, stream: LogStream, send: Send, cursor: int) -> None:
+        self.stream = stream
+        self.send = send
+        self.cursor = cursor
+        self.sent_at: float | None = None
+        self.finish = False
+        self.error: BaseException | None = None
+        self.waiting: tuple[Coroutine[Any, Any, None], Any] | None = None
+
+    def push(self, message: StoredMessage) -> bool:
+        if self.stream._stopped or message.seq != self.cursor + 1:
+            return False
+        body = {"type": "http.response.body", "body": message.frame, "more_body": True}
+        coro: Coroutine[Any, Any, None] = self.send(body)  # type: ignore[assignment]
+        self.cursor = message.seq
+        self.finish = message.finish
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self.sent_at = self.stream._loop.time()
+            return not message.finish
+        except BaseException as exc:  # raised in the stream's task instead
+            self.error = exc
+            return False
+        self.waiting = (coro, waiting)
+        return False
+
+    def close(self) -> None:
+        """The stream ends without finishing a waiting send (it was cancelled)."""
+        if self.waiting is not None:
+            self.waiting[0].close()
+            self.waiting = None
+
+
+class _Resume:
+    """Await a coroutine that was started elsewhere and is suspended on ``waiting``."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                value = yield waiting
+            except BaseException as exc:  # delivered to the coroutine
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = coro.send(value)
+            except StopIteration:
                 return

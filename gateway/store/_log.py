@@ -5,8 +5,17 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+from collections.abc import Callable
 
 from gateway.protocol import StoredMessage
+
+Push = Callable[[StoredMessage], bool]
+"""Takes the next message of the log as it is added; False ends the pushing (see ``park``)."""
+
+#: Readers of one log that push at once. A push writes the frame as the message is added;
+#: readers that wait their turn instead write whatever has come by then in one go, which
+#: costs less when many read one task (fan-out) or the process is saturated.
+MAX_PUSHING = 4
 
 #: A waiter whose deadline is this close is released (loop timers have millisecond grain).
 _SLACK = 0.001
@@ -23,10 +32,16 @@ class LocalLog:
     releases the expired ones (taken off a heap of deadlines, so ten thousand idle readers cost
     no scan of all of them) and re-arms itself for the next. A reader woken by data every few
     milliseconds therefore never touches a timer; the log's timer fires about once per timeout.
+
+    A reader that has caught up can also ``park`` with a push callback: each message is then
+    handed to it as it is added, by the appender, and the reader's task is not woken at all
+    (a live SSE stream writes its frame from there). The time limits are kept the same way.
     """
 
     __slots__ = (
         "_deadlines",
+        "_parked",
+        "_pushers",
         "_releases",
         "_timer",
         "_timer_at",
@@ -41,25 +56,43 @@ class LocalLog:
         self.messages: list[StoredMessage] = []
         self.finished = False
         self._waiters: set[asyncio.Future[None]] = set()
+        self._pushers: dict[asyncio.Future[None], Push] = {}
+        self._parked: list[tuple[float, int, asyncio.Future[None]]] = []  # the pushers' deadlines
         # (deadline, tiebreak, future): a future already resolved or gone is skipped when met
         self._deadlines: list[tuple[float, int, asyncio.Future[None]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._releases = 0
 
+    def parkable(self, after: int) -> bool:
+        """Whether a reader that has read up to ``after`` may ``park`` now: it has read all
+        there is, the log goes on, and fewer than ``MAX_PUSHING`` readers push already."""
+        return (
+            not self.finished
+            and self.base + len(self.messages) == after
+            and len(self._pushers) < MAX_PUSHING
+        )
+
     @property
     def last_seq(self) -> int:
         return self.base + len(self.messages)
 
     def add(self, message: StoredMessage) -> None:
-        """Append ``message`` (its seq must be ``last_seq + 1``) and wake the readers."""
+        """Append ``message`` (its seq must be ``last_seq + 1``), push it, wake the readers."""
         self.messages.append(message)
         if message.finish:
             self.finished = True
+        pushers = self._pushers
+        if pushers:
+            for future, push in list(pushers.items()):
+                if future.done() or not push(message):
+                    del pushers[future]
+                    if not future.done():
+                        future.set_result(None)
         self.wake()
 
     def wake(self) -> None:
-        """Resolve every parked reader (new data, or the log ended)."""
+        """Resolve every waiting reader (new data, or the log ended)."""
         waiters = self._waiters
         if waiters:
             self._waiters = set()
@@ -67,11 +100,38 @@ class LocalLog:
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
+        if self.finished:
+            self._unpark()
 
     def release(self) -> None:
         """End every current wait now, with or without new data (readers should look elsewhere)."""
         self._releases += 1
         self.wake()
+        self._unpark()
+
+    def _unpark(self) -> None:
+        pushers, self._pushers = self._pushers, {}
+        for future in pushers:
+            if not future.done():
+                future.set_result(None)
+
+    async def park(self, push: Push, timeout: float) -> None:
+        """Hand each message added from now on to ``push`` (called by the appender; it must not
+        raise) until it returns False, the log ends or is released, or ``timeout`` passes.
+        The caller must have read up to ``last_seq``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        future: asyncio.Future[None] = loop.create_future()
+        if self.finished:
+            return
+        self._pushers[future] = push
+        heapq.heappush(self._parked, (deadline, id(future), future))
+        if deadline < self._timer_at:
+            self._arm(loop, deadline)
+        try:
+            await future
+        finally:
+            self._pushers.pop(future, None)
 
     def covers(self, after: int) -> bool:
         """Whether messages after ``after`` can be served from memory."""
@@ -112,11 +172,13 @@ class LocalLog:
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer, self._timer_at = None, math.inf
         limit = loop.time() + _SLACK
-        heap = self._deadlines
-        while heap and (heap[0][0] <= limit or heap[0][2].done()):
-            future = heapq.heappop(heap)[2]
-            if not future.done():
-                self._waiters.discard(future)
-                future.set_result(None)
-        if heap:
-            self._arm(loop, heap[0][0])
+        for heap in (self._deadlines, self._parked):
+            # an entry already resolved (woken, pushed to the end) is dropped when met
+            while heap and (heap[0][0] <= limit or heap[0][2].done()):
+                future = heapq.heappop(heap)[2]
+                if not future.done():
+                    self._waiters.discard(future)
+                    future.set_result(None)
+        due = [heap[0][0] for heap in (self._deadlines, self._parked) if heap]
+        if due:
+            self._arm(loop, min(due))

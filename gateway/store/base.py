@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
+from gateway.store._log import LocalLog
 
 
 class StoreError(Exception):
@@ -203,6 +204,12 @@ class StreamStore(abc.ABC):
     @abc.abstractmethod
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
         """Like ``read``, but waits up to ``timeout`` seconds for a message after ``after``."""
+
+    def live_log(self, task_id: str, after: int) -> LocalLog | None:
+        """The in-process log of ``task_id`` where a reader that has read up to ``after``, its
+        last message, can ``park`` and be handed the next ones as they are added; None where
+        this process does not write the task's log (then ``tail``)."""
+        return None
 
     # -- the queue ------------------------------------------------------------------------
     @abc.abstractmethod

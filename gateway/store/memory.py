@@ -231,6 +231,10 @@ class MemoryStore(StreamStore):
         await log.wait_beyond(after, timeout)
         return log.since(after, 1000)
 
+    def live_log(self, task_id: str, after: int) -> LocalLog | None:
+        entry = self._tasks.get(task_id)
+        return entry.log if entry is not None and entry.log.parkable(after) else None
+
     # -- queue ----------------------------------------------------------------------------
     async def enqueue(self, task_id: str) -> None:
         self._queue.put_nowait(task_id)

@@ -36,6 +36,7 @@ from gateway.protocol import (
 )
 from gateway.store import _scripts
 from gateway.store._lane import Lane
+from gateway.store._log import LocalLog
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import (
     GROUP,
@@ -379,6 +380,7 @@ class RedisStore(StreamStore):
         if stale is not None:  # local readers must not wait on a writer that is gone
             stale.lost = "REQUEUED"
             stale.log.add(message)
+            stale.log.release()  # parked readers go on from Redis
             await stale.index_moved()
         await self._move(
             task_id, TaskStatus.RUNNING, TaskStatus.PENDING, await self._score(task_id)
@@ -602,6 +604,14 @@ class RedisStore(StreamStore):
         if log.last_seq > after:
             return log.since(after, 1000)
         return await self.read(task_id, after, 1000)
+
+    def live_log(self, task_id: str, after: int) -> LocalLog | None:
+        # Only the log this process writes: it is where messages appear first, and a writer
+        # that goes away (handover, lost lease, the end) releases or ends it.
+        writer = self._writers.get(task_id)
+        if writer is None or writer.lost or writer.closing is not None:
+            return None
+        return writer.log if writer.log.parkable(after) else None
 
     def _follow(self, task_id: str, after: int) -> _Follower:
         follower = self._followers.get(task_id)

@@ -380,3 +380,64 @@ async def test_a_joyagent_stream_is_served_off_the_chain_and_a_stuck_reader_is_c
                         await asyncio.sleep(0.1)  # the stuck reader is cut at the send limit
         finally:
             stuck.close()
+
+
+def _sse_ids(raw: bytes) -> list[int]:
+    """The ``id:`` values of a chunked SSE body, in order."""
+    body, rest = b"", raw.split(b"\r\n\r\n", 1)[1]
+    while rest:
+        size, rest = rest.split(b"\r\n", 1)
+        n = int(size, 16)
+        if n == 0:
+            break
+        body, rest = body + rest[:n], rest[n + 2 :]
+    return [int(line[4:]) for line in body.split(b"\n") if line.startswith(b"id: ")]
+
+
+async def test_a_live_reader_that_falls_behind_and_catches_up_misses_nothing(
+    store_url: str | None,
+) -> None:
+    # A caught-up stream is written by the appender itself; when the client's buffer fills, the
+    # frame being written waits in the stream's own task (the task is never held up), and the
+    # stream goes on from there once the client reads again: every frame once, in order.
+    big = "y" * 16_384
+    registry = TaskRegistry()
+    started = asyncio.Event()
+
+    async def burst(ctx: TaskContext) -> None:
+        await ctx.printer.send("task", "start")
+        await started.wait()  # the reader is caught up (parked) before the burst
+        for i in range(1500):  # ~24 MB: far more than the socket buffers hold
+            await ctx.printer.send("agent_stream", big, is_final=False, n=i)
+        ctx.printer.result("done")
+
+    registry.register(7, burst)
+    with gateway(store_url, registry=registry, send_timeout=30.0) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, "burst", agent_type=7)
+            reader = socket.create_connection(("127.0.0.1", server.port))
+            reader.sendall(f"GET /api/tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            try:
+                raw = b""
+                while b'"start"' not in raw:
+                    raw += await asyncio.to_thread(reader.recv, 65536)
+                started.set()
+                with anyio.fail_after(60):
+                    while (await client.get(f"/api/tasks/{task_id}")).json()["status"] != (
+                        "COMPLETED"
+                    ):
+                        await asyncio.sleep(0.05)  # the task ends while its reader lags behind
+
+                def read_rest() -> bytes:
+                    data = b""
+                    while not data.endswith(b"0\r\n\r\n"):
+                        chunk = reader.recv(1 << 20)
+                        if not chunk:
+                            break
+                        data += chunk
+                    return data
+
+                raw += await asyncio.wait_for(asyncio.to_thread(read_rest), 60)
+            finally:
+                reader.close()
+    assert _sse_ids(raw) == list(range(1, 1504))
