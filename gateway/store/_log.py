@@ -119,15 +119,12 @@ class LocalLog:
         """Hand each message added from now on to ``push`` (called by the appender; it must not
         raise) until it returns False, the log ends or is released, or ``timeout`` passes.
         The caller must have read up to ``last_seq``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        future: asyncio.Future[None] = loop.create_future()
         if self.finished:
             return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._pushers[future] = push
-        heapq.heappush(self._parked, (deadline, id(future), future))
-        if deadline < self._timer_at:
-            self._arm(loop, deadline)
+        self._enlist(loop, self._parked, loop.time() + timeout, future)
         try:
             await future
         finally:
@@ -151,9 +148,7 @@ class LocalLog:
         while True:
             future: asyncio.Future[None] = loop.create_future()
             self._waiters.add(future)
-            heapq.heappush(self._deadlines, (deadline, id(future), future))
-            if deadline < self._timer_at:
-                self._arm(loop, deadline)
+            self._enlist(loop, self._deadlines, deadline, future)
             try:
                 await future
             finally:
@@ -162,6 +157,18 @@ class LocalLog:
                 return True
             if loop.time() >= deadline - _SLACK or self._releases != releases:
                 return False
+
+    def _enlist(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        heap: list[tuple[float, int, asyncio.Future[None]]],
+        deadline: float,
+        future: asyncio.Future[None],
+    ) -> None:
+        """Put ``future``'s deadline on ``heap``; the log's timer resolves it then."""
+        heapq.heappush(heap, (deadline, id(future), future))
+        if deadline < self._timer_at:
+            self._arm(loop, deadline)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:

@@ -14,9 +14,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.protocol import TaskRecord, TaskStatus, new_task_id, now_ms
+from gateway.protocol import TaskStatus, new_task_id
 from gateway.store import RedisStore
 from gateway.store._lane import CLIENT_NAME, Lane, pack
+from tests.gateway.stores import body, replicas, running
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.anyio
@@ -56,26 +57,6 @@ async def answer_setup(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     writer.write(b"+OK\r\n")
 
 
-def record() -> TaskRecord:
-    return TaskRecord(
-        task_id=new_task_id(), request_id="r", agent_type=0, query="q", created_at=now_ms()
-    )
-
-
-@contextlib.asynccontextmanager
-async def two_stores(url: str) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    prefix = new_task_id()
-    store = RedisStore(url, result_ttl=60, prefix=prefix)
-    other = RedisStore(url, result_ttl=60, prefix=prefix)
-    await store.start()
-    await other.start()
-    try:
-        yield store, other
-    finally:
-        await other.close()
-        await store.close()
-
-
 async def durable(other: RedisStore, task_id: str, count: int) -> list[Any]:
     """What Redis holds of the task's log once it holds ``count`` messages."""
     for _ in range(200):
@@ -86,67 +67,55 @@ async def durable(other: RedisStore, task_id: str, count: int) -> list[Any]:
     raise AssertionError(f"Redis holds {await other.read(task_id, 0, 100)}")
 
 
-async def started(store: RedisStore) -> str:
-    rec, _ = await store.create(record())
-    assert await store.claim(rec.task_id, "me", 10_000) is not None
-    return rec.task_id
-
-
-def text(value: str) -> dict[str, Any]:
-    return {"messageType": "agent_stream", "result": value}
-
-
 async def test_pack_encodes_a_resp_array_of_bulk_strings() -> None:
     assert pack([b"SET", b"k", b"a\r\nb", b""]) == (
         b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n$0\r\n\r\n"
     )
 
 
+@contextlib.asynccontextmanager
+async def flushed_once(url: str) -> AsyncIterator[tuple[RedisStore, RedisStore, Any, str]]:
+    """Two replicas' stores, a plain client, and a task whose first message is in Redis."""
+    async with replicas(url, flush_interval=0.0) as (store, other):
+        plain = aioredis.Redis.from_url(url)
+        try:
+            task_id = await running(store)
+            await store.append(task_id, body("a"))
+            assert await durable(other, task_id, 1) == [(1, "a", False)]
+            yield store, other, plain, task_id
+        finally:
+            await plain.aclose()
+
+
 async def test_flushes_go_out_on_the_lane_and_survive_redis_forgetting_the_script(
     redis_url: str,
 ) -> None:
-    async with two_stores(redis_url) as (store, other):
-        plain = aioredis.Redis.from_url(redis_url)
-        try:
-            task_id = await started(store)
-            await store.append(task_id, text("a"))
-            assert await durable(other, task_id, 1) == [(1, "a", False)]
-            clients = (await plain.execute_command("CLIENT", "LIST")).decode()
-            assert f"name={CLIENT_NAME.decode()}" in clients
-            await plain.script_flush()  # a Redis restarted without its script cache
-            await store.append(task_id, text("b"))
-            await store.finish(task_id, TaskStatus.COMPLETED, text("c"))
-            assert await durable(other, task_id, 3) == [
-                (1, "a", False),
-                (2, "b", False),
-                (3, "c", True),
-            ]
-        finally:
-            await plain.aclose()
+    async with flushed_once(redis_url) as (store, other, plain, task_id):
+        clients = (await plain.execute_command("CLIENT", "LIST")).decode()
+        assert f"name={CLIENT_NAME.decode()}" in clients
+        await plain.script_flush()  # a Redis restarted without its script cache
+        await store.append(task_id, body("b"))
+        await store.finish(task_id, TaskStatus.COMPLETED, body("c"))
+        assert await durable(other, task_id, 3) == [
+            (1, "a", False),
+            (2, "b", False),
+            (3, "c", True),
+        ]
 
 
 async def test_a_flush_after_the_lane_was_killed_connects_again_and_loses_nothing(
     redis_url: str,
 ) -> None:
-    async with two_stores(redis_url) as (store, other):
-        plain = aioredis.Redis.from_url(redis_url)
-        try:
-            task_id = await started(store)
-            await store.append(task_id, text("a"))
-            await durable(other, task_id, 1)
-            lanes = [
-                c["id"] for c in await plain.client_list() if c["name"] == CLIENT_NAME.decode()
-            ]
-            assert lanes  # this store's lane (and any other store's still open)
-            for client_id in lanes:
-                await plain.client_kill_filter(_id=client_id)
-            for i in range(20):
-                await store.append(task_id, text(str(i)))
-            await store.finish(task_id, TaskStatus.COMPLETED, text("end"))
-            got = await durable(other, task_id, 22)
-            assert [seq for seq, _, _ in got] == list(range(1, 23)) and got[-1][2]
-        finally:
-            await plain.aclose()
+    async with flushed_once(redis_url) as (store, other, plain, task_id):
+        lanes = [c["id"] for c in await plain.client_list() if c["name"] == CLIENT_NAME.decode()]
+        assert lanes  # this store's lane (and any other store's still open)
+        for client_id in lanes:
+            await plain.client_kill_filter(_id=client_id)
+        for i in range(20):
+            await store.append(task_id, body(str(i)))
+        await store.finish(task_id, TaskStatus.COMPLETED, body("end"))
+        got = await durable(other, task_id, 22)
+        assert [seq for seq, _, _ in got] == list(range(1, 23)) and got[-1][2]
 
 
 async def test_the_lane_selects_the_database_and_authenticates_as_its_url_says(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from gateway.protocol import TaskError, TaskRecord, TaskStatus, new_task_id, now_ms
+from gateway.protocol import TaskError, TaskStatus, new_task_id, now_ms
 from gateway.store import (
     IllegalTransition,
     LeaseState,
@@ -19,6 +17,7 @@ from gateway.store import (
     TaskEnded,
     TaskNotFound,
 )
+from tests.gateway.stores import body, record, replicas, running
 
 pytestmark = pytest.mark.anyio
 
@@ -39,52 +38,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[StreamStore]:
         await s.close()
 
 
-def record(**kw: Any) -> TaskRecord:
-    return TaskRecord(
-        task_id=kw.pop("task_id", new_task_id()),
-        request_id="r",
-        agent_type=0,
-        query="q",
-        created_at=now_ms(),
-        **kw,
-    )
-
-
-async def running(store: StreamStore) -> str:
-    rec, _ = await store.create(record())
-    assert await store.claim(rec.task_id, "me", 10_000) is not None
-    return rec.task_id
-
-
 @pytest.fixture(params=["redis", "cluster"])
 def redis_kind(request: pytest.FixtureRequest) -> tuple[str, bool]:
     """A Redis URL and whether it is a Cluster: one plain server, then a 3-master cluster."""
     cluster = request.param == "cluster"
     return request.getfixturevalue("redis_cluster_url" if cluster else "redis_url"), cluster
-
-
-@contextlib.asynccontextmanager
-async def replicas(
-    url: str, *, cluster: bool = False, flush_interval: float = 0.002
-) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    """Two started Redis stores on one prefix, as two replicas: ``store`` (flushing every
-    ``flush_interval`` seconds) and ``other``."""
-    prefix = new_task_id()
-    store = RedisStore(
-        url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=flush_interval
-    )
-    other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
-    await store.start()
-    await other.start()
-    try:
-        yield store, other
-    finally:
-        await other.close()
-        await store.close()
-
-
-def body(text: str) -> dict[str, Any]:
-    return {"messageType": "agent_stream", "result": text}
 
 
 async def test_append_assigns_consecutive_seqs_and_read_returns_them_after_a_cursor(

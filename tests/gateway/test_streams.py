@@ -23,6 +23,24 @@ pytestmark = pytest.mark.anyio
 ECHO_OVERHEAD = 7
 
 
+def flooding(count: int, first: tuple[str, asyncio.Event] | None = None) -> TaskRegistry:
+    """Agent type 7: ``count`` agent_stream messages of 16 KB as fast as the log takes them
+    (after a ``task`` message with ``first``'s text and its event, when given)."""
+    big = "x" * 16_384
+    registry = TaskRegistry()
+
+    async def flood(ctx: TaskContext) -> None:
+        if first is not None:
+            await ctx.printer.send("task", first[0])
+            await first[1].wait()
+        for i in range(count):
+            await ctx.printer.send("agent_stream", big, is_final=False, n=i)
+        ctx.printer.result("done")
+
+    registry.register(7, flood)
+    return registry
+
+
 @pytest.fixture(params=["memory", "redis"])
 def store_url(request: pytest.FixtureRequest) -> str | None:
     return request.getfixturevalue("redis_url") if request.param == "redis" else None
@@ -160,15 +178,7 @@ async def read_with_resume(client: httpx.AsyncClient, task_id: str) -> list[int]
 async def test_a_reader_that_never_reads_delays_neither_the_task_nor_another_reader(
     store_url: str | None,
 ) -> None:
-    big = "x" * 16_384
-    registry = TaskRegistry()
-
-    async def flood(ctx: TaskContext) -> None:
-        for i in range(1500):  # ~24 MB: far more than the socket buffers hold
-            await ctx.printer.send("agent_stream", big, is_final=False, n=i)
-        ctx.printer.result("done")
-
-    registry.register(7, flood)
+    registry = flooding(1500)  # ~24 MB: far more than the socket buffers hold
     with gateway(store_url, registry=registry, send_timeout=1.0) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             task_id = await submit(client, "flood", agent_type=7)
@@ -344,15 +354,7 @@ async def test_the_disconnect_watch_steps_receive_as_a_task_would() -> None:
 
 async def test_a_joyagent_stream_is_served_off_the_chain_and_a_stuck_reader_is_cut_off() -> None:
     # The compat endpoints stream through the same host and send limit as the native ones.
-    big = "x" * 16_384
-    registry = TaskRegistry()
-
-    async def flood(ctx: TaskContext) -> None:
-        for i in range(600):  # ~10 MB of frames: far more than the socket buffers hold
-            await ctx.printer.send("agent_stream", big, is_final=False, n=i)
-        ctx.printer.result("done")
-
-    registry.register(7, flood)
+    registry = flooding(600)  # ~10 MB of frames: far more than the socket buffers hold
     body = b'{"requestId": "stuck-1", "query": "flood", "agentType": 7}'
     with gateway(None, registry=registry, send_timeout=1.0) as server:
         stuck = socket.create_connection(("127.0.0.1", server.port))
@@ -400,18 +402,9 @@ async def test_a_live_reader_that_falls_behind_and_catches_up_misses_nothing(
     # A caught-up stream is written by the appender itself; when the client's buffer fills, the
     # frame being written waits in the stream's own task (the task is never held up), and the
     # stream goes on from there once the client reads again: every frame once, in order.
-    big = "y" * 16_384
-    registry = TaskRegistry()
     started = asyncio.Event()
-
-    async def burst(ctx: TaskContext) -> None:
-        await ctx.printer.send("task", "start")
-        await started.wait()  # the reader is caught up (parked) before the burst
-        for i in range(1500):  # ~24 MB: far more than the socket buffers hold
-            await ctx.printer.send("agent_stream", big, is_final=False, n=i)
-        ctx.printer.result("done")
-
-    registry.register(7, burst)
+    # the reader is caught up (parked) before the burst of ~24 MB
+    registry = flooding(1500, first=("start", started))
     with gateway(store_url, registry=registry, send_timeout=30.0) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             task_id = await submit(client, "burst", agent_type=7)

@@ -1,0 +1,51 @@
+"""Helpers shared by the store tests: task records, started tasks, two replicas' stores."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.protocol import TaskRecord, new_task_id, now_ms
+from gateway.store import RedisStore, StreamStore
+
+
+def record(**kw: Any) -> TaskRecord:
+    return TaskRecord(
+        task_id=kw.pop("task_id", new_task_id()),
+        request_id="r",
+        agent_type=0,
+        query="q",
+        created_at=now_ms(),
+        **kw,
+    )
+
+
+async def running(store: StreamStore) -> str:
+    rec, _ = await store.create(record())
+    assert await store.claim(rec.task_id, "me", 10_000) is not None
+    return rec.task_id
+
+
+@contextlib.asynccontextmanager
+async def replicas(
+    url: str, *, cluster: bool = False, flush_interval: float = 0.002
+) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two started Redis stores on one prefix, as two replicas: ``store`` (flushing every
+    ``flush_interval`` seconds) and ``other``."""
+    prefix = new_task_id()
+    store = RedisStore(
+        url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=flush_interval
+    )
+    other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
+    await store.start()
+    await other.start()
+    try:
+        yield store, other
+    finally:
+        await other.close()
+        await store.close()
+
+
+def body(text: str) -> dict[str, Any]:
+    return {"messageType": "agent_stream", "result": text}
