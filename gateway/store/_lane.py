@@ -3,12 +3,12 @@
 Every flush is one ``EVALSHA`` with a few hundred arguments. Through redis-py that costs more
 than the script itself: each argument is type-checked and encoded on its own, and each call
 takes a connection from the pool, arms a ``wait_for`` task for the write and a timeout context
-for the read. The lane writes the RESP bytes the flusher packs (``pack``) on a connection of
-its own, reads replies with hiredis, and arms one timer per call; a call that outlives its time
-limit or a dropped connection fails every call in flight with redis-py's ``TimeoutError`` or
-``ConnectionError`` (so callers handle them as they handle redis-py's), and the next call
-connects again. It speaks plain TCP or a Unix socket; a TLS URL keeps redis-py (``for_pool``
-answers None).
+for the read. The lane writes the RESP bytes the flusher packs (``pack``, by hiredis) on a
+connection of its own, reads replies with hiredis, and arms one timer per call; a call that
+outlives its time limit or a dropped connection fails every call in flight with redis-py's
+``TimeoutError`` or ``ConnectionError`` (so callers handle them as they handle redis-py's), and
+the next call connects again. It speaks plain TCP or a Unix socket; a TLS URL keeps redis-py
+(``for_pool`` answers None).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ CLIENT_NAME = b"agw-flusher"
 
 
 def pack(parts: Sequence[bytes]) -> bytes:
-    """One RESP command (an array of bulk strings)."""
-    return b"".join([b"*%d\r\n" % len(parts), *[b"$%d\r\n%b\r\n" % (len(p), p) for p in parts]])
+    """One RESP command (an array of bulk strings), encoded by hiredis (in C)."""
+    packed: bytes = hiredis.pack_command(cast(Any, tuple(parts)))  # its stub says a 1-tuple
+    return packed
 
 
 def _reply_error(message: str) -> ResponseError:

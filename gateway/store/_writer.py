@@ -66,6 +66,8 @@ class _Writer:
 
     def settle(self, upto: int, error: Exception | None = None) -> None:
         """Resolve the waiters whose seq is durable (or fail them all with ``error``)."""
+        if not self.waiters:
+            return
         keep = []
         for seq, fut in self.waiters:
             if fut.done():
