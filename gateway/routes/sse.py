@@ -350,6 +350,7 @@ class LogStream:
                 cursor = live.cursor
                 if live.waiting is not None:  # a pushed frame waits for the client's buffer
                     await self._resume_send(*live.waiting)
+                    live.sent_at = clock()
                 if live.error is not None:
                     raise live.error
                 if live.finish:
