@@ -23,6 +23,18 @@ pytestmark = pytest.mark.anyio
 ECHO_OVERHEAD = 7
 
 
+async def completed(client: httpx.AsyncClient, task_id: str) -> None:
+    """Poll until the task is COMPLETED (callers bound the wait)."""
+    while (await client.get(f"/api/tasks/{task_id}")).json()["status"] != "COMPLETED":
+        await asyncio.sleep(0.05)
+
+
+async def a_slow_client_was_cut(client: httpx.AsyncClient) -> None:
+    """Poll ``/metrics`` until a reader has been cut off at the send limit."""
+    while "agw_slow_client_disconnects_total 0.0" in (await client.get("/metrics")).text:
+        await asyncio.sleep(0.1)
+
+
 def flooding(count: int, first: tuple[str, asyncio.Event] | None = None) -> TaskRegistry:
     """Agent type 7: ``count`` agent_stream messages of 16 KB as fast as the log takes them
     (after a ``task`` message with ``first``'s text and its event, when given)."""
@@ -189,11 +201,7 @@ async def test_a_reader_that_never_reads_delays_neither_the_task_nor_another_rea
                 with anyio.fail_after(60):
                     seqs = await read_with_resume(client, task_id)
                     snap = (await client.get(f"/api/tasks/{task_id}")).json()
-                    while (
-                        "agw_slow_client_disconnects_total 0.0"
-                        in (await client.get("/metrics")).text
-                    ):
-                        await asyncio.sleep(0.1)  # the stuck reader is cut at the send limit
+                    await a_slow_client_was_cut(client)  # the stuck reader, at the send limit
             finally:
                 stuck.close()
     assert seqs == list(range(1, 1503))
@@ -371,15 +379,8 @@ async def test_a_joyagent_stream_is_served_off_the_chain_and_a_stuck_reader_is_c
             assert _http_calls_suspended_in(SecurityMiddleware.__call__) == 0
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
                 with anyio.fail_after(60):
-                    while (await client.get(f"/api/tasks/{task_id}")).json()["status"] != (
-                        "COMPLETED"
-                    ):
-                        await asyncio.sleep(0.05)  # the task never waits for its reader
-                    while (
-                        "agw_slow_client_disconnects_total 0.0"
-                        in (await client.get("/metrics")).text
-                    ):
-                        await asyncio.sleep(0.1)  # the stuck reader is cut at the send limit
+                    await completed(client, task_id)  # the task never waits for its reader
+                    await a_slow_client_was_cut(client)  # the stuck reader, at the send limit
         finally:
             stuck.close()
 
@@ -416,10 +417,7 @@ async def test_a_live_reader_that_falls_behind_and_catches_up_misses_nothing(
                     raw += await asyncio.to_thread(reader.recv, 65536)
                 started.set()
                 with anyio.fail_after(60):
-                    while (await client.get(f"/api/tasks/{task_id}")).json()["status"] != (
-                        "COMPLETED"
-                    ):
-                        await asyncio.sleep(0.05)  # the task ends while its reader lags behind
+                    await completed(client, task_id)  # the task ends while its reader lags behind
 
                 def read_rest() -> bytes:
                     data = b""
