@@ -95,14 +95,34 @@ class Printer:
     ) -> StoredMessage:
         """Append one message; ``payload`` goes in the field its type names (DESIGN §3)."""
         body = self.body(message_type, payload, message_id, is_final, **extra)
-        if message_type == "agent_stream" and isinstance(payload, str):
-            if is_final:  # the final frame carries the whole text
+        message = await self.store.append(self.task_id, body)
+        self._sent(message, body, payload)
+        return message
+
+    def send_now(
+        self,
+        message_type: str,
+        payload: Any,
+        *,
+        message_id: str | None = None,
+        is_final: bool = True,
+        **extra: Any,
+    ) -> StoredMessage | None:
+        """``send`` without waiting, where the store can append so (``append_now``); None where
+        it cannot: then nothing was sent, ``send`` it."""
+        body = self.body(message_type, payload, message_id, is_final, **extra)
+        message = self.store.append_now(self.task_id, body)
+        if message is not None:
+            self._sent(message, body, payload)
+        return message
+
+    def _sent(self, message: StoredMessage, body: dict[str, Any], payload: Any) -> None:
+        if body["messageType"] == "agent_stream" and isinstance(payload, str):
+            if body["isFinal"]:  # the final frame carries the whole text
                 self._answers[body["messageId"]] = [payload]
             else:
                 self._answers.setdefault(body["messageId"], []).append(payload)
-        message = await self.store.append(self.task_id, body)
         self.notify(message)
-        return message
 
     def notify(self, message: StoredMessage) -> None:
         """Report an appended message to the observer (metrics)."""

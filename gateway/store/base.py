@@ -179,6 +179,11 @@ class StreamStore(abc.ABC):
     async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
         """Append a non-final message; assigns the next ``seq``. Raises ``TaskEnded``."""
 
+    def append_now(self, task_id: str, body: dict[str, Any]) -> StoredMessage | None:
+        """``append`` without waiting, where the store can (this process writes the task's
+        log); None where it cannot (then ``append``). Raises ``TaskEnded``."""
+        return None
+
     @abc.abstractmethod
     async def finish(
         self,

@@ -180,6 +180,9 @@ class MemoryStore(StreamStore):
 
     # -- log ------------------------------------------------------------------------------
     async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
+        return self.append_now(task_id, body)
+
+    def append_now(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
         entry = self._entry(task_id)
         if entry.log.finished or entry.record.terminal:
             raise TaskEnded(task_id)

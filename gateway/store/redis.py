@@ -431,7 +431,17 @@ class RedisStore(StreamStore):
         return writer
 
     async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
-        writer = await self._writer(task_id)
+        return self._add(task_id, await self._writer(task_id), body)
+
+    def append_now(self, task_id: str, body: dict[str, Any]) -> StoredMessage | None:
+        writer = self._writers.get(task_id)
+        if writer is None:
+            return None
+        if writer.lost or writer.log.finished or writer.closing is not None:
+            raise TaskEnded(task_id)
+        return self._add(task_id, writer, body)
+
+    def _add(self, task_id: str, writer: _Writer, body: dict[str, Any]) -> StoredMessage:
         body["finish"] = False
         message = StoredMessage(
             writer.log.last_seq + 1, stamp_seq(writer.log.last_seq + 1, encode_body(body))

@@ -10,6 +10,9 @@ retried once on a fresh one (resending a chat request is harmless); TLS with the
 included) and the total deadline are ONE timer per connection, re-armed lazily when it fires: a
 received chunk only stores a timestamp (no cancel scope per read).
 
+A body is read with ``read`` (bytes, one wake-up of the reader per socket read) or handed to a
+callback as it arrives with ``pipe`` (no wake-up at all until the body ends: the relay's path).
+
 Only a response read to its end gives its connection back to the pool; leaving early, an error or
 a cancellation closes it. Errors are :class:`UpstreamError` subclasses.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -28,7 +31,10 @@ import httptools
 from gateway.upstream._http import Deadline
 from gateway.upstream.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 
-__all__ = ["HIGH_WATER", "KEEPALIVE_EXPIRY", "Target", "WirePool", "WireResponse"]
+__all__ = ["HIGH_WATER", "KEEPALIVE_EXPIRY", "Sink", "Target", "WirePool", "WireResponse"]
+
+Sink = Callable[[bytes], bool]
+"""Takes body bytes as they arrive; returns True when it needs no more of the body."""
 
 HIGH_WATER = 256 * 1024
 """Unread body bytes above which the connection stops reading from the socket."""
@@ -190,6 +196,12 @@ class WireResponse:
         """All body bytes received since the last call, waiting for some; b"" at the end."""
         return await self._conn.read()
 
+    async def pipe(self, sink: Sink) -> None:
+        """Hand the body to ``sink`` as it arrives, from the connection's reader, until the body
+        ends or ``sink`` returns True; what ``sink`` raises is raised here (and closes the
+        connection). ``sink`` runs inside the event loop's read callback: it must not block."""
+        await self._conn.pipe(sink)
+
     async def aread(self) -> bytes:
         """The rest of the body."""
         parts = []
@@ -234,6 +246,8 @@ class _Connection(asyncio.Protocol):
         self._received = self._paused = False
         self._body: list[bytes] = []
         self._unread = 0
+        self._sink: Sink | None = None
+        self._piped = False  # the sink needs no more
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._last = 0.0
@@ -274,6 +288,20 @@ class _Connection(asyncio.Protocol):
             if self._complete:
                 return b""
             await self._wait()
+
+    async def pipe(self, sink: Sink) -> None:
+        if self._body and sink(self._take_body()):
+            return
+        self._sink = sink
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._piped or self._complete:
+                    return
+                await self._wait()
+        finally:
+            self._sink = None
 
     async def drain(self, grace: float) -> None:
         until = self.loop.time() + grace
@@ -399,7 +427,8 @@ class _Connection(asyncio.Protocol):
         if self._unread > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self._sink is None or self._complete:  # a piped body wakes its reader at the end
+            self._wake()
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -428,8 +457,20 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError(f"{self.pool.what}: content-encoding {encoding!r}"))
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-        self._unread += len(body)
+        sink = self._sink
+        if sink is None:
+            self._body.append(body)
+            self._unread += len(body)
+            return
+        if self._error is not None:
+            return
+        try:
+            if sink(body):
+                self._sink = None
+                self._piped = True
+        except BaseException as exc:  # raised by ``pipe``; the connection cannot be reused
+            self._sink = None
+            self._fail(exc)
 
     def on_message_complete(self) -> None:
         if not self._headers_done:

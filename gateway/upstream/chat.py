@@ -118,11 +118,12 @@ class ChatAssembler:
         """Take one chunk; an in-band ``error`` object raises UpstreamRemoteError."""
         if chunk.get("error"):
             raise UpstreamRemoteError(f"LLM: {_error_text(chunk['error'])}", detail=chunk["error"])
-        if isinstance(chunk.get("usage"), Mapping):
-            self.usage = Usage.from_dict(chunk["usage"])
+        usage = chunk.get("usage")
+        if usage is not None and _is_mapping(usage):
+            self.usage = Usage.from_dict(usage)
         events: list[ChatEvent] = []
         for choice in chunk.get("choices") or ():
-            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+            if not _is_mapping(choice) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
             text = delta.get("content")
@@ -181,6 +182,11 @@ def parse_completion(data: Any) -> ChatResult:
     usage = Usage.from_dict(data["usage"]) if isinstance(data.get("usage"), Mapping) else None
     finish = choices[0].get("finish_reason") or ("tool_calls" if calls else None)
     return ChatResult(str(message.get("content") or ""), calls, finish, usage)
+
+
+def _is_mapping(value: Any) -> bool:
+    # JSON decodes to plain dicts; the ABC check (slow, once per chunk) is for anything else
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _error_text(error: Any) -> str:

@@ -8,10 +8,12 @@ Retries: with exponential back-off (jittered, capped, ``Retry-After`` honoured),
 nothing has been yielded to the caller. After the first delta a failure raises: the caller has
 already shown the partial answer and a silent second answer would duplicate it.
 
-Transport: ``stream_chat`` runs on the raw HTTP/1.1 client of :mod:`gateway.upstream._wire` (the
-per-token hot path), except when a proxy from ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` applies
-to the URL (``NO_PROXY`` honoured) or a shared ``httpx`` client was passed in: then it uses httpx,
-as ``complete`` always does. Both give the same events and errors.
+Transport: ``stream_chat`` and ``stream_text`` run on the raw HTTP/1.1 client of
+:mod:`gateway.upstream._wire` (the per-token hot path; ``stream_text`` hands text to a callback
+from the connection's reader, without waking a task per chunk), except when a proxy from
+``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` applies to the URL (``NO_PROXY`` honoured) or a
+shared ``httpx`` client was passed in: then it uses httpx, as ``complete`` always does. Both give
+the same events and errors.
 """
 
 from __future__ import annotations
@@ -19,17 +21,23 @@ from __future__ import annotations
 import random
 import ssl
 import urllib.request
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 import httpx
 import orjson
 
 from gateway.upstream._http import Deadline, OwnedHttp, aclose_quietly, http_error, status_error
-from gateway.upstream._wire import Target, WirePool
-from gateway.upstream.chat import ChatAssembler, ChatEvent, ChatResult, parse_completion
+from gateway.upstream._wire import Target, WirePool, WireResponse
+from gateway.upstream.chat import (
+    ChatAssembler,
+    ChatEvent,
+    ChatResult,
+    ContentDelta,
+    parse_completion,
+)
 from gateway.upstream.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -149,6 +157,40 @@ class ChatClient(OwnedHttp):
                     raise
             attempt += 1
 
+    async def stream_text(
+        self,
+        messages: Messages,
+        on_text: Callable[[str], None],
+        tools: Tools | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """Stream a completion, handing each piece of the answer's text to ``on_text`` as it
+        arrives; return the whole :class:`ChatResult` (tool calls are only assembled).
+
+        The same time limits, errors and retries as :meth:`stream_chat` (a retry only while
+        ``on_text`` has not been called). On the wire client, ``on_text`` runs in the
+        connection's read callback, no task woken per chunk: the relay's hot path. It must not
+        block; what it raises ends the stream (closing the connection) and is raised here.
+        A server that answers with one JSON completion gives its text as one piece.
+        """
+        body = self._body(messages, tools, params, stream=True)
+        deadline = Deadline(self._settings.llm_total_timeout, _WHAT)
+        attempt = 0
+        while True:
+            sink = _TextSink(on_text)
+            try:
+                result = await self._text_once(body, headers, deadline, sink)
+            except UpstreamError as exc:
+                if sink.emitted or not await self._backoff(exc, attempt, deadline):
+                    raise
+            else:
+                if not sink.emitted and result.content:
+                    on_text(result.content)
+                return result
+            attempt += 1
+
     async def complete(
         self,
         messages: Messages,
@@ -208,42 +250,62 @@ class ChatClient(OwnedHttp):
         await anyio.sleep(delay)
         return True
 
-    async def _stream_once(
+    async def _answer(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
-    ) -> AsyncGenerator[ChatEvent, None]:
-        answer: _Answer
+    ) -> _Answer:
+        """Send the streamed request; the answer's headers are in."""
         if self._wire is not None and self._target is not None:
             wire_headers = self._headers(headers, sse=True)
             wire_headers.setdefault("accept-encoding", "identity")
             wire_headers.setdefault("user-agent", "agent-gateway")
-            answer = await self._wire.request(self._target, wire_headers, body, deadline)
-        else:
-            answer = await _HttpxAnswer.send(
-                self._http, self._request(body, headers, sse=True), deadline
-            )
+            return await self._wire.request(self._target, wire_headers, body, deadline)
+        return await _HttpxAnswer.send(self._http, self._request(body, headers, sse=True), deadline)
+
+    async def _stream_once(
+        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
+    ) -> AsyncGenerator[ChatEvent, None]:
+        answer = await self._answer(body, headers, deadline)
         try:
-            if answer.status_code >= 400:
-                raise status_error(answer.status_code, answer.headers, await answer.aread(), _WHAT)
-            content_type = answer.headers.get("content-type", "")
-            if content_type.startswith("application/json"):  # a server that ignores stream=true
-                yield parse_completion(_loads(await answer.aread()))
+            whole = await _whole_or_stream(answer)
+            if whole is not None:
+                yield whole
                 return
-            if not content_type.startswith("text/event-stream"):
-                raise UpstreamProtocolError(f"{_WHAT}: unexpected content type {content_type!r}")
             decoder, assembler = SSEDecoder(), ChatAssembler()
             while data := await answer.read():
                 for sse in decoder.feed(data):
-                    if sse.data.strip() == "[DONE]":
+                    if _is_done(sse.data):
                         await answer.finish()
                         yield assembler.result()
                         return
                     for event in assembler.feed(_loads(sse.data)):
                         yield event
-            if assembler.finish_reason is None:
-                raise UpstreamProtocolError(f"{_WHAT}: the stream ended before [DONE]")
-            yield assembler.result()
+            yield _ended(assembler)
         except httpx.HTTPError as exc:
             raise from_httpx(exc, _WHAT) from exc
+        finally:
+            await answer.aclose()
+
+    async def _text_once(
+        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline, sink: _TextSink
+    ) -> ChatResult:
+        if self._wire is None:  # httpx: its events, passed on
+            async with aclosing(self._stream_once(body, headers, deadline)) as events:
+                async for event in events:
+                    if type(event) is ContentDelta:
+                        sink.text(event.text)
+                    elif type(event) is ChatResult:
+                        return event
+            raise UpstreamProtocolError(f"{_WHAT}: the stream ended without a result")
+        answer = await self._answer(body, headers, deadline)
+        try:
+            whole = await _whole_or_stream(answer)
+            if whole is not None:
+                return whole
+            await cast(WireResponse, answer).pipe(sink)
+            if sink.done:
+                await answer.finish()
+                return sink.assembler.result()
+            return _ended(sink.assembler)
         finally:
             await answer.aclose()
 
@@ -300,6 +362,58 @@ class _HttpxAnswer:
             await self._chunks.aclose()
         finally:
             await aclose_quietly(self._response)
+
+
+class _TextSink:
+    """Decodes a streamed body as it arrives (``WireResponse.pipe``): every event is assembled,
+    the text deltas also go to ``on_text``."""
+
+    __slots__ = ("_decoder", "_on_text", "assembler", "done", "emitted")
+
+    def __init__(self, on_text: Callable[[str], None]) -> None:
+        self._on_text = on_text
+        self._decoder = SSEDecoder()
+        self.assembler = ChatAssembler()
+        self.done = False  # [DONE] was read
+        self.emitted = False
+
+    def text(self, text: str) -> None:
+        self.emitted = True
+        self._on_text(text)
+
+    def __call__(self, data: bytes) -> bool:
+        for sse in self._decoder.feed(data):
+            if _is_done(sse.data):
+                self.done = True
+                return True
+            for event in self.assembler.feed(_loads(sse.data)):
+                if type(event) is ContentDelta:
+                    self.text(event.text)
+        return False
+
+
+async def _whole_or_stream(answer: _Answer) -> ChatResult | None:
+    """Raise for an error status or an unexpected content type; the whole result where the
+    server ignored ``stream: true`` and sent one completion; None for an event stream."""
+    if answer.status_code >= 400:
+        raise status_error(answer.status_code, answer.headers, await answer.aread(), _WHAT)
+    content_type = answer.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        return parse_completion(_loads(await answer.aread()))
+    if not content_type.startswith("text/event-stream"):
+        raise UpstreamProtocolError(f"{_WHAT}: unexpected content type {content_type!r}")
+    return None
+
+
+def _is_done(data: str) -> bool:
+    return data == "[DONE]" or data.strip() == "[DONE]"
+
+
+def _ended(assembler: ChatAssembler) -> ChatResult:
+    """The result of a body that ended without ``[DONE]``: whole if a choice finished."""
+    if assembler.finish_reason is None:
+        raise UpstreamProtocolError(f"{_WHAT}: the stream ended before [DONE]")
+    return assembler.result()
 
 
 def _direct_target(url: str) -> Target | None:

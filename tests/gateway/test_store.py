@@ -60,6 +60,27 @@ async def test_append_assigns_consecutive_seqs_and_read_returns_them_after_a_cur
     assert await store.read(task_id, 11, 10) == []
 
 
+async def test_append_now_takes_turns_with_append_and_ends_with_the_log(
+    store: StreamStore,
+) -> None:
+    task_id = await running(store)
+    first = store.append_now(task_id, body("1"))  # the owner appends without waiting
+    second = await store.append(task_id, body("2"))
+    third = store.append_now(task_id, body("3"))
+    assert first is not None and third is not None
+    assert [first.seq, second.seq, third.seq] == [1, 2, 3]
+    await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result", "result": "x"})
+    try:  # past the end: refused, or left to ``append`` (which refuses it)
+        late = store.append_now(task_id, body("late"))
+    except TaskEnded:
+        late = None
+    assert late is None
+    with pytest.raises(TaskEnded):
+        await store.append(task_id, body("late"))
+    got = await store.read(task_id, 0, 10)
+    assert [m.json().get("result") for m in got] == ["1", "2", "3", "x"]
+
+
 async def test_frames_carry_the_seq_as_sse_id(store: StreamStore) -> None:
     task_id = await running(store)
     msg = await store.append(task_id, body("hi"))

@@ -380,3 +380,116 @@ async def test_a_proxy_from_the_environment_carries_streams_unless_no_proxy_excl
     async with ChatClient(settings) as chat:
         events = await collect(chat, [{"role": "user", "content": "hi"}])
     assert isinstance(events[-1], ChatResult)
+
+
+# -- stream_text: the same stream, its text handed to a callback -------------------------------
+
+
+async def collect_text(
+    chat: ChatClient, messages: list[dict[str, Any]], texts: list[str] | None = None, **kw: Any
+) -> tuple[list[str], ChatResult]:
+    pieces = [] if texts is None else texts
+    with anyio.fail_after(15):
+        result = await chat.stream_text(messages, pieces.append, **kw)
+    return pieces, result
+
+
+async def test_stream_text_hands_over_the_same_text_as_the_events(
+    stub_url: str, open_chat: OpenChat
+) -> None:
+    messages = [{"role": "user", "content": "Hello there, stub"}]
+    async with open_chat(client_settings(stub_url)) as chat:
+        *deltas, streamed = await collect(chat, messages)
+        texts, result = await collect_text(chat, messages)
+    assert texts == [d.text for d in deltas if isinstance(d, ContentDelta)] and len(texts) > 3
+    assert result == streamed and "".join(texts) == result.content
+
+
+async def test_stream_text_assembles_tool_calls_into_the_result_only(
+    stub_url: str, open_chat: OpenChat
+) -> None:
+    messages = [*EXECUTOR, {"role": "user", "content": "Calculate the sum of 4, 5 and 6"}]
+    async with open_chat(client_settings(stub_url)) as chat:
+        streamed = (await collect(chat, messages, tools=TOOLS))[-1]
+        texts, result = await collect_text(chat, messages, tools=TOOLS)
+    assert result == streamed and result.finish_reason == "tool_calls"
+    assert "".join(texts) == result.content  # the thought before the call, if any
+    assert result.tool_calls[0].parsed_arguments()["task"] == "Calculate the sum of 4, 5 and 6"
+
+
+async def test_stream_text_retries_a_500_before_the_first_piece(
+    fresh_stub_url: str, open_chat: OpenChat
+) -> None:
+    async with httpx.AsyncClient(base_url=fresh_stub_url) as admin:
+        await admin.post("/_stub/faults", json={"fault": "500", "times": 1})
+        async with open_chat(client_settings(fresh_stub_url)) as chat:
+            texts, result = await collect_text(chat, [{"role": "user", "content": "retry me"}])
+        stats = (await admin.get("/_stub/stats")).json()
+    assert "".join(texts) == result.content and result.content.startswith("You asked: retry me")
+    assert stats["requests"] == 2
+
+
+async def test_stream_text_does_not_retry_a_cut_after_the_first_piece(
+    fresh_stub_url: str, open_chat: OpenChat
+) -> None:
+    texts: list[str] = []
+    async with open_chat(client_settings(fresh_stub_url)) as chat:
+        with pytest.raises(UpstreamProtocolError):
+            await collect_text(
+                chat, [{"role": "user", "content": "hi"}], texts, headers={"X-Stub-Fault": "cut"}
+            )
+    assert texts  # the pieces before the cut were handed over, once
+    async with httpx.AsyncClient(base_url=fresh_stub_url) as admin:
+        assert (await admin.get("/_stub/stats")).json()["requests"] == 1
+
+
+async def test_stream_text_hits_the_idle_limit_of_a_stalled_stream(
+    stub_url: str, open_chat: OpenChat
+) -> None:
+    texts: list[str] = []
+    async with open_chat(client_settings(stub_url, llm_idle_timeout=0.5)) as chat:
+        with pytest.raises(UpstreamTimeout) as caught:
+            messages = [{"role": "user", "content": "wait for it"}]
+            await collect_text(chat, messages, texts, headers={"X-Stub-Fault": "stall"})
+    assert caught.value.phase == "idle" and texts
+
+
+async def test_what_the_text_callback_raises_ends_the_stream_and_the_next_one_works(
+    stub_url: str, open_chat: OpenChat
+) -> None:
+    class Enough(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def take_two(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 2:
+            raise Enough
+
+    messages = [{"role": "user", "content": "tell me a long story"}]
+    async with open_chat(client_settings(stub_url)) as chat:
+        with pytest.raises(Enough):
+            with anyio.fail_after(15):
+                await chat.stream_text(messages, take_two)
+        texts, result = await collect_text(chat, messages)
+    assert len(seen) == 2 and texts[:2] == seen  # not retried: the exception is the caller's
+    assert "".join(texts) == result.content
+
+
+async def test_stream_text_raises_an_error_chunk_and_a_stream_without_an_end(
+    open_chat: OpenChat,
+) -> None:
+    async def text_of(frames: list[bytes]) -> list[str]:
+        async def completions(request: Request) -> Response:
+            return ScriptedStream(frames, "complete")  # type: ignore[arg-type]
+
+        app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+        with serve_app(app) as server:
+            async with open_chat(client_settings(server.url, llm_max_retries=0)) as chat:
+                return (await collect_text(chat, [{"role": "user", "content": "hi"}]))[0]
+
+    with pytest.raises(UpstreamRemoteError, match="model overloaded"):
+        await text_of([b'data: {"error": {"message": "model overloaded"}}\n\n'])
+    with pytest.raises(UpstreamProtocolError, match=r"before \[DONE\]"):
+        await text_of([b"data: " + orjson.dumps(chunk({"content": "Hel"})) + b"\n\n"])

@@ -231,6 +231,98 @@ async def test_a_large_body_pauses_reading_until_it_is_read(pool: WirePool) -> N
         assert server.connections == 1
 
 
+async def test_a_piped_body_reaches_the_sink_in_order_and_the_connection_is_reused(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        wire = SSE_HEAD + chunked(b"first ", b"second ", b"third")
+        for i in range(0, len(wire), 7):  # a new segment every 7 bytes, mid-line and mid-size
+            writer.write(wire[i : i + 7])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        return True
+
+    got: list[bytes] = []
+
+    def sink(data: bytes) -> bool:
+        got.append(data)
+        return False
+
+    async with raw_server(handle) as server:
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
+            with anyio.fail_after(5):
+                await response.pipe(sink)
+        finally:
+            await response.aclose()
+        assert b"".join(got) == b"first second third" and len(got) > 1
+        assert await fetch(pool, server) == (200, b"first second third")
+        assert (server.connections, server.requests) == (1, 2)
+
+
+async def test_a_sink_that_has_enough_ends_the_pipe_and_the_rest_is_drained(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD + chunked(b"one ")[:-5])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"6\r\nenough\r\n" + chunked(b"rest"))
+        return True
+
+    got: list[bytes] = []
+
+    def sink(data: bytes) -> bool:
+        got.append(data)
+        return b"enough" in data
+
+    async with raw_server(handle) as server:
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
+            with anyio.fail_after(5):
+                await response.pipe(sink)
+                assert b"".join(got) == b"one enough"
+                await response.finish()
+        finally:
+            await response.aclose()
+        assert b"rest" not in b"".join(got)
+        assert await fetch(pool, server) == (200, b"one enoughrest")
+        assert server.connections == 1  # drained to its end, the connection went back
+
+
+async def test_what_a_sink_raises_comes_out_of_pipe_and_closes_the_connection(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD + chunked(b"bad")[:-5])
+        return await until_disconnect(reader)
+
+    def sink(data: bytes) -> bool:
+        raise ValueError(data)
+
+    async with raw_server(handle) as server:
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
+            with pytest.raises(ValueError, match="bad"), anyio.fail_after(5):
+                await response.pipe(sink)
+        finally:
+            await response.aclose()
+        assert await server.next_close() == 1
+
+
+async def test_a_completion_sent_whole_is_one_piece_of_text() -> None:
+    completion = orjson.dumps(
+        {"choices": [{"index": 0, "message": {"content": "all at once"}, "finish_reason": "stop"}]}
+    )
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    async with raw_server(answer(head % len(completion) + completion)) as server:
+        async with ChatClient(settings(server)) as chat:
+            texts: list[str] = []
+            with anyio.fail_after(5):
+                result = await chat.stream_text([{"role": "user", "content": "hi"}], texts.append)
+    assert texts == ["all at once"] and result == ChatResult("all at once", (), "stop")
+
+
 # -- connections closed by the server ------------------------------------------------------------
 
 
