@@ -1,4 +1,4 @@
-"""A lean Redis connection for the flusher's one hot command.
+"""A lean Redis connection for the hot commands: the flusher's, and a task's setup and end.
 
 Every flush is one ``EVALSHA`` with a few hundred arguments. Through redis-py that costs more
 than the script itself: each argument is type-checked and encoded on its own, and each call
@@ -28,8 +28,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 CLIENT_NAME = b"agw-flusher"
 
 
-def pack(parts: Sequence[bytes]) -> bytes:
-    """One RESP command (an array of bulk strings), encoded by hiredis (in C)."""
+def pack(parts: Sequence[bytes | str | int | float]) -> bytes:
+    """One RESP command (an array of bulk strings), encoded by hiredis (in C): text as UTF-8,
+    numbers as their decimal text."""
     packed: bytes = hiredis.pack_command(cast(Any, tuple(parts)))  # its stub says a 1-tuple
     return packed
 
@@ -121,12 +122,17 @@ class Lane:
 
     async def call(self, command: bytes) -> Any:
         """Send one packed command and return its reply (a Redis error reply is raised)."""
+        return (await self.calls([command]))[0]
+
+    async def calls(self, commands: list[bytes]) -> list[Any]:
+        """Send packed commands in one write; their replies (the first error reply is raised,
+        once every reply is in)."""
         protocol = self._protocol
         if protocol is None or protocol.transport is None:
             protocol = await self._connect()
-        return await self._roundtrip(protocol, [command])
+        return await self._roundtrip(protocol, commands)
 
-    async def _roundtrip(self, protocol: _Protocol, commands: list[bytes]) -> Any:
+    async def _roundtrip(self, protocol: _Protocol, commands: list[bytes]) -> list[Any]:
         loop = asyncio.get_running_loop()
         transport = protocol.transport
         if transport is None:
@@ -144,7 +150,7 @@ class Lane:
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        return replies[-1]
+        return replies
 
     async def _connect(self) -> _Protocol:
         # Concurrent callers share one attempt.

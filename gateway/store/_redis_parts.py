@@ -54,6 +54,13 @@ def _opt_int(value: bytes | None) -> int | None:
     return int(value) if value else None
 
 
+def _hash(reply: Any) -> dict[bytes, bytes]:
+    """An ``HGETALL`` reply as a dict (redis-py's is one; a raw reply is a flat list)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
 def _record(fields: dict[bytes, bytes]) -> TaskRecord:
     error = fields.get(b"error")
     err = orjson.loads(error) if error else None

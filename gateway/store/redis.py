@@ -35,7 +35,7 @@ from gateway.protocol import (
     stamp_seq,
 )
 from gateway.store import _scripts
-from gateway.store._lane import Lane
+from gateway.store._lane import Lane, pack
 from gateway.store._log import LocalLog
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import (
@@ -43,6 +43,7 @@ from gateway.store._redis_parts import (
     MAX_BLOCK,
     SOCKET_TIMEOUT,
     _Follower,
+    _hash,
     _Keys,
     _messages,
     _raise_if_cancelling,
@@ -124,6 +125,8 @@ class RedisStore(StreamStore):
         self._group_ready = False
         self._read_entries: list[bytes] = []  # queue entries read, to delete on the next read
         self._followers: dict[str, _Follower] = {}
+        # The hot commands' own connection (none on a cluster or over TLS: redis-py then).
+        self._lane = None if cluster else Lane.for_pool(self._pool, SOCKET_TIMEOUT)
         self._flusher = Flusher(
             self._client,
             self._append,
@@ -133,7 +136,7 @@ class RedisStore(StreamStore):
             self._finished,
             flush_interval,
             one_call=not cluster,
-            lane=None if cluster else Lane.for_pool(self._pool, SOCKET_TIMEOUT),
+            lane=self._lane,
         )
 
     @property
@@ -207,20 +210,36 @@ class RedisStore(StreamStore):
             mapping.update(
                 owner=record.owner, leaseUntil=record.lease_until, startedAt=record.started_at
             )
-        state = self._k.state(record.task_id)
-
-        def build(pipe: Any) -> None:
-            pipe.hset(state, mapping=mapping)
-            pipe.expire(state, self.result_ttl * 2)
-            pipe.zadd(self._k.all, {record.task_id: score})
-            pipe.zadd(self._k.index(record.status), {record.task_id: score})
-            if queue:
-                self._enqueue(pipe, record.task_id)
-
-        await self._batch(build)
+        state, task_id = self._k.state(record.task_id), record.task_id
+        commands: list[tuple[Any, ...]] = [
+            ("HSET", state, *(part for pair in mapping.items() for part in pair)),
+            ("EXPIRE", state, self.result_ttl * 2),
+            ("ZADD", self._k.all, score, task_id),
+            ("ZADD", self._k.index(record.status), score, task_id),
+        ]
+        if queue:
+            commands.append(self._enqueue_command(task_id))
+        await self._commands(commands, repeatable=not queue)
         if claim is not None:
             self._writers[record.task_id] = _Writer(0, claim[0], score)
         return record, True
+
+    async def _commands(
+        self, commands: Sequence[tuple[Any, ...]], *, repeatable: bool = True
+    ) -> list[Any]:
+        """Run ``commands`` (each a command's parts) in one round trip: on the lane where there
+        is one (a dropped connection retried once if the commands are ``repeatable``), else on
+        a redis-py pipeline. Replies come raw (a hash is a flat list on the lane)."""
+        lane = self._lane
+        if lane is None:
+            return await self._batch(lambda pipe: [pipe.execute_command(*c) for c in commands])
+        packed = [pack(command) for command in commands]
+        try:
+            return await lane.calls(packed)
+        except (RedisConnectionError, RedisTimeoutError):
+            if not repeatable:
+                raise
+            return await lane.calls(packed)
 
     async def _batch(self, build: Callable[[Any], object]) -> list[Any]:
         """Run the commands ``build`` queues on one non-transactional pipeline."""
@@ -306,11 +325,15 @@ class RedisStore(StreamStore):
     async def _move(
         self, task_id: str, old: TaskStatus | str, new: TaskStatus, score: float
     ) -> None:
-        def build(pipe: Any) -> None:
-            pipe.zrem(self._k.index(old), task_id)
-            pipe.zadd(self._k.index(new), {task_id: score})
+        await self._commands(self._move_commands(task_id, old, new, score))
 
-        await self._batch(build)
+    def _move_commands(
+        self, task_id: str, old: TaskStatus | str, new: TaskStatus, score: float
+    ) -> list[tuple[Any, ...]]:
+        return [
+            ("ZREM", self._k.index(old), task_id),
+            ("ZADD", self._k.index(new), score, task_id),
+        ]
 
     async def _score(self, task_id: str) -> float:
         raw = await self._client.hget(self._k.state(task_id), "score")
@@ -545,14 +568,18 @@ class RedisStore(StreamStore):
         """After ``_sealed``: move the task between the listing indexes."""
         await writer.index_moved()
         if not writer.lost:
-            record = await self.get(task_id)
-            if record is not None:
+            fields = _hash((await self._commands([("HGETALL", self._k.state(task_id))]))[0])
+            if fields:
+                record = _record(fields)
                 if record.terminal and writer.log.finished:
                     seconds = min(RECENT_SECONDS, self.result_ttl / 2)
                     self._recent.remember(record, writer.log, seconds)
-                await self._move(task_id, TaskStatus.RUNNING, record.status, writer.score)
+                moves = self._move_commands(
+                    task_id, TaskStatus.RUNNING, record.status, writer.score
+                )
                 if record.status is not TaskStatus.RUNNING:
-                    await self._client.zrem(self._k.index(TaskStatus.PENDING), task_id)
+                    moves.append(("ZREM", self._k.index(TaskStatus.PENDING), task_id))
+                await self._commands(moves)
 
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
         writer = self._writers.get(task_id)
@@ -642,12 +669,11 @@ class RedisStore(StreamStore):
         return forget
 
     # -- queue ----------------------------------------------------------------------------
-    def _enqueue(self, target: Any, task_id: str) -> Any:
-        """Queue ``task_id`` on ``target`` (the client, or a pipeline being built)."""
-        return target.xadd(self._k.queue, {"t": task_id}, maxlen=1_000_000, approximate=True)
+    def _enqueue_command(self, task_id: str) -> tuple[Any, ...]:
+        return ("XADD", self._k.queue, "MAXLEN", "~", 1_000_000, "*", "t", task_id)
 
     async def enqueue(self, task_id: str) -> None:
-        await self._enqueue(self._client, task_id)
+        await self._commands([self._enqueue_command(task_id)], repeatable=False)
 
     async def dequeue_many(self, consumer: str, timeout: float, limit: int) -> list[str]:
         """One round trip: read with NOACK (a read entry is never redelivered) and delete the
