@@ -271,13 +271,13 @@ class ChatClient(OwnedHttp):
                 yield whole
                 return
             decoder, assembler = SSEDecoder(), ChatAssembler()
-            while data := await answer.read():
-                for sse in decoder.feed(data):
-                    if _is_done(sse.data):
+            while body := await answer.read():
+                for data in decoder.feed_data(body):
+                    if _is_done(data):
                         await answer.finish()
                         yield assembler.result()
                         return
-                    for event in assembler.feed(_loads(sse.data)):
+                    for event in assembler.feed(_loads(data)):
                         yield event
             yield _ended(assembler)
         except httpx.HTTPError as exc:
@@ -381,12 +381,12 @@ class _TextSink:
         self.emitted = True
         self._on_text(text)
 
-    def __call__(self, data: bytes) -> bool:
-        for sse in self._decoder.feed(data):
-            if _is_done(sse.data):
+    def __call__(self, body: bytes) -> bool:
+        for data in self._decoder.feed_data(body):
+            if _is_done(data):
                 self.done = True
                 return True
-            for event in self.assembler.feed(_loads(sse.data)):
+            for event in self.assembler.feed(_loads(data)):
                 if type(event) is ContentDelta:
                     self.text(event.text)
         return False
@@ -405,8 +405,8 @@ async def _whole_or_stream(answer: _Answer) -> ChatResult | None:
     return None
 
 
-def _is_done(data: str) -> bool:
-    return data == "[DONE]" or data.strip() == "[DONE]"
+def _is_done(data: str | bytes) -> bool:
+    return len(data) < 32 and data.strip() in ("[DONE]", b"[DONE]")
 
 
 def _ended(assembler: ChatAssembler) -> ChatResult:
@@ -435,4 +435,6 @@ def _loads(data: str | bytes) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if isinstance(data, bytes):  # invalid UTF-8 is replaced, as in decoded SSE text
+            return _loads(data.decode("utf-8", "replace"))
         raise UpstreamProtocolError(f"{_WHAT}: a chunk is not JSON: {data[:120]!r}") from exc

@@ -57,6 +57,7 @@ class SSEDecoder:
         self._event = ""
         self._last_id = ""
         self._block_retry: int | None = None
+        self._clean = False  # between blocks, nothing held back: ``feed_data`` may go fast
         self.retry: int | None = None
         """The latest reconnection time (ms) the stream asked for, or None."""
 
@@ -97,7 +98,29 @@ class SSEDecoder:
         self._pending = buffer[pos:]
         if len(self._pending) > self._max_line:
             raise UpstreamProtocolError(f"SSE line longer than {self._max_line} characters")
+        self._clean = not (
+            self._pending
+            or self._data
+            or self._event
+            or self._block_retry is not None
+            or self._skip_lf
+            or self._utf8.getstate()[0]
+        )
         return events
+
+    def feed_data(self, chunk: bytes) -> list[str | bytes]:
+        """The data of the events ``chunk`` completes, as ``feed`` gives them, without the
+        event objects. A chunk of whole one-line ``data: `` blocks (an LLM's usual chunk) is
+        split as bytes, not decoded: its data come as UTF-8 bytes, the rest as text."""
+        if self._clean and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            found: list[str | bytes] = []
+            for block in chunk[:-2].split(b"\n\n"):
+                if not block.startswith(b"data: ") or b"\n" in block:
+                    break
+                found.append(block[6:])
+            else:
+                return found
+        return [event.data for event in self.feed(chunk)]
 
     def _feed_blocks(self, text: str, events: list[ServerSentEvent]) -> str:
         """The common case, fast: whole LF-ended blocks, most of them one ``data: `` line (an

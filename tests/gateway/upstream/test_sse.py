@@ -96,7 +96,31 @@ def test_lf_streams_decode_the_same_whole_split_or_byte_by_byte(
     reference = decode_all([raw[i : i + 1] for i in range(len(raw))])
     assert decode_all([raw]) == reference
     bounds = [0, *sorted(min(c, len(raw)) for c in cuts), len(raw)]
-    assert decode_all([raw[a:b] for a, b in itertools.pairwise(bounds)]) == reference
+    chunks = [raw[a:b] for a, b in itertools.pairwise(bounds)]
+    assert decode_all(chunks) == reference
+    assert data_of(chunks) == [event.data for event in reference]
+
+
+def data_of(chunks: list[bytes]) -> list[str]:
+    """What ``feed_data`` gives for ``chunks``, as text."""
+    decoder = SSEDecoder()
+    found = [data for chunk in chunks for data in decoder.feed_data(chunk)]
+    return [d.decode("utf-8", "replace") if isinstance(d, bytes) else d for d in found]
+
+
+def test_feed_data_splits_whole_data_blocks_as_bytes_and_decodes_anything_else() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed_data(b"\xef\xbb\xbfdata: 1\n\n") == ["1"]  # the first chunk is decoded
+    assert decoder.feed_data(b'data: {"a": 2}\n\ndata: caf\xc3\xa9\n\n') == [
+        b'{"a": 2}',
+        b"caf\xc3\xa9",
+    ]
+    assert decoder.feed_data(b"event: e\ndata: 3\n\n") == ["3"]
+    assert decoder.feed_data(b"data: 4\n\ndata: fi") == ["4"]  # held back: text from here
+    assert decoder.feed_data(b"ve\n\n") == ["five"]
+    assert decoder.feed_data(b"data: \xc3") == [] and decoder.feed_data(b"\xa9\n\n") == ["\u00e9"]
+    assert decoder.feed_data(b"data: 6\r\n\r\n") == ["6"]
+    assert decoder.feed_data(b"data: 7\n\n") == [b"7"]
 
 
 @pytest.mark.parametrize(

@@ -602,3 +602,16 @@ async def test_https_works_with_the_ca_file_and_fails_without_it(
         async with ChatClient(settings(server, "https", llm_max_retries=0)) as chat:
             with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await collect(chat)
+
+
+async def test_invalid_utf8_in_a_chunk_is_replaced_as_in_decoded_text() -> None:
+    bad = b'data: {"choices": [{"index": 0, "delta": {"content": "a\xffb"}}]}\n\n'
+    wire = SSE_HEAD + chunked(delta("ok"), bad, STOP, b"data: [DONE]\n\n")
+    async with raw_server(answer(wire)) as server:
+        async with ChatClient(settings(server)) as chat:
+            texts: list[str] = []
+            with anyio.fail_after(5):
+                result = await chat.stream_text([{"role": "user", "content": "hi"}], texts.append)
+            events = await collect(chat)
+    assert texts == ["ok", "a\ufffdb"] and result.content == "oka\ufffdb"
+    assert events[-1] == result
