@@ -118,6 +118,40 @@ async def test_a_flush_after_the_lane_was_killed_connects_again_and_loses_nothin
         assert [seq for seq, _, _ in got] == list(range(1, 23)) and got[-1][2]
 
 
+async def test_a_task_set_up_after_the_lane_was_killed_is_created_once_and_listed(
+    redis_url: str,
+) -> None:
+    async with flushed_once(redis_url) as (store, other, plain, _running):
+        for client in await plain.client_list():
+            if client["name"] == CLIENT_NAME.decode():
+                await plain.client_kill_filter(_id=client["id"])
+        task_id = await running(store)  # create (on the lane, retried) and claim
+        await store.finish(task_id, TaskStatus.COMPLETED, body("done"))
+        record = await other.get(task_id)
+        assert record is not None and record.status is TaskStatus.COMPLETED
+        assert await store.count(TaskStatus.COMPLETED) >= 1
+        listed, _ = await other.list_tasks(TaskStatus.COMPLETED, 100, None)
+        assert task_id in [r.task_id for r in listed]
+        assert await store.count(TaskStatus.RUNNING) == 1  # the one flushed_once started
+
+
+async def test_calls_answers_every_command_and_raises_the_first_error_reply(
+    redis_url: str,
+) -> None:
+    lane = Lane.for_pool(aioredis.Redis.from_url(redis_url).connection_pool, 5.0)
+    assert lane is not None
+    key = f"agw-lane-{new_task_id()}"
+    try:
+        replies = await lane.calls([pack(["SET", key, 1]), pack(["INCRBY", key, 2])])
+        assert replies == [b"OK", 3]
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await lane.calls([pack(["LPUSH", key, "x"]), pack(["INCR", key])])
+        assert await lane.call(pack(["GET", key])) == b"4"  # the INCR after the error ran
+        await lane.call(pack(["DEL", key]))
+    finally:
+        lane.close()
+
+
 async def test_the_lane_selects_the_database_and_authenticates_as_its_url_says(
     redis_url: str,
 ) -> None:
