@@ -237,8 +237,8 @@ class Flusher:
             writer.settle(last)
         for task_id, writer in ended:
             self._on_sealed(task_id, writer)
-        for task_id, writer in ended:
-            await self._on_finished(task_id, writer)
+        if ended:  # their index moves, together (one round trip on the lane)
+            await asyncio.gather(*(self._on_finished(t, w) for t, w in ended))
 
 
 class LostWriter(Exception):
