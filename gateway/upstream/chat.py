@@ -6,7 +6,7 @@ one :class:`ChatResult` with the content and the tool calls assembled by index.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,12 +116,23 @@ class ChatAssembler:
 
     def feed(self, chunk: Mapping[str, Any]) -> list[ChatEvent]:
         """Take one chunk; an in-band ``error`` object raises UpstreamRemoteError."""
+        events: list[ChatEvent] = []
+        self.take(chunk, lambda text: events.append(ContentDelta(text)), events)
+        return events
+
+    def take(
+        self,
+        chunk: Mapping[str, Any],
+        on_text: Callable[[str], object],
+        calls: list[ChatEvent] | None = None,
+    ) -> None:
+        """``feed`` without event objects for the text: each piece goes to ``on_text``, the
+        tool-call deltas to ``calls`` (if given), in the chunk's order."""
         if chunk.get("error"):
             raise UpstreamRemoteError(f"LLM: {_error_text(chunk['error'])}", detail=chunk["error"])
         usage = chunk.get("usage")
         if usage is not None and _is_mapping(usage):
             self.usage = Usage.from_dict(usage)
-        events: list[ChatEvent] = []
         for choice in chunk.get("choices") or ():
             if not _is_mapping(choice) or choice.get("index", 0) != 0:
                 continue
@@ -129,12 +140,13 @@ class ChatAssembler:
             text = delta.get("content")
             if isinstance(text, str) and text:
                 self._content.append(text)
-                events.append(ContentDelta(text))
+                on_text(text)
             for raw in delta.get("tool_calls") or ():
-                events.append(self._feed_tool_call(raw))
+                call = self._feed_tool_call(raw)
+                if calls is not None:
+                    calls.append(call)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
-        return events
 
     def _feed_tool_call(self, raw: Mapping[str, Any]) -> ToolCallDelta:
         index = raw.get("index")

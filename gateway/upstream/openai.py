@@ -386,9 +386,7 @@ class _TextSink:
             if _is_done(data):
                 self.done = True
                 return True
-            for event in self.assembler.feed(_loads(data)):
-                if type(event) is ContentDelta:
-                    self.text(event.text)
+            self.assembler.take(_loads(data), self.text)
         return False
 
 
