@@ -145,6 +145,11 @@ class Lane:
         )
         try:
             replies = [await call for call in calls]
+        except BaseException:
+            for call in calls:  # the failure is raised once: the others are settled quietly
+                if not call.cancel() and not call.cancelled():
+                    call.exception()
+            raise
         finally:
             timer.cancel()
         for reply in replies:

@@ -125,6 +125,7 @@ class RedisStore(StreamStore):
         self._group_ready = False
         self._read_entries: list[bytes] = []  # queue entries read, to delete on the next read
         self._followers: dict[str, _Follower] = {}
+        self._ending: dict[str, asyncio.Future[None]] = {}  # ended here, indexes moving
         # The hot commands' own connection (none on a cluster or over TLS: redis-py then).
         self._lane = None if cluster else Lane.for_pool(self._pool, SOCKET_TIMEOUT)
         self._flusher = Flusher(
@@ -316,11 +317,13 @@ class RedisStore(StreamStore):
         return int(await self._client.zcard(self._k.index(status)))
 
     async def _indexes_settled(self) -> None:
-        """Wait for the index moves of this process's claims still in flight (a listing, a
-        count or a lease check after a claim must see the task RUNNING)."""
+        """Wait for the index moves of this process's claims and ends still in flight (a
+        listing, a count or a lease check after a claim must see the task RUNNING, after an
+        end its final status)."""
         moves = [w.moved for w in self._writers.values() if w.moved and not w.moved.done()]
+        moves += self._ending.values()
         if moves:
-            await asyncio.wait(moves)
+            await asyncio.wait(moves, timeout=SOCKET_TIMEOUT)
 
     async def _move(
         self, task_id: str, old: TaskStatus | str, new: TaskStatus, score: float
@@ -559,6 +562,7 @@ class RedisStore(StreamStore):
         writes were refused): local readers get the finish, later ones go to Redis."""
         if self._writers.get(task_id) is writer:
             del self._writers[task_id]
+        self._ending[task_id] = asyncio.get_running_loop().create_future()  # see _finished
         if writer.closing is not None and not writer.lost:
             writer.log.add(writer.closing)
         writer.log.finished = True
@@ -566,6 +570,14 @@ class RedisStore(StreamStore):
 
     async def _finished(self, task_id: str, writer: _Writer) -> None:
         """After ``_sealed``: move the task between the listing indexes."""
+        try:
+            await self._move_ended(task_id, writer)
+        finally:
+            ending = self._ending.pop(task_id, None)
+            if ending is not None:
+                ending.set_result(None)
+
+    async def _move_ended(self, task_id: str, writer: _Writer) -> None:
         await writer.index_moved()
         if not writer.lost:
             fields = _hash((await self._commands([("HGETALL", self._k.state(task_id))]))[0])

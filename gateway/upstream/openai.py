@@ -271,8 +271,8 @@ class ChatClient(OwnedHttp):
                 yield whole
                 return
             decoder, assembler = SSEDecoder(), ChatAssembler()
-            while body := await answer.read():
-                for data in decoder.feed_data(body):
+            while chunk := await answer.read():
+                for data in decoder.feed_data(chunk):
                     if _is_done(data):
                         await answer.finish()
                         yield assembler.result()

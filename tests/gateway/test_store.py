@@ -377,8 +377,13 @@ async def test_counts_follow_status(store: StreamStore) -> None:
     assert await store.count(TaskStatus.PENDING) == before + 1
     await store.claim(rec.task_id, "me", 1000)
     assert await store.count(TaskStatus.PENDING) == before
+    completed = await store.count(TaskStatus.COMPLETED)
+    running_now = await store.count(TaskStatus.RUNNING)
     await store.finish(rec.task_id, TaskStatus.COMPLETED, {"messageType": "result"})
     assert await store.get(rec.task_id) is not None
+    # read your writes: the count right after the end has moved the task
+    assert await store.count(TaskStatus.COMPLETED) == completed + 1
+    assert await store.count(TaskStatus.RUNNING) == running_now - 1
 
 
 async def test_requeue_hands_a_running_task_back_with_a_status_message(store: StreamStore) -> None:
