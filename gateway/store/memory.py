@@ -31,13 +31,29 @@ from gateway.store.base import (
 )
 
 
-@dataclasses.dataclass(slots=True)
 class _Entry:
-    record: TaskRecord
-    log: LocalLog
-    score: float
-    expires: float | None = None
-    cancel_requested: bool = False
+    """One task: its record, whose ``last_seq`` follows the log (brought up to date when read,
+    not rewritten per append), its log and its listing score."""
+
+    __slots__ = ("_record", "cancel_requested", "expires", "log", "score")
+
+    def __init__(self, record: TaskRecord, log: LocalLog, score: float) -> None:
+        self._record = record
+        self.log = log
+        self.score = score
+        self.expires: float | None = None
+        self.cancel_requested = False
+
+    @property
+    def record(self) -> TaskRecord:
+        record = self._record
+        if record.last_seq != self.log.last_seq:
+            record = self._record = dataclasses.replace(record, last_seq=self.log.last_seq)
+        return record
+
+    @record.setter
+    def record(self, record: TaskRecord) -> None:
+        self._record = record
 
 
 class MemoryStore(StreamStore):
@@ -184,12 +200,11 @@ class MemoryStore(StreamStore):
 
     def append_now(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
         entry = self._entry(task_id)
-        if entry.log.finished or entry.record.terminal:
+        if entry.log.finished or entry._record.terminal:  # (the status, not the last seq)
             raise TaskEnded(task_id)
         body["finish"] = False
         message = encode_message(entry.log.last_seq + 1, body)
         entry.log.add(message)
-        entry.record = dataclasses.replace(entry.record, last_seq=message.seq)
         return message
 
     async def finish(
