@@ -35,6 +35,7 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
             settings.redis_url,
             result_ttl=settings.result_ttl,
             flush_interval=settings.flush_interval_ms / 1000.0,
+            flush_spacing=settings.flush_spacing_ms / 1000.0,
             prefix=settings.redis_prefix,
             cluster=settings.redis_cluster,
             max_connections=settings.redis_max_connections,

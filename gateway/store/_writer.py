@@ -2,10 +2,10 @@
 
 Appends land in a per-task ``_Writer`` in memory at once (local readers are woken from it);
 a single flusher sends every dirty task's pending messages to Redis on the next turn of the
-loop in one Lua call for all of them, on a connection of its own (``_lane``; one call per task
-through redis-py on Redis Cluster). A failed flush keeps its
-messages and is retried; a retry of a flush that did reach Redis is recognised by its sequence
-numbers, so nothing is lost or written twice.
+loop (under load at most once per ``spacing``) in one Lua call for all of them, on a connection
+of its own (``_lane``; one call per task through redis-py on Redis Cluster). A failed flush
+keeps its messages and is retried; a retry of a flush that did reach Redis is recognised by its
+sequence numbers, so nothing is lost or written twice.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +96,7 @@ class Flusher:
         interval: float,
         one_call: bool = True,
         lane: Lane | None = None,
+        spacing: float = 0.0,
     ) -> None:
         self._client = client
         self._script = append_script
@@ -104,6 +106,7 @@ class Flusher:
         self._on_sealed = on_sealed
         self._on_finished = on_finished
         self._interval = interval
+        self._spacing = spacing
         self._one_call = one_call
         self._dirty: dict[str, _Writer] = {}
         self._wakeup = asyncio.Event()
@@ -159,6 +162,8 @@ class Flusher:
 
     async def _run(self) -> None:
         backoff = 0.05
+        loop = asyncio.get_running_loop()
+        last = -math.inf  # when the last flush started
         while True:
             if not self._dirty:
                 if self._closing:
@@ -169,6 +174,12 @@ class Flusher:
                     # Let the readers this append woke write first (interval 0: one turn of
                     # the loop); appends made while a flush is in flight join the next one.
                     await asyncio.sleep(self._interval)
+            # Under load, at most one flush per ``spacing``: fewer, larger flushes. After a
+            # quiet spell the first append is flushed at once.
+            gap = last + self._spacing - loop.time()
+            if gap > 0 and not self._closing:
+                await asyncio.sleep(gap)
+            last = loop.time()
             batch, self._dirty = self._dirty, {}
             try:
                 await self._flush(batch)

@@ -92,6 +92,7 @@ class RedisStore(StreamStore):
         *,
         result_ttl: int = 86_400,
         flush_interval: float = 0.0,
+        flush_spacing: float = 0.0,
         prefix: str = "agw",
         cluster: bool = False,
         max_connections: int = 2048,
@@ -138,6 +139,7 @@ class RedisStore(StreamStore):
             flush_interval,
             one_call=not cluster,
             lane=self._lane,
+            spacing=flush_spacing,
         )
 
     @property

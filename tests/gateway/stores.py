@@ -29,13 +29,19 @@ async def running(store: StreamStore) -> str:
 
 @contextlib.asynccontextmanager
 async def replicas(
-    url: str, *, cluster: bool = False, flush_interval: float = 0.002
+    url: str, *, cluster: bool = False, flush_interval: float = 0.002, flush_spacing: float = 0.0
 ) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    """Two started Redis stores on one prefix, as two replicas: ``store`` (flushing every
-    ``flush_interval`` seconds) and ``other``."""
+    """Two started Redis stores on one prefix, as two replicas: ``store`` (flushing
+    ``flush_interval`` seconds after an append, at most once per ``flush_spacing``) and
+    ``other``."""
     prefix = new_task_id()
     store = RedisStore(
-        url, result_ttl=60, prefix=prefix, cluster=cluster, flush_interval=flush_interval
+        url,
+        result_ttl=60,
+        prefix=prefix,
+        cluster=cluster,
+        flush_interval=flush_interval,
+        flush_spacing=flush_spacing,
     )
     other = RedisStore(url, result_ttl=60, prefix=prefix, cluster=cluster)
     await store.start()

@@ -154,6 +154,36 @@ async def test_a_flush_refused_for_one_task_still_writes_the_others(
             await store.append(ended, body("late"))
 
 
+async def test_flushes_are_spaced_under_load_and_immediate_after_a_quiet_spell(
+    redis_url: str,
+) -> None:
+    async def durable(other: RedisStore, task_id: str) -> int:
+        return len(await other.read(task_id, 0, 100))
+
+    async with replicas(redis_url, flush_interval=0.0, flush_spacing=1.0) as (store, other):
+        task_id = await running(store)
+        await store.append(task_id, body("first"))  # quiet so far: flushed on the next turn
+        for _ in range(100):
+            if await durable(other, task_id):
+                break
+            await asyncio.sleep(0.005)
+        await store.append(task_id, body("second"))  # within the spacing: waits its turn
+        await asyncio.sleep(0.3)
+        assert await durable(other, task_id) == 1  # "first" was durable at once, not "second"
+        for _ in range(200):
+            if await durable(other, task_id) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [m.json()["result"] for m in await other.read(task_id, 0, 10)] == [
+            "first",
+            "second",
+        ]
+        assert [m.json()["result"] for m in await store.read(task_id, 0, 10)] == [
+            "first",
+            "second",
+        ]  # the writer's own readers never wait for a flush
+
+
 async def test_a_finished_task_replays_from_memory_what_redis_holds(redis_url: str) -> None:
     # Readers coming back after the end share the frames already encoded for the live readers.
     async with replicas(redis_url) as (store, other):
