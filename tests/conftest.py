@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.helpers import free_port, wait_redis
+from tests.helpers import free_port, self_signed_certificate, wait_redis
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +65,34 @@ def redis_url() -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis that speaks only TLS (a self-signed certificate, trusted through the URL's
+    ``ssl_ca_certs``), started for the session: ``rediss://`` URLs take redis-py's path."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed", pytrace=False)
+    folder = tmp_path_factory.mktemp("redis-tls")
+    cert, key = self_signed_certificate(folder)
+    port = free_port()
+    args = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    args += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    args += ["--save", "", "--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", "0", *args], stdout=subprocess.DEVNULL
+    )
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        wait_redis(port, proc, url=url)
+    except RuntimeError as exc:
+        pytest.fail(f"{exc} (is it built with TLS?)", pytrace=False)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 
@@ -129,11 +132,17 @@ def ensure_node_modules() -> str:
     return NODE_DIR
 
 
-def wait_redis(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10) -> None:
-    """Wait until the Redis on ``port`` answers PING; fail if ``proc`` exits or time runs out."""
+def wait_redis(
+    port: int,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 10,
+    url: str | None = None,
+) -> None:
+    """Wait until the Redis on ``port`` (or at ``url``) answers PING; fail if ``proc`` exits or
+    time runs out."""
     import redis
 
-    client = redis.Redis(port=port)
+    client = redis.Redis.from_url(url) if url else redis.Redis(port=port)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -146,3 +155,63 @@ def wait_redis(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: 
                 time.sleep(0.05)
     finally:
         client.close()
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, written in ``folder`` (the openssl
+    CLI, else the ``cryptography`` package; fails the test if neither is there)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl is not None:
+        options = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
+        options += " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+        subprocess.run(
+            [openssl, *options.split(), "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        return cert, key
+    try:
+        _write_self_signed(cert, key)
+    except ImportError as exc:  # never skip: TLS must be tested
+        pytest.fail(f"neither the openssl CLI nor the cryptography package: {exc}", pytrace=False)
+    return cert, key
+
+
+def _write_self_signed(cert: Path, key: Path) -> None:
+    """The same certificate with the ``cryptography`` package (raises ImportError without it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )

@@ -2,8 +2,8 @@
 
 # The log writes of several tasks in one call (a flush), one task after another.
 # KEYS: state_1, log_1, state_2, log_2, ... ARGV, for each task in turn: owner ('' = any),
-#   first seq, n, data_1..data_n, final status ('' = none), endedAt, error json, result,
-#   ttl seconds, final data.
+#   first seq, n, data_1..data_n, final status ('' = none, and nothing more for this task),
+#   then only with a final status: endedAt, error json, result, ttl seconds, final data.
 # Returns one reply per task: its new last seq, or an error text 'ENDED', 'LOST', 'NOTASK' or
 #   'SEQ <last>' (that task's writes are refused; the others' still happen). A retry of a
 #   finish that already landed (its reply was lost) answers the last seq, not 'ENDED'.
@@ -46,7 +46,8 @@ local a = 1
 for k = 1, #KEYS, 2 do
   local n = tonumber(ARGV[a + 2])
   out[#out + 1] = append(KEYS[k], KEYS[k + 1], a, n)
-  a = a + 9 + n
+  a = a + 4 + n
+  if ARGV[a - 1] ~= '' then a = a + 5 end
 end
 return out
 """

@@ -27,7 +27,23 @@ from gateway.store._log import LocalLog
 logger = logging.getLogger(__name__)
 
 
-_NO_FINAL = [b"", b"0", b"", b"", b"0", b""]
+#: What a flush sends for one task: task id, writer, its messages, the first one's seq, and the
+#: final fields (status, endedAt, error json, result, ttl, final data) if the flush ends it.
+_Entry = tuple[str, "_Writer", list[StoredMessage], int, "list[bytes] | None"]
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _bulk_int(value: int) -> bytes:
+    text = b"%d" % value
+    return b"$%d\r\n%s\r\n" % (len(text), text)
+
+
+_SMALL = [_bulk_int(n) for n in range(256)]
+_NO_FINAL = _bulk(b"")  # a task's final status when the flush does not end it (nothing follows)
 
 
 class _Writer:
@@ -42,6 +58,7 @@ class _Writer:
         "moved",
         "owner",
         "pending",
+        "resp",
         "score",
         "waiters",
     )
@@ -52,12 +69,13 @@ class _Writer:
         self.score = score
         self.flushed_seq = base
         self.pending: list[StoredMessage] = []
-        # (status, endedAt, error json, result, ttl, closing message data)
-        self.final: tuple[str, int, str, str, int, bytes] | None = None
+        # the finish's script arguments: status, endedAt, error json, result, ttl, message data
+        self.final: list[bytes] | None = None
         self.lost: str | None = None
         self.closing: StoredMessage | None = None
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.moved: asyncio.Future[None] | None = None  # the claim's index move, in flight
+        self.resp: tuple[bytes, bytes] | None = None  # keys and owner as RESP, once flushed
 
     async def index_moved(self) -> None:
         """Wait for the claim's move between the listing indexes (a later move must follow it)."""
@@ -113,24 +131,60 @@ class Flusher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    async def _send(self, requests: list[tuple[list[bytes], list[bytes]]]) -> list[Any]:
+    async def _send(self, entries: list[_Entry]) -> list[Any]:
         """One script call for every task of the flush; Redis Cluster refuses a script whose
         keys span hash slots, so there each task's call goes out concurrently instead.
         One reply per task: its last seq, or the error text of its refused writes."""
+        if self._lane is not None:
+            return list(await self._evalsha(entries))
+        requests = [
+            (
+                [key.encode() for key in self._keys(task_id)],
+                [writer.owner.encode(), b"%d" % first, b"%d" % len(messages)]
+                + [m.data for m in messages]
+                + (final or [b""]),
+            )
+            for task_id, writer, messages, first, final in entries
+        ]
         if self._one_call:
             keys = [key for task_keys, _ in requests for key in task_keys]
             args = [arg for _, task_args in requests for arg in task_args]
-            if self._lane is not None:
-                return list(await self._evalsha(keys, args))
             return list(await self._script(keys=keys, args=args))
         replies = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in requests))
         return [reply[0] for reply in replies]
 
-    async def _evalsha(self, keys: list[bytes], args: list[bytes]) -> Any:
-        """The script call on the lane (loading the script if Redis does not know it)."""
+    async def _evalsha(self, entries: list[_Entry]) -> Any:
+        """The script call on the lane, its RESP bytes put together here: a task's keys and
+        owner are encoded once per task, a message once (a general packer would format every
+        one of a flush's hundreds of arguments on its own). The script is loaded if Redis does
+        not know it."""
         assert self._lane is not None
-        sha = self._script.sha.encode()
-        command = pack([b"EVALSHA", sha, b"%d" % len(keys), *keys, *args])
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        count = 0
+        for task_id, writer, messages, first, final in entries:
+            if writer.resp is None:
+                writer.resp = (
+                    b"".join([_bulk(key.encode()) for key in self._keys(task_id)]),
+                    _bulk(writer.owner.encode()),
+                )
+            keys.append(writer.resp[0])
+            n = len(messages)
+            args += (writer.resp[1], _bulk_int(first), _SMALL[n] if n < 256 else _bulk_int(n))
+            args += [_bulk(m.data) for m in messages]
+            if final is None:
+                args.append(_NO_FINAL)
+                count += 4 + n
+            else:
+                args += [_bulk(arg) for arg in final]
+                count += 9 + n
+        n_keys = 2 * len(entries)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (
+            3 + n_keys + count,
+            _bulk(self._script.sha.encode()),
+            _bulk_int(n_keys),
+        )
+        command = b"".join([head, *keys, *args])
         try:
             return await self._lane.call(command)
         except NoScriptError:
@@ -193,35 +247,23 @@ class Flusher:
 
     async def _flush(self, batch: dict[str, _Writer]) -> None:
         started = time.perf_counter()
-        requests: list[tuple[list[bytes], list[bytes]]] = []
-        sent: list[tuple[str, _Writer, int, int, bool]] = []
+        entries: list[_Entry] = []
         for task_id, writer in batch.items():
-            if writer.lost:
+            if writer.lost or (not writer.pending and writer.final is None):
                 continue
-            messages = list(writer.pending)
-            final = writer.final
-            if not messages and final is None:
-                continue
-            first = writer.flushed_seq + 1
-            args = [writer.owner.encode(), b"%d" % first, b"%d" % len(messages)]
-            args += [m.data for m in messages]
-            if final is not None:
-                status, ended_at, error, result, ttl, data = final
-                args += [status.encode(), b"%d" % ended_at, error.encode(), result.encode()]
-                args += [b"%d" % ttl, data]
-            else:
-                args += _NO_FINAL
-            last = first + len(messages) - 1 + (1 if final is not None else 0)
-            requests.append(([key.encode() for key in self._keys(task_id)], args))
-            sent.append((task_id, writer, len(messages), last, final is not None))
-        if not sent:
+            entries.append(
+                (task_id, writer, list(writer.pending), writer.flushed_seq + 1, writer.final)
+            )
+        if not entries:
             return
-        replies = await self._send(requests)
+        replies = await self._send(entries)
         self._on_flushed(time.perf_counter() - started)
         # Settle every writer of the batch before awaiting anything, so no reader ever sees a
         # task that Redis already calls finished without its finish message in memory.
         ended: list[tuple[str, _Writer]] = []
-        for (task_id, writer, n_sent, last, is_final), reply in zip(sent, replies, strict=True):
+        for (task_id, writer, messages, first, final), reply in zip(entries, replies, strict=True):
+            n_sent = len(messages)
+            last = first + n_sent - (final is None)
             if isinstance(reply, bytes):  # the script refused this task's writes
                 text = reply.decode()
                 durable = int(text[4:]) if text.startswith("SEQ ") else -1
@@ -242,7 +284,7 @@ class Flusher:
                 # else: a retry of a flush that did reach Redis; all of it is durable
             del writer.pending[:n_sent]
             writer.flushed_seq = last
-            if is_final:
+            if final is not None:
                 writer.final = None
                 ended.append((task_id, writer))
             writer.settle(last)

@@ -499,14 +499,14 @@ class RedisStore(StreamStore):
         writer = await self._writer(task_id)
         seq = writer.log.last_seq + 1
         message = StoredMessage(seq, stamp_seq(seq, encode_body(body)), True)
-        writer.final = (
-            status.value,
-            ended,
-            error_json,
-            result or "",
-            self.result_ttl,
+        writer.final = [
+            status.value.encode(),
+            b"%d" % ended,
+            error_json.encode(),
+            (result or "").encode(),
+            b"%d" % self.result_ttl,
             message.data,
-        )
+        ]
         writer.closing = message  # readers see it once it is durable, with the final status
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         writer.waiters.append((seq, done))

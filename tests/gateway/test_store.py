@@ -22,12 +22,13 @@ from tests.gateway.stores import body, record, replicas, running
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "tls", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StreamStore]:
     if request.param == "memory":
         s: StreamStore = MemoryStore(result_ttl=60)
-    elif request.param == "redis":
-        s = RedisStore(request.getfixturevalue("redis_url"), result_ttl=60, prefix=new_task_id())
+    elif request.param in ("redis", "tls"):  # TLS: redis-py's connections, no lane
+        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_tls_url")
+        s = RedisStore(url, result_ttl=60, prefix=new_task_id())
     else:  # a local 3-master Redis Cluster
         url = request.getfixturevalue("redis_cluster_url")
         s = RedisStore(url, result_ttl=60, prefix=new_task_id(), cluster=True)

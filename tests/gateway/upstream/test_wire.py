@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
@@ -34,7 +32,7 @@ from gateway.upstream import (
 )
 from gateway.upstream._http import Deadline
 from gateway.upstream._wire import HIGH_WATER, Target, WirePool, WireResponse
-from tests.helpers import free_port
+from tests.helpers import free_port, self_signed_certificate
 
 pytestmark = pytest.mark.anyio
 
@@ -527,63 +525,7 @@ async def test_a_cancelled_reader_closes_its_connection(pool: WirePool) -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (openssl CLI, else the cryptography package)."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    openssl = shutil.which("openssl")
-    if openssl is not None:
-        options = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
-        options += " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
-        subprocess.run(
-            [openssl, *options.split(), "-keyout", str(key), "-out", str(cert)],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        return cert, key
-    try:
-        write_self_signed(cert, key)
-    except ImportError as exc:  # never skip: TLS must be tested
-        pytest.fail(f"neither the openssl CLI nor the cryptography package: {exc}", pytrace=False)
-    return cert, key
-
-
-def write_self_signed(cert: Path, key: Path) -> None:
-    """The same certificate with the ``cryptography`` package (raises ImportError without it)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(private, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 async def test_https_works_with_the_ca_file_and_fails_without_it(
