@@ -33,10 +33,10 @@ def free_port() -> int:
 class ThreadedServer:
     """A uvicorn server running an ASGI app in a background thread with its own event loop."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, http: str = "auto") -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", http=http
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -59,9 +59,9 @@ class ThreadedServer:
 
 
 @contextlib.contextmanager
-def serve_app(app: Any, port: int | None = None) -> Iterator[ThreadedServer]:
-    """Run ``app`` under uvicorn on a free port for the duration of the block."""
-    server = ThreadedServer(app, port)
+def serve_app(app: Any, port: int | None = None, http: str = "auto") -> Iterator[ThreadedServer]:
+    """Run ``app`` under uvicorn (``http``: its HTTP protocol) on a free port for the block."""
+    server = ThreadedServer(app, port, http)
     server.start()
     try:
         yield server

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import StoredMessage
+from gateway.routes._direct import direct_cycle, write_chunk
 from gateway.settings import Settings
 from gateway.store import StreamStore, TaskNotFound
 
@@ -394,18 +395,20 @@ class LogStream:
 class _Live:
     """One park of a caught-up :class:`LogStream` on its task's log (``LocalLog.park``).
 
-    ``push`` runs in the appender, once per message: it starts the ASGI send of the frame and
-    steps it once. A server's send returns without waiting unless the client's buffer is full;
-    then the started send is left in ``waiting`` for the stream's task to finish (under the send
-    limit), and pushing ends. So the appender never waits for a client, and frames go out in
-    order: nothing else sends while the stream is parked.
+    ``push`` runs in the appender, once per message: it writes the frame to uvicorn's transport
+    (``_direct``), or else starts the ASGI send of the frame and steps it once. A server's send
+    returns without waiting unless the client's buffer is full; then the started send is left
+    in ``waiting`` for the stream's task to finish (under the send limit), and pushing ends. So
+    the appender never waits for a client, and frames go out in order: nothing else sends while
+    the stream is parked.
     """
 
-    __slots__ = ("cursor", "error", "finish", "send", "sent_at", "stream", "waiting")
+    __slots__ = ("cursor", "cycle", "error", "finish", "send", "sent_at", "stream", "waiting")
 
     def __init__(self, stream: LogStream, send: Send, cursor: int) -> None:
         self.stream = stream
         self.send = send
+        self.cycle = direct_cycle(send)  # uvicorn's, to write frames without ``send``
         self.cursor = cursor
         self.sent_at: float | None = None
         self.finish = False
@@ -415,6 +418,11 @@ class _Live:
     def push(self, message: StoredMessage) -> bool:
         if self.stream._stopped or message.seq != self.cursor + 1:
             return False
+        if self.cycle is not None and write_chunk(self.cycle, message.frame):
+            self.cursor = message.seq
+            self.finish = message.finish
+            self.sent_at = self.stream._loop.time()
+            return not message.finish
         body = {"type": "http.response.body", "body": message.frame, "more_body": True}
         coro: Coroutine[Any, Any, None] = self.send(body)  # type: ignore[assignment]
         self.cursor = message.seq
