@@ -92,10 +92,15 @@ def _raise_if_cancelling() -> None:
 
 
 def _messages(entries: list[Any]) -> list[StoredMessage]:
+    """``XRANGE`` entries as messages (redis-py gives each entry's fields as a dict, the lane
+    as a flat list: ``d``, the data, then ``f`` on a finish)."""
     out = []
     for entry_id, fields in entries:
         seq = int(entry_id.split(b"-", 1)[0])
-        out.append(StoredMessage(seq, fields[b"d"], b"f" in fields))
+        if isinstance(fields, dict):
+            out.append(StoredMessage(seq, fields[b"d"], b"f" in fields))
+        else:
+            out.append(StoredMessage(seq, fields[1], b"f" in fields[2::2]))
     return out
 
 
