@@ -312,14 +312,14 @@ class RedisStore(StreamStore):
         return [rec for _, rec in page], next_cursor
 
     async def _get_all(self, task_ids: list[str]) -> list[TaskRecord | None]:
-        replies = await self._batch(
-            lambda pipe: [pipe.hgetall(self._k.state(task_id)) for task_id in task_ids]
-        )
-        return [_record(f) if f else None for f in replies]
+        if not task_ids:
+            return []
+        replies = await self._commands([("HGETALL", self._k.state(t)) for t in task_ids])
+        return [_record(fields) if (fields := _hash(reply)) else None for reply in replies]
 
     async def count(self, status: TaskStatus) -> int:
         await self._indexes_settled()
-        return int(await self._client.zcard(self._k.index(status)))
+        return int((await self._commands([("ZCARD", self._k.index(status))]))[0])
 
     async def _indexes_settled(self) -> None:
         """Wait for the index moves of this process's claims and ends still in flight (a
