@@ -114,3 +114,10 @@ redis.call('HDEL', KEYS[1], 'owner', 'leaseUntil')
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return {seq, data}
 """
+
+# KEYS: state. Marks a task for cancelling; 0 (and nothing written) if there is no such task.
+CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'cancel', '1')
+return 1
+"""

@@ -385,9 +385,9 @@ class RedisStore(StreamStore):
         return [_LEASE_STATES.get(int(a), LeaseState.LOST) for a in answers]
 
     async def request_cancel(self, task_id: str) -> None:
-        if not await self._client.hset(self._k.state(task_id), "cancel", "1") and not (
-            await self._client.exists(self._k.state(task_id))
-        ):
+        # One script: an HSET alone would create a stray hash for a task that is gone.
+        command = ("EVAL", _scripts.CANCEL, 1, self._k.state(task_id))
+        if not (await self._commands([command]))[0]:
             raise TaskNotFound(task_id)
 
     @property

@@ -321,6 +321,14 @@ async def test_leases_renew_report_cancel_and_expire(store: StreamStore) -> None
     assert task_id in await store.expired_leases(now_ms() + 60_000)
 
 
+async def test_cancelling_an_unknown_task_is_refused_and_writes_nothing(
+    store: StreamStore,
+) -> None:
+    with pytest.raises(TaskNotFound):
+        await store.request_cancel("no-such-task")
+    assert await store.get("no-such-task") is None
+
+
 async def test_finished_tasks_expire_after_the_result_ttl(store: StreamStore) -> None:
     if isinstance(store, RedisStore):
         store.result_ttl = 1
