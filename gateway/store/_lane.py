@@ -4,7 +4,8 @@ Every flush is one ``EVALSHA`` with a few hundred arguments. Through redis-py th
 than the script itself: each argument is type-checked and encoded on its own, and each call
 takes a connection from the pool, arms a ``wait_for`` task for the write and a timeout context
 for the read. The lane writes the RESP bytes the flusher packs (``pack``, by hiredis) on a
-connection of its own, reads replies with hiredis, and arms one timer per call; a call that
+connection of its own (what one turn of the loop sends in one write), reads replies with
+hiredis, and watches the oldest call in flight with one timer; a call that
 outlives its time limit or a dropped connection fails every call in flight with redis-py's
 ``TimeoutError`` or ``ConnectionError`` (so callers handle them as they handle redis-py's), and
 the next call connects again. It speaks plain TCP or a Unix socket; a TLS URL keeps redis-py
@@ -40,16 +41,52 @@ def _reply_error(message: str) -> ResponseError:
 
 
 class _Protocol(asyncio.Protocol):
-    """Replies are matched to calls in order (RESP answers a connection's commands in order)."""
+    """Replies are matched to calls in order (RESP answers a connection's commands in order).
 
-    def __init__(self) -> None:
+    What the calls of one turn of the loop send goes out in one write (``send``): a flush, a
+    dozen tasks' setups and their ends cost one system call, not one each. One timer watches
+    the oldest call in flight (replies come in order, so the others can only be younger)."""
+
+    def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader(replyError=_reply_error)
-        self.calls: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # each call in flight: its future and the loop time by which its reply is due
+        self.calls: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.failure: Exception | None = None
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []  # to be written at the end of this turn of the loop
+        self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def send(self, data: bytes, calls: list[asyncio.Future[Any]]) -> None:
+        """Queue ``data`` (the commands of ``calls``) for this turn's write."""
+        due = self._loop.time() + self._timeout
+        self.calls.extend([(call, due) for call in calls])
+        if not self._out:
+            self._loop.call_soon(self._write)
+        self._out.append(data)
+        if self._watch is None:
+            self._watch = self._loop.call_at(due, self._check)
+
+    def _write(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _check(self) -> None:
+        """The watch: fail everything if the oldest call's reply is overdue, else look again
+        when it will be."""
+        self._watch = None
+        if not self.calls:
+            return
+        due = self.calls[0][1]
+        if self._loop.time() >= due:
+            self.fail(RedisTimeoutError("Redis did not answer in time"))
+        else:
+            self._watch = self._loop.call_at(due, self._check)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -57,12 +94,13 @@ class _Protocol(asyncio.Protocol):
             if not self.calls:  # nothing asked for this: the stream is out of step
                 self.fail(RedisConnectionError("unexpected reply from Redis"))
                 return
-            call = self.calls.popleft()
+            call = self.calls.popleft()[0]
             if not call.done():
                 call.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._out = []
         self._fail_calls(self.failure or RedisConnectionError(f"connection to Redis lost: {exc}"))
 
     def fail(self, error: Exception) -> None:
@@ -74,7 +112,10 @@ class _Protocol(asyncio.Protocol):
 
     def _fail_calls(self, error: Exception) -> None:
         calls, self.calls = self.calls, collections.deque()
-        for call in calls:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        for call, _ in calls:
             if not call.done():
                 call.set_exception(error)
 
@@ -133,16 +174,11 @@ class Lane:
         return await self._roundtrip(protocol, commands)
 
     async def _roundtrip(self, protocol: _Protocol, commands: list[bytes]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        transport = protocol.transport
-        if transport is None:
+        if protocol.transport is None:
             raise protocol.failure or RedisConnectionError("connection to Redis lost")
+        loop = asyncio.get_running_loop()
         calls = [loop.create_future() for _ in commands]
-        protocol.calls.extend(calls)
-        transport.write(b"".join(commands))
-        timer = loop.call_later(
-            self._timeout, protocol.fail, RedisTimeoutError("Redis did not answer in time")
-        )
+        protocol.send(commands[0] if len(commands) == 1 else b"".join(commands), calls)
         try:
             replies = [await call for call in calls]
         except BaseException:
@@ -150,8 +186,6 @@ class Lane:
                 if not call.cancel() and not call.cancelled():
                     call.exception()
             raise
-        finally:
-            timer.cancel()
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -168,14 +202,21 @@ class Lane:
             if connecting.done():
                 self._connecting = None
 
+    def _protocol_factory(self) -> _Protocol:
+        return _Protocol(self._timeout)
+
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
                 if self._path is not None:
-                    _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+                    _, protocol = await loop.create_unix_connection(
+                        self._protocol_factory, self._path
+                    )
                 else:
-                    _, protocol = await loop.create_connection(_Protocol, self._host, self._port)
+                    _, protocol = await loop.create_connection(
+                        self._protocol_factory, self._host, self._port
+                    )
                 try:
                     await self._roundtrip(protocol, self._hello)
                 except BaseException:

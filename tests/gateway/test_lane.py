@@ -152,6 +152,42 @@ async def test_calls_answers_every_command_and_raises_the_first_error_reply(
         lane.close()
 
 
+async def test_the_calls_of_one_turn_go_out_in_one_write_and_get_their_own_replies(
+    redis_url: str,
+) -> None:
+    lane = Lane.for_pool(aioredis.Redis.from_url(redis_url).connection_pool, 5.0)
+    assert lane is not None
+    key = f"agw-lane-{new_task_id()}"
+    try:
+        await lane.call(pack(["DEL", key]))  # connected
+        protocol = lane._protocol
+        assert protocol is not None and protocol.transport is not None
+        transport = protocol.transport
+        writes: list[bytes] = []
+
+        class Counting:  # the transport, with its writes recorded
+            def __getattr__(self, name: str) -> Any:
+                return getattr(transport, name)
+
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                transport.write(data)
+
+        protocol.transport = Counting()  # type: ignore[assignment]
+        replies = await asyncio.gather(
+            *(lane.call(pack(["INCRBY", key, n])) for n in range(1, 21)),
+            lane.calls([pack(["GET", key]), pack(["STRLEN", key])]),
+        )
+        assert len(writes) == 1
+        assert replies[:20] == [n * (n + 1) // 2 for n in range(1, 21)]  # in order, each its own
+        assert replies[20] == [b"210", 3]
+        assert await lane.call(pack(["GET", key])) == b"210"
+        assert len(writes) == 2
+        await lane.call(pack(["DEL", key]))
+    finally:
+        lane.close()
+
+
 async def test_the_lane_selects_the_database_and_authenticates_as_its_url_says(
     redis_url: str,
 ) -> None:
@@ -201,6 +237,27 @@ async def test_a_redis_that_does_not_answer_fails_the_call_at_the_time_limit() -
         lane = Lane(port=port, timeout=0.2)
         with pytest.raises(RedisTimeoutError):
             await asyncio.wait_for(lane.call(pack([b"PING"])), 5)
+        lane.close()
+
+
+async def test_a_later_call_gets_its_own_time_limit_after_an_answered_one() -> None:
+    async def first_only(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> None:
+        await answer_setup(reader, writer)
+        await reader.readuntil(b"PING\r\n")
+        writer.write(b"+PONG\r\n")  # the first call is answered, the second never
+        await reader.read()
+
+    async with fake_redis(first_only) as port:
+        lane = Lane(port=port, timeout=0.5)
+        loop = asyncio.get_running_loop()
+        assert await lane.call(pack([b"PING"])) == b"PONG"
+        await asyncio.sleep(0.3)  # the watch armed for the first call fires in the wait below
+        started = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(lane.call(pack([b"PING"])), 5)
+        assert loop.time() - started >= 0.45  # not failed by the first call's deadline
         lane.close()
 
 
