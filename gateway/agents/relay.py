@@ -6,7 +6,7 @@ answer, which is also the task's result. It is the plainest "stream an LLM throu
 workload, and the one ``bench`` measures.
 
 The deltas are appended from the upstream connection's read callback (``ChatClient.stream_text``
-and ``Printer.send_now``): no task wakes per token. A store that cannot append without waiting
+and ``Printer.text_delta_now``): no task wakes per token. A store that cannot append without waiting
 gets them through a chain of tasks instead, in order.
 """
 
@@ -34,7 +34,7 @@ async def relay_agent(ctx: TaskContext) -> None:
     if chat is None:
         raise TaskFailure("internal", "the agent service 'chat' is not configured")
     printer = ctx.printer
-    send_now = printer.send_now
+    delta_now = printer.text_delta_now
     message_id = uuid.uuid4().hex
     parts: list[str] = []
     chained: asyncio.Future[None] | None = None  # the last delta that had to wait for the store
@@ -42,9 +42,7 @@ async def relay_agent(ctx: TaskContext) -> None:
     def on_text(text: str) -> None:
         nonlocal chained
         parts.append(text)
-        if chained is None and send_now(
-            "agent_stream", text, message_id=message_id, is_final=False
-        ):
+        if chained is None and delta_now(message_id, text):
             return
         delta = printer.send("agent_stream", text, message_id=message_id, is_final=False)
         chained = asyncio.ensure_future(_after(chained, delta))

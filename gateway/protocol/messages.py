@@ -91,6 +91,15 @@ def encode_body(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body)
 
 
+def encode_appended(body: dict[str, Any] | bytes) -> bytes:
+    """The JSON of an appended (non-final) message without its ``seq``: ``body`` encoded with
+    ``"finish": false``, or as given where it is that JSON already."""
+    if isinstance(body, bytes):
+        return body
+    body["finish"] = False
+    return orjson.dumps(body)
+
+
 def stamp_seq(seq: int, encoded: bytes) -> bytes:
     """Splice ``"seq": N`` in as the first key of an encoded body; no re-encoding."""
     return b'{"seq":%d,%s' % (seq, encoded[1:])

@@ -51,6 +51,7 @@ class _Writer:
 
     __slots__ = (
         "closing",
+        "ended_as",
         "final",
         "flushed_seq",
         "log",
@@ -71,6 +72,7 @@ class _Writer:
         self.pending: list[StoredMessage] = []
         # the finish's script arguments: status, endedAt, error json, result, ttl, message data
         self.final: list[bytes] | None = None
+        self.ended_as: bytes | None = None  # the final status, once Redis holds it
         self.lost: str | None = None
         self.closing: StoredMessage | None = None
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -285,7 +287,7 @@ class Flusher:
             del writer.pending[:n_sent]
             writer.flushed_seq = last
             if final is not None:
-                writer.final = None
+                writer.ended_as, writer.final = final[0], None
                 ended.append((task_id, writer))
             writer.settle(last)
         for task_id, writer in ended:

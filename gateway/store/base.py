@@ -176,10 +176,12 @@ class StreamStore(abc.ABC):
 
     # -- the log --------------------------------------------------------------------------
     @abc.abstractmethod
-    async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
-        """Append a non-final message; assigns the next ``seq``. Raises ``TaskEnded``."""
+    async def append(self, task_id: str, body: dict[str, Any] | bytes) -> StoredMessage:
+        """Append a non-final message; assigns the next ``seq``. Raises ``TaskEnded``.
+        ``body`` is the message's fields, or their JSON (an object without ``seq``, ending
+        with ``"finish":false}``)."""
 
-    def append_now(self, task_id: str, body: dict[str, Any]) -> StoredMessage | None:
+    def append_now(self, task_id: str, body: dict[str, Any] | bytes) -> StoredMessage | None:
         """``append`` without waiting, where the store can (this process writes the task's
         log); None where it cannot (then ``append``). Raises ``TaskEnded``."""
         return None

@@ -14,9 +14,11 @@ from gateway.protocol import (
     TaskError,
     TaskRecord,
     TaskStatus,
+    encode_appended,
     encode_message,
     is_legal_transition,
     now_ms,
+    stamp_seq,
 )
 from gateway.store._log import LocalLog
 from gateway.store.base import (
@@ -195,15 +197,15 @@ class MemoryStore(StreamStore):
         ]
 
     # -- log ------------------------------------------------------------------------------
-    async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
+    async def append(self, task_id: str, body: dict[str, Any] | bytes) -> StoredMessage:
         return self.append_now(task_id, body)
 
-    def append_now(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
+    def append_now(self, task_id: str, body: dict[str, Any] | bytes) -> StoredMessage:
         entry = self._entry(task_id)
         if entry.log.finished or entry._record.terminal:  # (the status, not the last seq)
             raise TaskEnded(task_id)
-        body["finish"] = False
-        message = encode_message(entry.log.last_seq + 1, body)
+        seq = entry.log.last_seq + 1
+        message = StoredMessage(seq, stamp_seq(seq, encode_appended(body)))
         entry.log.add(message)
         return message
 

@@ -30,6 +30,7 @@ from gateway.protocol import (
     TaskError,
     TaskRecord,
     TaskStatus,
+    encode_appended,
     encode_body,
     now_ms,
     stamp_seq,
@@ -461,10 +462,10 @@ class RedisStore(StreamStore):
             raise TaskEnded(task_id)
         return writer
 
-    async def append(self, task_id: str, body: dict[str, Any]) -> StoredMessage:
+    async def append(self, task_id: str, body: dict[str, Any] | bytes) -> StoredMessage:
         return self._add(task_id, await self._writer(task_id), body)
 
-    def append_now(self, task_id: str, body: dict[str, Any]) -> StoredMessage | None:
+    def append_now(self, task_id: str, body: dict[str, Any] | bytes) -> StoredMessage | None:
         writer = self._writers.get(task_id)
         if writer is None:
             return None
@@ -472,11 +473,9 @@ class RedisStore(StreamStore):
             raise TaskEnded(task_id)
         return self._add(task_id, writer, body)
 
-    def _add(self, task_id: str, writer: _Writer, body: dict[str, Any]) -> StoredMessage:
-        body["finish"] = False
-        message = StoredMessage(
-            writer.log.last_seq + 1, stamp_seq(writer.log.last_seq + 1, encode_body(body))
-        )
+    def _add(self, task_id: str, writer: _Writer, body: dict[str, Any] | bytes) -> StoredMessage:
+        seq = writer.log.last_seq + 1
+        message = StoredMessage(seq, stamp_seq(seq, encode_appended(body)))
         writer.log.add(message)
         writer.pending.append(message)
         self._flusher.mark(task_id, writer)
@@ -583,20 +582,21 @@ class RedisStore(StreamStore):
                 ending.set_result(None)
 
     async def _move_ended(self, task_id: str, writer: _Writer) -> None:
+        """The index moves of the status this process wrote, and the final record read back
+        (kept a while in memory for readers), in one round trip."""
         await writer.index_moved()
-        if not writer.lost:
-            fields = _hash((await self._commands([("HGETALL", self._k.state(task_id))]))[0])
-            if fields:
-                record = _record(fields)
-                if record.terminal and writer.log.finished:
-                    seconds = min(RECENT_SECONDS, self.result_ttl / 2)
-                    self._recent.remember(record, writer.log, seconds)
-                moves = self._move_commands(
-                    task_id, TaskStatus.RUNNING, record.status, writer.score
-                )
-                if record.status is not TaskStatus.RUNNING:
-                    moves.append(("ZREM", self._k.index(TaskStatus.PENDING), task_id))
-                await self._commands(moves)
+        if writer.lost or writer.ended_as is None:
+            return
+        status = TaskStatus(writer.ended_as.decode())
+        moves = self._move_commands(task_id, TaskStatus.RUNNING, status, writer.score)
+        if status is not TaskStatus.RUNNING:
+            moves.append(("ZREM", self._k.index(TaskStatus.PENDING), task_id))
+        fields = _hash((await self._commands([("HGETALL", self._k.state(task_id)), *moves]))[0])
+        if fields:
+            record = _record(fields)
+            if record.terminal and writer.log.finished:
+                seconds = min(RECENT_SECONDS, self.result_ttl / 2)
+                self._recent.remember(record, writer.log, seconds)
 
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
         writer = self._writers.get(task_id)

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway import printer as printer_module
+from gateway.printer import Printer
 from gateway.protocol import TaskError, TaskStatus, new_task_id, now_ms
 from gateway.store import (
     IllegalTransition,
@@ -80,6 +82,25 @@ async def test_append_now_takes_turns_with_append_and_ends_with_the_log(
         await store.append(task_id, body("late"))
     got = await store.read(task_id, 0, 10)
     assert [m.json().get("result") for m in got] == ["1", "2", "3", "x"]
+
+
+async def test_a_printers_text_delta_is_the_message_send_now_writes_byte_for_byte(
+    store: StreamStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = await running(store)
+    printer = Printer(store, task_id, "req-1")
+    monkeypatch.setattr(printer_module, "now_ms", lambda: 1_700_000_000_123)
+    texts = ["plain ", 'quote " and \\ back', "line\nbreak\ttab \x01", "ünï 😀", ""]
+    for text in texts:
+        fast = printer.text_delta_now("m-1", text)
+        slow = printer.send_now("agent_stream", text, message_id="m-1", is_final=False)
+        assert fast is not None and slow is not None
+        assert fast.data == slow.data.replace(b'"seq":%d,' % slow.seq, b'"seq":%d,' % fast.seq)
+        assert fast.json()["result"] == text and fast.json()["finish"] is False
+    # both are kept as the streamed answer, and the log holds them in order
+    assert printer.partial_answer == "".join(t + t for t in texts)
+    got = await store.read(task_id, 0, 100)
+    assert [m.json()["result"] for m in got] == [t for t in texts for _ in (1, 2)]
 
 
 async def test_frames_carry_the_seq_as_sse_id(store: StreamStore) -> None:
