@@ -113,6 +113,8 @@ class SSEDecoder:
         event objects. A chunk of whole one-line ``data: `` blocks (an LLM's usual chunk) is
         split as bytes, not decoded: its data come as UTF-8 bytes, the rest as text."""
         if self._clean and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            if chunk.startswith(b"data: ") and chunk.find(b"\n") == len(chunk) - 2:
+                return [chunk[6:-2]]  # one one-line event: the usual chunk, split no further
             found: list[str | bytes] = []
             for block in chunk[:-2].split(b"\n\n"):
                 if not block.startswith(b"data: ") or b"\n" in block:
