@@ -61,6 +61,14 @@ def _hash(reply: Any) -> dict[bytes, bytes]:
     return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
+def _scored(reply: list[Any]) -> list[tuple[float, str]]:
+    """A ``Z…RANGE… WITHSCORES`` reply as (score, member) pairs, whether flat (the lane's and
+    RESP2's) or already paired."""
+    if reply and isinstance(reply[0], bytes):
+        return [(float(s), m.decode()) for m, s in zip(reply[::2], reply[1::2], strict=True)]
+    return [(float(s), m.decode()) for m, s in reply]
+
+
 def _record(fields: dict[bytes, bytes]) -> TaskRecord:
     error = fields.get(b"error")
     err = orjson.loads(error) if error else None

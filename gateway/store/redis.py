@@ -49,6 +49,7 @@ from gateway.store._redis_parts import (
     _messages,
     _raise_if_cancelling,
     _record,
+    _scored,
 )
 from gateway.store._writer import Flusher, LostWriter, _Writer
 from gateway.store.base import (
@@ -118,7 +119,6 @@ class RedisStore(StreamStore):
         )
         self._append = self._client.register_script(_scripts.APPEND)
         self._finish_if = self._client.register_script(_scripts.FINISH_IF)
-        self._claim = self._client.register_script(_scripts.CLAIM)
         self._renew = self._client.register_script(_scripts.RENEW)
         self._requeue = self._client.register_script(_scripts.REQUEUE)
         self._writers: dict[str, _Writer] = {}
@@ -192,8 +192,9 @@ class RedisStore(StreamStore):
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             idem = self._k.idempotency(idempotency_key)
-            won = await self._client.set(idem, record.task_id, nx=True, ex=self.result_ttl)
-            if not won:
+            # Not repeated on a dropped connection: a SET that landed would then read as lost.
+            set_nx = ("SET", idem, record.task_id, "NX", "EX", self.result_ttl)
+            if (await self._commands([set_nx], repeatable=False))[0] is None:
                 return await self._idempotent_winner(idem), False
         score = record.created_at * 1000.0 + random.randrange(1000)
         if claim is not None:
@@ -254,7 +255,7 @@ class RedisStore(StreamStore):
     async def _idempotent_winner(self, idem: str) -> TaskRecord:
         # The winner may still be writing its record: wait for it, bounded.
         for _ in range(100):
-            task_id = await self._client.get(idem)
+            task_id = (await self._commands([("GET", idem)]))[0]
             if task_id is not None:
                 record = await self.get(task_id.decode())
                 if record is not None:
@@ -291,10 +292,9 @@ class RedisStore(StreamStore):
         found: list[tuple[float, TaskRecord]] = []
         while len(found) <= limit:
             top = bound[0] if bound else "+inf"
-            rows = await self._client.zrevrangebyscore(
-                key, top, "-inf", start=0, num=limit + 1 + 16, withscores=True
-            )
-            rows = [(s, m.decode()) for m, s in rows if not bound or (s, m.decode()) < bound]
+            command = ("ZREVRANGEBYSCORE", key, top, "-inf", "WITHSCORES", "LIMIT", 0, limit + 17)
+            rows = _scored((await self._commands([command]))[0])
+            rows = [row for row in rows if not bound or row < bound]
             if not rows:
                 break
             records = await self._get_all([m for _, m in rows])
@@ -305,7 +305,7 @@ class RedisStore(StreamStore):
                 elif status is None or rec.status is status:
                     found.append((score, rec))
             if stale:
-                await self._client.zrem(key, *stale)
+                await self._commands([("ZREM", key, *stale)])
             bound = rows[-1]
         page = found[:limit]
         more = len(found) > limit
@@ -345,13 +345,15 @@ class RedisStore(StreamStore):
         ]
 
     async def _score(self, task_id: str) -> float:
-        raw = await self._client.hget(self._k.state(task_id), "score")
+        raw = (await self._commands([("HGET", self._k.state(task_id), "score")]))[0]
         return float(raw) if raw else 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
     async def claim(self, task_id: str, owner: str, lease_ms: int) -> TaskRecord | None:
         now = now_ms()
-        reply = await self._claim(keys=[self._k.state(task_id)], args=[owner, now + lease_ms, now])
+        # Not repeated on a dropped connection: a claim that landed would then read as refused.
+        command = ("EVAL", _scripts.CLAIM, 1, self._k.state(task_id), owner, now + lease_ms, now)
+        reply = (await self._commands([command], repeatable=False))[0]
         if not reply:
             return None
         fields = dict(zip(reply[::2], reply[1::2], strict=True))
@@ -448,9 +450,8 @@ class RedisStore(StreamStore):
     async def _writer(self, task_id: str) -> _Writer:
         writer = self._writers.get(task_id)
         if writer is None:
-            state = await self._client.hmget(
-                self._k.state(task_id), "lastSeq", "score", "owner", "status"
-            )
+            command = ("HMGET", self._k.state(task_id), "lastSeq", "score", "owner", "status")
+            state = (await self._commands([command]))[0]
             if state[0] is None:
                 raise TaskNotFound(task_id)
             if TaskStatus(state[3].decode()) in TERMINAL_STATUSES:
@@ -606,8 +607,8 @@ class RedisStore(StreamStore):
                 # The finish is being flushed: Redis may hold it before this process has the
                 # reply, and a snapshot read from Redis may already say so.
                 last = writer.log.last_seq
-                entries = await self._client.xrange(self._k.log(task_id), f"({last}-0", "+")
-                messages += _messages(entries)
+                command = ("XRANGE", self._k.log(task_id), f"({last}-0", "+")
+                messages += _messages((await self._commands([command]))[0])
             return messages
         recent = self._recent.get(task_id)
         if recent is not None:
