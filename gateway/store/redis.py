@@ -118,9 +118,7 @@ class RedisStore(StreamStore):
             )
         )
         self._append = self._client.register_script(_scripts.APPEND)
-        self._finish_if = self._client.register_script(_scripts.FINISH_IF)
         self._renew = self._client.register_script(_scripts.RENEW)
-        self._requeue = self._client.register_script(_scripts.REQUEUE)
         self._writers: dict[str, _Writer] = {}
         # Finished here: replayed from memory for a while (never longer than Redis keeps them).
         self._recent = RecentLogs()
@@ -404,9 +402,8 @@ class RedisStore(StreamStore):
         if writer is not None:
             await self._flushed(writer)
         body["finish"] = False
-        reply = await self._requeue(
-            keys=self._k.task(task_id), args=[owner or "", now, encode_body(body)]
-        )
+        command = ("EVAL", _scripts.REQUEUE, 2, *self._k.task(task_id), owner or "", now)
+        reply = (await self._commands([(*command, encode_body(body))], repeatable=False))[0]
         if reply is None:
             return None
         message = StoredMessage(int(reply[0]), reply[1], False)
@@ -535,18 +532,11 @@ class RedisStore(StreamStore):
             await self._flushed(writer)
         expected = "," + ",".join(s.value for s in expect) + ","
         try:
-            reply = await self._finish_if(
-                keys=self._k.task(task_id),
-                args=[
-                    expected,
-                    status.value,
-                    ended,
-                    error_json,
-                    result or "",
-                    self.result_ttl,
-                    encode_body(body),
-                ],
+            command = (
+                *("EVAL", _scripts.FINISH_IF, 2, *self._k.task(task_id), expected, status.value),
+                *(ended, error_json, result or "", self.result_ttl, encode_body(body)),
             )
+            reply = (await self._commands([command], repeatable=False))[0]
         except ResponseError as exc:
             if "NOTASK" in str(exc):
                 raise TaskNotFound(task_id) from exc
