@@ -54,7 +54,7 @@ async def run_task(manager: TaskManager, task_id: str, claimed: TaskRecord | Non
     if record is None:
         return  # cancelled while queued, or another worker has it
     registration = manager.registry.get(record.agent_type)
-    printer = Printer(store, task_id, record.request_id, manager.on_append)
+    printer = Printer(store, task_id, record.request_id, manager.append_observer)
     running = RunningTask()
     manager.running[task_id] = running
     try:

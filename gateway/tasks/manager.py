@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.printer import Printer
@@ -71,7 +71,7 @@ class TaskManager:
         registry: TaskRegistry,
         settings: Settings,
         services: Mapping[str, Any] | None = None,
-        on_append: Any = None,
+        on_append: Callable[[StoredMessage], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -393,9 +393,10 @@ class TaskManager:
         if pending:
             await asyncio.wait(pending, timeout=10)
 
-    def on_append(self, message: StoredMessage) -> None:
-        if self._on_append is not None:
-            self._on_append(message)
+    @property
+    def append_observer(self) -> Callable[[StoredMessage], None] | None:
+        """What each appended message is reported to (metrics); given to every Printer."""
+        return self._on_append
 
     def __repr__(self) -> str:
         return f"TaskManager(owner={self.owner!r}, running={len(self.running)})"
