@@ -73,8 +73,9 @@ class _Protocol(asyncio.Protocol):
 
     def _write(self) -> None:
         out, self._out = self._out, []
-        if self.transport is not None and out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport = self.transport
+        if transport is not None and out and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _check(self) -> None:
         """The watch: fail everything if the oldest call's reply is overdue, else look again

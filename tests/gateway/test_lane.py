@@ -240,6 +240,31 @@ async def test_a_redis_that_does_not_answer_fails_the_call_at_the_time_limit() -
         lane.close()
 
 
+async def test_calls_queued_when_the_connection_fails_in_the_same_turn_fail_quietly(
+    redis_url: str,
+) -> None:
+    lane = Lane.for_pool(aioredis.Redis.from_url(redis_url).connection_pool, 5.0)
+    assert lane is not None
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        assert await lane.call(pack([b"PING"])) == b"PONG"
+        protocol = lane._protocol
+        assert protocol is not None
+        queued = asyncio.ensure_future(lane.call(pack([b"PING"])))
+        await asyncio.sleep(0)  # the call is queued for this turn's write, not yet written
+        protocol.fail(RedisConnectionError("gone"))
+        with pytest.raises(RedisConnectionError, match="gone"):
+            await queued
+        await asyncio.sleep(0.05)
+        assert errors == []  # nothing was written to the closed transport
+        assert await lane.call(pack([b"PING"])) == b"PONG"  # and the next call connects again
+    finally:
+        loop.set_exception_handler(None)
+        lane.close()
+
+
 async def test_a_later_call_gets_its_own_time_limit_after_an_answered_one() -> None:
     async def first_only(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
