@@ -135,57 +135,60 @@ async def test_a_task_set_up_after_the_lane_was_killed_is_created_once_and_liste
         assert await store.count(TaskStatus.RUNNING) == 1  # the one flushed_once started
 
 
-async def test_calls_answers_every_command_and_raises_the_first_error_reply(
-    redis_url: str,
-) -> None:
+@pytest.fixture
+async def real_lane(redis_url: str) -> AsyncIterator[Lane]:
+    """A lane to the suite's Redis, closed after the test."""
     lane = Lane.for_pool(aioredis.Redis.from_url(redis_url).connection_pool, 5.0)
     assert lane is not None
-    key = f"agw-lane-{new_task_id()}"
     try:
-        replies = await lane.calls([pack(["SET", key, 1]), pack(["INCRBY", key, 2])])
-        assert replies == [b"OK", 3]
-        with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await lane.calls([pack(["LPUSH", key, "x"]), pack(["INCR", key])])
-        assert await lane.call(pack(["GET", key])) == b"4"  # the INCR after the error ran
-        await lane.call(pack(["DEL", key]))
+        yield lane
     finally:
         lane.close()
+
+
+async def test_calls_answers_every_command_and_raises_the_first_error_reply(
+    real_lane: Lane,
+) -> None:
+    lane = real_lane
+    key = f"agw-lane-{new_task_id()}"
+    replies = await lane.calls([pack(["SET", key, 1]), pack(["INCRBY", key, 2])])
+    assert replies == [b"OK", 3]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await lane.calls([pack(["LPUSH", key, "x"]), pack(["INCR", key])])
+    assert await lane.call(pack(["GET", key])) == b"4"  # the INCR after the error ran
+    await lane.call(pack(["DEL", key]))
 
 
 async def test_the_calls_of_one_turn_go_out_in_one_write_and_get_their_own_replies(
-    redis_url: str,
+    real_lane: Lane,
 ) -> None:
-    lane = Lane.for_pool(aioredis.Redis.from_url(redis_url).connection_pool, 5.0)
-    assert lane is not None
+    lane = real_lane
     key = f"agw-lane-{new_task_id()}"
-    try:
-        await lane.call(pack(["DEL", key]))  # connected
-        protocol = lane._protocol
-        assert protocol is not None and protocol.transport is not None
-        transport = protocol.transport
-        writes: list[bytes] = []
+    await lane.call(pack(["DEL", key]))  # connected
+    protocol = lane._protocol
+    assert protocol is not None and protocol.transport is not None
+    transport = protocol.transport
+    writes: list[bytes] = []
 
-        class Counting:  # the transport, with its writes recorded
-            def __getattr__(self, name: str) -> Any:
-                return getattr(transport, name)
+    class Counting:  # the transport, with its writes recorded
+        def __getattr__(self, name: str) -> Any:
+            return getattr(transport, name)
 
-            def write(self, data: bytes) -> None:
-                writes.append(data)
-                transport.write(data)
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+            transport.write(data)
 
-        protocol.transport = Counting()  # type: ignore[assignment]
-        replies = await asyncio.gather(
-            *(lane.call(pack(["INCRBY", key, n])) for n in range(1, 21)),
-            lane.calls([pack(["GET", key]), pack(["STRLEN", key])]),
-        )
-        assert len(writes) == 1
-        assert replies[:20] == [n * (n + 1) // 2 for n in range(1, 21)]  # in order, each its own
-        assert replies[20] == [b"210", 3]
-        assert await lane.call(pack(["GET", key])) == b"210"
-        assert len(writes) == 2
-        await lane.call(pack(["DEL", key]))
-    finally:
-        lane.close()
+    protocol.transport = Counting()  # type: ignore[assignment]
+    replies = await asyncio.gather(
+        *(lane.call(pack(["INCRBY", key, n])) for n in range(1, 21)),
+        lane.calls([pack(["GET", key]), pack(["STRLEN", key])]),
+    )
+    assert len(writes) == 1
+    assert replies[:20] == [n * (n + 1) // 2 for n in range(1, 21)]  # in order, each its own
+    assert replies[20] == [b"210", 3]
+    assert await lane.call(pack(["GET", key])) == b"210"
+    assert len(writes) == 2
+    await lane.call(pack(["DEL", key]))
 
 
 async def test_the_lane_selects_the_database_and_authenticates_as_its_url_says(
@@ -241,10 +244,9 @@ async def test_a_redis_that_does_not_answer_fails_the_call_at_the_time_limit() -
 
 
 async def test_calls_queued_when_the_connection_fails_in_the_same_turn_fail_quietly(
-    redis_url: str,
+    real_lane: Lane,
 ) -> None:
-    lane = Lane.for_pool(aioredis.Redis.from_url(redis_url).connection_pool, 5.0)
-    assert lane is not None
+    lane = real_lane
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: errors.append(context))
@@ -262,7 +264,6 @@ async def test_calls_queued_when_the_connection_fails_in_the_same_turn_fail_quie
         assert await lane.call(pack([b"PING"])) == b"PONG"  # and the next call connects again
     finally:
         loop.set_exception_handler(None)
-        lane.close()
 
 
 async def test_a_later_call_gets_its_own_time_limit_after_an_answered_one() -> None:
