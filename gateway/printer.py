@@ -102,27 +102,11 @@ class Printer:
         self._sent(message, body, payload)
         return message
 
-    def send_now(
-        self,
-        message_type: str,
-        payload: Any,
-        *,
-        message_id: str | None = None,
-        is_final: bool = True,
-        **extra: Any,
-    ) -> StoredMessage | None:
-        """``send`` without waiting, where the store can append so (``append_now``); None where
-        it cannot: then nothing was sent, ``send`` it."""
-        body = self.body(message_type, payload, message_id, is_final, **extra)
-        message = self.store.append_now(self.task_id, body)
-        if message is not None:
-            self._sent(message, body, payload)
-        return message
-
     def text_delta_now(self, message_id: str, text: str) -> StoredMessage | None:
-        """``send_now("agent_stream", text, message_id=message_id, is_final=False)`` (the same
-        message, byte for byte), its JSON put together from a head encoded once per message:
-        a relay sends one per token."""
+        """``send("agent_stream", text, message_id=message_id, is_final=False)`` (the same
+        message, byte for byte) without waiting, where the store can append so
+        (``append_now``); None where it cannot: then nothing was sent, ``send`` it. Its JSON is
+        put together from a head encoded once per message: a relay sends one per token."""
         head = self._delta_heads.get(message_id)
         if head is None:
             fields = {

@@ -84,7 +84,7 @@ async def test_append_now_takes_turns_with_append_and_ends_with_the_log(
     assert [m.json().get("result") for m in got] == ["1", "2", "3", "x"]
 
 
-async def test_a_printers_text_delta_is_the_message_send_now_writes_byte_for_byte(
+async def test_a_printers_text_delta_is_the_message_send_writes_byte_for_byte(
     store: StreamStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task_id = await running(store)
@@ -93,8 +93,8 @@ async def test_a_printers_text_delta_is_the_message_send_now_writes_byte_for_byt
     texts = ["plain ", 'quote " and \\ back', "line\nbreak\ttab \x01", "ünï 😀", ""]
     for text in texts:
         fast = printer.text_delta_now("m-1", text)
-        slow = printer.send_now("agent_stream", text, message_id="m-1", is_final=False)
-        assert fast is not None and slow is not None
+        slow = await printer.send("agent_stream", text, message_id="m-1", is_final=False)
+        assert fast is not None
         assert fast.data == slow.data.replace(b'"seq":%d,' % slow.seq, b'"seq":%d,' % fast.seq)
         assert fast.json()["result"] == text and fast.json()["finish"] is False
     # both are kept as the streamed answer, and the log holds them in order
