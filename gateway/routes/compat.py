@@ -271,8 +271,7 @@ class CompatStream(LogStream):
                 if frame is not None:
                     frames.append(frame)
                 if message.finish:
-                    await self._send(send, b"".join(frames))
-                    self.finished = True
+                    await self._finish(send, b"".join(frames))
                     return
             if frames:
                 await self._send(send, b"".join(frames))

@@ -183,6 +183,8 @@ class LogStream:
 
     __slots__ = (
         "_disconnected",
+        "_ended",
+        "_head",
         "_loop",
         "_pumping",
         "_slow",
@@ -225,6 +227,8 @@ class LogStream:
         self._disconnected = False
         self._watch = _send_watch(self._loop, settings.send_timeout)
         self._slow = False
+        self._head = b""  # written before the next chunk (``_pump``'s retry line)
+        self._ended = False  # the last chunk went out with the finish (one write for both)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -265,7 +269,8 @@ class LogStream:
                 self.metrics.slow_clients.inc()
                 logger.info("SSE reader of %s too slow; disconnected", self.task_id)
                 return  # no final chunk: the client cannot take data
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not self._ended:
+                await send({"type": "http.response.body", "body": self._head, "more_body": False})
         except OSError:
             return  # the peer is gone
         finally:
@@ -301,14 +306,23 @@ class LogStream:
         task = asyncio.current_task()
         return task.uncancel() if task is not None else 0
 
-    async def _send(self, send: Send, body: bytes) -> None:
-        """Send one chunk under the send time limit (kept by the loop's :class:`_SendWatch`)."""
+    async def _send(self, send: Send, body: bytes, more_body: bool = True) -> None:
+        """Send one chunk under the send time limit (kept by the loop's :class:`_SendWatch`);
+        ``more_body=False`` sends it with the end of the response, in one write."""
+        if self._head:
+            body, self._head = self._head + body, b""
         sending = self._watch.sending
         sending[self] = self._loop.time()
         try:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": body, "more_body": more_body})
         finally:
             sending.pop(self, None)
+        self._ended = not more_body
+
+    async def _finish(self, send: Send, body: bytes) -> None:
+        """Send the last frames (the finish) together with the end of the response."""
+        self.finished = True
+        await self._send(send, body, more_body=False)
 
     def cut_off(self) -> None:
         """The client took no data for the send time limit: end the stream (it resumes later)."""
@@ -333,7 +347,9 @@ class LogStream:
         clock = self._loop.time
         cursor = self.after
         deadline = clock() + settings.sse_max_age
-        await self._send(send, b"retry: %d\n\n" % settings.sse_retry_ms)
+        # The retry line goes out with the first frame (or heartbeat, or the end of the
+        # response), not in a socket write of its own.
+        self._head = b"retry: %d\n\n" % settings.sse_retry_ms
         ping_at = clock() + heartbeat
         while True:
             now = clock()
@@ -354,8 +370,8 @@ class LogStream:
                     live.sent_at = clock()
                 if live.error is not None:
                     raise live.error
-                if live.finish:
-                    self.finished = True
+                if live.finish is not None:
+                    await self._finish(send, live.finish)
                     return
                 if live.sent_at is not None:
                     ping_at = live.sent_at + heartbeat
@@ -373,14 +389,13 @@ class LogStream:
                 continue
             last = messages[-1]
             # Frames are encoded once per message and shared by every reader (cached).
-            await self._send(
-                send, last.frame if len(messages) == 1 else b"".join(m.frame for m in messages)
-            )
+            body = last.frame if len(messages) == 1 else b"".join(m.frame for m in messages)
+            if last.finish:
+                await self._finish(send, body)
+                return
+            await self._send(send, body)
             ping_at = clock() + heartbeat
             cursor = last.seq
-            if last.finish:
-                self.finished = True
-                return
 
     async def _resume_send(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
         """Carry on a send the log's appender started, under the send time limit."""
@@ -400,7 +415,8 @@ class _Live:
     returns without waiting unless the client's buffer is full; then the started send is left
     in ``waiting`` for the stream's task to finish (under the send limit), and pushing ends. So
     the appender never waits for a client, and frames go out in order: nothing else sends while
-    the stream is parked.
+    the stream is parked. The finish is not pushed: it ends the park, and the stream's task
+    sends it with the end of the response (one write for both).
     """
 
     __slots__ = ("cursor", "cycle", "error", "finish", "send", "sent_at", "stream", "waiting")
@@ -411,27 +427,31 @@ class _Live:
         self.cycle = direct_cycle(send)  # uvicorn's, to write frames without ``send``
         self.cursor = cursor
         self.sent_at: float | None = None
-        self.finish = False
+        self.finish: bytes | None = None  # the finish's frame, for the stream's task to send
         self.error: BaseException | None = None
         self.waiting: tuple[Coroutine[Any, Any, None], Any] | None = None
 
     def push(self, message: StoredMessage) -> bool:
-        if self.stream._stopped or message.seq != self.cursor + 1:
+        stream = self.stream
+        if stream._stopped or message.seq != self.cursor + 1:
             return False
-        if self.cycle is not None and write_chunk(self.cycle, message.frame):
-            self.cursor = message.seq
-            self.finish = message.finish
-            self.sent_at = self.stream._loop.time()
-            return not message.finish
-        body = {"type": "http.response.body", "body": message.frame, "more_body": True}
-        coro: Coroutine[Any, Any, None] = self.send(body)  # type: ignore[assignment]
         self.cursor = message.seq
-        self.finish = message.finish
+        frame = message.frame
+        if message.finish:
+            self.finish = frame
+            return False
+        if stream._head:  # the first chunk of the response
+            frame, stream._head = stream._head + frame, b""
+        if self.cycle is not None and write_chunk(self.cycle, frame):
+            self.sent_at = stream._loop.time()
+            return True
+        body = {"type": "http.response.body", "body": frame, "more_body": True}
+        coro: Coroutine[Any, Any, None] = self.send(body)  # type: ignore[assignment]
         try:
             waiting = coro.send(None)
         except StopIteration:
-            self.sent_at = self.stream._loop.time()
-            return not message.finish
+            self.sent_at = stream._loop.time()
+            return True
         except BaseException as exc:  # raised in the stream's task instead
             self.error = exc
             return False

@@ -11,10 +11,16 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.types import Message
 
-from gateway.routes.sse import _DisconnectWatch
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import TaskStatus
+from gateway.routes.sse import LogStream, _DisconnectWatch
 from gateway.security import SecurityMiddleware
+from gateway.settings import Settings
+from gateway.store import MemoryStore
 from gateway.tasks import TaskContext, TaskRegistry
+from tests.gateway.stores import body, running
 from tests.gateway.support import echo_query, gateway, read_sse
 
 pytestmark = pytest.mark.anyio
@@ -432,3 +438,51 @@ async def test_a_live_reader_that_falls_behind_and_catches_up_misses_nothing(
             finally:
                 reader.close()
     assert _sse_ids(raw) == list(range(1, 1504))
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["pushed", "replayed"])
+async def test_the_retry_line_rides_on_the_first_chunk_and_the_finish_on_the_last(
+    live: bool,
+) -> None:
+    """No socket write of its own for either: the ``retry`` line goes out with the first frame,
+    and the finish frame in the same ``send`` as the end of the response."""
+    store = MemoryStore(result_ttl=60)
+    task_id = await running(store)
+    if not live:  # the whole log is there before the reader comes: replayed, not pushed
+        for text in ("a", "b"):
+            await store.append(task_id, body(text))
+        await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"})
+    sent: list[Message] = []
+    gone = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    settings = Settings(sse_retry_ms=1234, heartbeat_interval=30.0)
+    stream = LogStream(store, task_id, 0, settings, GatewayMetrics())
+    serving = asyncio.create_task(stream({"type": "http"}, receive, send))
+    if live:
+        for _ in range(5):
+            await asyncio.sleep(0)  # parked on the log: the appends below push the frames
+        for text in ("a", "b"):
+            await store.append(task_id, body(text))
+        await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"})
+    with anyio.fail_after(5):
+        await serving
+    gone.set()
+    frames = [m.frame for m in await store.read(task_id, 0, 10)]
+    bodies = [(m["body"], m["more_body"]) for m in sent[1:]]
+    assert sent[0]["type"] == "http.response.start"
+    if live:
+        assert bodies == [
+            (b"retry: 1234\n\n" + frames[0], True),
+            (frames[1], True),
+            (frames[2], False),
+        ]
+    else:
+        assert bodies == [(b"retry: 1234\n\n" + b"".join(frames), False)]
+    assert stream.finished
