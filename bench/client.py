@@ -212,7 +212,10 @@ class SSEReader(asyncio.Protocol):
                 index = int(index_s)
                 sent = int(sent_s)
                 if index < p.next_token:
-                    p.token_dups += 1
+                    # Not a duplicate: the final full text of a one-token answer (the gateway's
+                    # closing ``agent_stream`` frame) is that token again.
+                    if b'"isFinal":true' not in data:
+                        p.token_dups += 1
                 else:
                     if index > p.next_token:
                         p.token_gaps += 1
