@@ -270,7 +270,8 @@ class LogStream:
                 logger.info("SSE reader of %s too slow; disconnected", self.task_id)
                 return  # no final chunk: the client cannot take data
             if not self._ended:
-                await send({"type": "http.response.body", "body": self._head, "more_body": False})
+                body = self._with_head(b"")
+                await send({"type": "http.response.body", "body": body, "more_body": False})
         except OSError:
             return  # the peer is gone
         finally:
@@ -310,7 +311,7 @@ class LogStream:
         """Send one chunk under the send time limit (kept by the loop's :class:`_SendWatch`);
         ``more_body=False`` sends it with the end of the response, in one write."""
         if self._head:
-            body, self._head = self._head + body, b""
+            body = self._with_head(body)
         sending = self._watch.sending
         sending[self] = self._loop.time()
         try:
@@ -318,6 +319,11 @@ class LogStream:
         finally:
             sending.pop(self, None)
         self._ended = not more_body
+
+    def _with_head(self, body: bytes) -> bytes:
+        """``body`` after what has to go before the next chunk (the retry line), once."""
+        head, self._head = self._head, b""
+        return head + body if head else body
 
     async def _finish(self, send: Send, body: bytes) -> None:
         """Send the last frames (the finish) together with the end of the response."""
@@ -441,7 +447,7 @@ class _Live:
             self.finish = frame
             return False
         if stream._head:  # the first chunk of the response
-            frame, stream._head = stream._head + frame, b""
+            frame = stream._with_head(frame)
         if self.cycle is not None and write_chunk(self.cycle, frame):
             self.sent_at = stream._loop.time()
             return True
