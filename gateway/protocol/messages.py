@@ -91,13 +91,14 @@ def encode_body(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body)
 
 
-def encode_appended(body: dict[str, Any] | bytes) -> bytes:
-    """The JSON of an appended (non-final) message without its ``seq``: ``body`` encoded with
-    ``"finish": false``, or as given where it is that JSON already."""
-    if isinstance(body, bytes):
-        return body
-    body["finish"] = False
-    return orjson.dumps(body)
+def appended_message(seq: int, body: dict[str, Any] | bytes) -> StoredMessage:
+    """The non-final message ``seq`` of the log: ``body`` encoded with ``"finish": false``, or
+    as given where it is that JSON already (a relay's delta), stamped with ``seq``. One call
+    per append (a relay makes one per token)."""
+    if type(body) is not bytes:
+        body["finish"] = False  # type: ignore[index]
+        body = orjson.dumps(body)
+    return StoredMessage(seq, b'{"seq":%d,%s' % (seq, body[1:]))
 
 
 def stamp_seq(seq: int, encoded: bytes) -> bytes:

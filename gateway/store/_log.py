@@ -89,7 +89,8 @@ class LocalLog:
                     del pushers[future]
                     if not future.done():
                         future.set_result(None)
-        self.wake()
+        if self._waiters or self.finished:
+            self.wake()
 
     def wake(self) -> None:
         """Resolve every waiting reader (new data, or the log ended)."""

@@ -197,8 +197,10 @@ class Flusher:
             return await self._lane.call(command)
 
     def mark(self, task_id: str, writer: _Writer) -> None:
-        self._dirty[task_id] = writer
-        self._wakeup.set()
+        dirty = self._dirty
+        if not dirty:  # else the flush loop is awake or will look at ``_dirty`` before waiting
+            self._wakeup.set()
+        dirty[task_id] = writer
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-store-flusher")

@@ -14,11 +14,10 @@ from gateway.protocol import (
     TaskError,
     TaskRecord,
     TaskStatus,
-    encode_appended,
+    appended_message,
     encode_message,
     is_legal_transition,
     now_ms,
-    stamp_seq,
 )
 from gateway.store._log import LocalLog
 from gateway.store.base import (
@@ -204,9 +203,9 @@ class MemoryStore(StreamStore):
         entry = self._entry(task_id)
         if entry.log.finished or entry._record.terminal:  # (the status, not the last seq)
             raise TaskEnded(task_id)
-        seq = entry.log.last_seq + 1
-        message = StoredMessage(seq, stamp_seq(seq, encode_appended(body)))
-        entry.log.add(message)
+        log = entry.log
+        message = appended_message(log.base + len(log.messages) + 1, body)
+        log.add(message)
         return message
 
     async def finish(

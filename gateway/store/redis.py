@@ -30,7 +30,7 @@ from gateway.protocol import (
     TaskError,
     TaskRecord,
     TaskStatus,
-    encode_appended,
+    appended_message,
     encode_body,
     now_ms,
     stamp_seq,
@@ -472,9 +472,9 @@ class RedisStore(StreamStore):
         return self._add(task_id, writer, body)
 
     def _add(self, task_id: str, writer: _Writer, body: dict[str, Any] | bytes) -> StoredMessage:
-        seq = writer.log.last_seq + 1
-        message = StoredMessage(seq, stamp_seq(seq, encode_appended(body)))
-        writer.log.add(message)
+        log = writer.log
+        message = appended_message(log.base + len(log.messages) + 1, body)
+        log.add(message)
         writer.pending.append(message)
         self._flusher.mark(task_id, writer)
         return message

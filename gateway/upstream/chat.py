@@ -114,6 +114,11 @@ class ChatAssembler:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
 
+    @property
+    def has_content(self) -> bool:
+        """Whether any text was taken."""
+        return bool(self._content)
+
     def feed(self, chunk: Mapping[str, Any]) -> list[ChatEvent]:
         """Take one chunk; an in-band ``error`` object raises UpstreamRemoteError."""
         events: list[ChatEvent] = []
@@ -134,7 +139,9 @@ class ChatAssembler:
         if usage is not None and _is_mapping(usage):
             self.usage = Usage.from_dict(usage)
         for choice in chunk.get("choices") or ():
-            if not _is_mapping(choice) or choice.get("index", 0) != 0:
+            if type(choice) is not dict and not _is_mapping(choice):
+                continue
+            if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
             text = delta.get("content")

@@ -366,27 +366,38 @@ class _HttpxAnswer:
 
 class _TextSink:
     """Decodes a streamed body as it arrives (``WireResponse.pipe``): every event is assembled,
-    the text deltas also go to ``on_text``."""
+    the text deltas also go to ``on_text``. Called once per chunk of the body: a relay's hot
+    path, so the usual chunk (one JSON event) takes no call it can do without."""
 
-    __slots__ = ("_decoder", "_on_text", "assembler", "done", "emitted")
+    __slots__ = ("_decoder", "_on_text", "_passed", "assembler", "done")
 
     def __init__(self, on_text: Callable[[str], None]) -> None:
         self._on_text = on_text
         self._decoder = SSEDecoder()
         self.assembler = ChatAssembler()
         self.done = False  # [DONE] was read
-        self.emitted = False
+        self._passed = False
+
+    @property
+    def emitted(self) -> bool:
+        """Whether ``on_text`` was called (a retry would repeat text)."""
+        return self._passed or self.assembler.has_content
 
     def text(self, text: str) -> None:
-        self.emitted = True
+        """Pass on a piece assembled elsewhere (the httpx path's events)."""
+        self._passed = True
         self._on_text(text)
 
     def __call__(self, body: bytes) -> bool:
         for data in self._decoder.feed_data(body):
-            if _is_done(data):
+            if len(data) < 32 and _is_done(data):
                 self.done = True
                 return True
-            self.assembler.take(_loads(data), self.text)
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                chunk = _loads(data)  # raises, or decodes what invalid UTF-8 hid
+            self.assembler.take(chunk, self._on_text)
         return False
 
 

@@ -90,6 +90,7 @@ async def test_a_printers_text_delta_is_the_message_send_writes_byte_for_byte(
     task_id = await running(store)
     printer = Printer(store, task_id, "req-1")
     monkeypatch.setattr(printer_module, "now_ms", lambda: 1_700_000_000_123)
+    monkeypatch.setattr(printer_module, "time_ns", lambda: 1_700_000_000_123_456_789)
     texts = ["plain ", 'quote " and \\ back', "line\nbreak\ttab \x01", "ünï 😀", ""]
     for text in texts:
         fast = printer.text_delta_now("m-1", text)
