@@ -201,13 +201,13 @@ class Flusher:
         )
         command = b"".join([head, *keys, *args])
         try:
-            return await self._lane.call(command)
+            return await self._lane.call(command, now=True)  # readers wait for its reply
         except NoScriptError:
             source = self._script.script
             await self._lane.call(
                 pack([b"SCRIPT", b"LOAD", source if isinstance(source, bytes) else source.encode()])
             )
-            return await self._lane.call(command)
+            return await self._lane.call(command, now=True)
 
     def mark(self, task_id: str, writer: _Writer) -> None:
         dirty = self._dirty
