@@ -92,6 +92,13 @@ class _Writer:
         """The seq of the last message appended (durable or not)."""
         return self.flushed_seq + len(self.pending)
 
+    def made_durable(self, messages: list[StoredMessage]) -> None:
+        """Hand ``messages``, just acknowledged by Redis, to the log's readers (unless a third
+        party's write already ended or moved past this log: its readers then go to Redis)."""
+        log = self.log
+        if messages and not log.finished and messages[0].seq == log.last_seq + 1:
+            log.extend(messages)
+
     async def index_moved(self) -> None:
         """Wait for the claim's move between the listing indexes (a later move must follow it)."""
         if self.moved is not None:
@@ -290,7 +297,7 @@ class Flusher:
                     # An earlier flush whose reply was lost (Redis went away after writing)
                     # got the first messages through: keep the rest for the next flush.
                     landed = durable - writer.flushed_seq
-                    writer.log.extend(writer.pending[:landed])
+                    writer.made_durable(writer.pending[:landed])
                     del writer.pending[:landed]
                     writer.flushed_seq = durable
                     writer.settle(durable)
@@ -306,7 +313,7 @@ class Flusher:
                     continue
                 # else: a retry of a flush that did reach Redis; all of it is durable
             # Visible from here: pushed to parked readers, waiting ones woken once.
-            writer.log.extend(messages)
+            writer.made_durable(messages)
             del writer.pending[:n_sent]
             writer.flushed_seq = last
             if final is not None:

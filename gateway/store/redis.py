@@ -88,7 +88,7 @@ def _add_durable(writer: _Writer, message: StoredMessage) -> None:
     """Give the local readers of a writer that is going away ``message``, written to Redis by
     a third party (a requeue, the sweeper), if it follows what they have; else they find it in
     Redis once the writer is gone (its unflushed messages were never visible)."""
-    if message.seq == writer.log.last_seq + 1:
+    if not writer.log.finished and message.seq == writer.log.last_seq + 1:
         writer.log.add(message)
     else:
         writer.log.release()
