@@ -20,8 +20,8 @@ __all__ = [
 _WORD = re.compile(r"\S+")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?\b")
 _OPERAND = r"[(\s]*-?\d+(?:\.\d+)?[)\s]*"
-_EXPRESSION = re.compile(rf"{_OPERAND}(?:(?:\*\*|[-+*/%×÷^])\s*{_OPERAND})+")
-_OPERATORS = str.maketrans({"×": "*", "÷": "/", "^": "**"})
+_EXPRESSION = re.compile(rf"{_OPERAND}(?:(?:\*\*|[-+*/%\u00d7\u00f7^])\s*{_OPERAND})+")
+_OPERATORS = str.maketrans({"\u00d7": "*", "\u00f7": "/", "^": "**"})  # times, divided by
 
 
 def message_text(message: Mapping[str, Any]) -> str:

@@ -110,7 +110,7 @@ def test_arithmetic_in_other_notations_is_computed_as_written() -> None:
     for query, printed in (
         ("calculate (2 + 3) ^ 2", "(2 + 3) ** 2 = 25\n"),
         ("compute 10 / 4 - 1 in python", "10 / 4 - 1 = 1.5\n"),
-        ("what is 6×7? calculate", "6*7 = 42\n"),
+        ("what is 6\u00d77? calculate", "6*7 = 42\n"),  # the multiplication sign
     ):
         reply = respond([EXECUTOR, user(query)], BUILTINS)
         assert reply.tool_call is not None
