@@ -4,7 +4,8 @@ The Printer's :class:`~gateway.printer.StreamHandle` writes frames; these wrappe
 guarantee of DESIGN §3 on every path: a message that got deltas is finalised with the content
 so far when the code producing it fails or is cancelled, so a reader never waits for a final
 frame that will not come. The frame is only created on first use, so an empty stream prints
-nothing.
+nothing. :class:`MessageStream` streams a tool's output (any payload); :class:`LiveText` a model
+turn's text, token by token, whose final frame also decides its type.
 """
 
 from __future__ import annotations
