@@ -88,20 +88,26 @@ async def test_a_printers_text_delta_is_the_message_send_writes_byte_for_byte(
     store: StreamStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task_id = await running(store)
-    printer = Printer(store, task_id, "req-1")
+    printer = Printer(store, task_id, "req-%d%%s")  # a format directive must stay text
     monkeypatch.setattr(printer_module, "now_ms", lambda: 1_700_000_000_123)
     monkeypatch.setattr(printer_module, "time_ns", lambda: 1_700_000_000_123_456_789)
     texts = ["plain ", 'quote " and \\ back', "line\nbreak\ttab \x01", "ünï 😀", ""]
-    for text in texts:
-        fast = printer.text_delta_now("m-1", text)
-        slow = await printer.send("agent_stream", text, message_id="m-1", is_final=False)
-        assert fast is not None
-        assert fast.data == slow.data.replace(b'"seq":%d,' % slow.seq, b'"seq":%d,' % fast.seq)
-        assert fast.json()["result"] == text and fast.json()["finish"] is False
-    # both are kept as the streamed answer, and the log holds them in order
+    for kind, field in (("agent_stream", "result"), ("tool_thought", "toolThought")):
+        for text in texts:
+            fast = printer.text_delta_now("m-" + kind, text, kind)
+            slow = await printer.send(kind, text, message_id="m-" + kind, is_final=False)
+            assert fast is not None
+            assert fast.data == slow.data.replace(b'"seq":%d,' % slow.seq, b'"seq":%d,' % fast.seq)
+            assert fast.json()[field] == text and fast.json()["finish"] is False
+    # the answer's deltas are kept as the streamed answer (a thought's are not)
     assert printer.partial_answer == "".join(t + t for t in texts)
     got = await store.read(task_id, 0, 100)
-    assert [m.json()["result"] for m in got] == [t for t in texts for _ in (1, 2)]
+    assert [m.json().get("result") for m in got][: 2 * len(texts)] == [
+        t for t in texts for _ in (1, 2)
+    ]
+    assert [m.json().get("toolThought") for m in got][2 * len(texts) :] == [
+        t for t in texts for _ in (1, 2)
+    ]
 
 
 async def test_frames_carry_the_seq_as_sse_id(store: StreamStore) -> None:

@@ -195,7 +195,11 @@ def payload_of(message: dict[str, Any]) -> Any:
 
 
 def check_streaming_rule(messages: Sequence[dict[str, Any]]) -> None:
-    """Every messageId ends with exactly one isFinal frame, holding the full content."""
+    """Every messageId ends with exactly one isFinal frame, holding the full content.
+
+    The deltas of a message share one type; only a model turn's ``tool_thought`` deltas may end
+    with a final frame of another type (the turn was the answer: DESIGN §3).
+    """
     frames: dict[str, list[dict[str, Any]]] = {}
     for message in messages:
         frames.setdefault(message["messageId"], []).append(message)
@@ -203,10 +207,18 @@ def check_streaming_rule(messages: Sequence[dict[str, Any]]) -> None:
         finals = [m for m in group if m["isFinal"]]
         assert len(finals) == 1, (message_id, group)
         assert group[-1]["isFinal"], (message_id, group)
-        assert len({m["messageType"] for m in group}) == 1, group
+        delta_types = {m["messageType"] for m in group[:-1]}
+        assert len(delta_types) <= 1, group
+        if delta_types != {group[-1]["messageType"]}:
+            assert delta_types <= {"tool_thought"}, group
         deltas = [payload_of(m) for m in group[:-1]]
         if deltas and all(isinstance(d, str) for d in deltas):
             assert payload_of(group[-1]) == "".join(deltas), (message_id, group)
+
+
+def frames_of(messages: Sequence[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
+    """The frames of one message, in order."""
+    return [m for m in messages if m["messageId"] == message_id]
 
 
 def first_index(types: Sequence[str], wanted: str | Sequence[str], start: int = 0) -> int:
@@ -224,6 +236,7 @@ __all__ = [
     "check_streaming_rule",
     "direct_context",
     "first_index",
+    "frames_of",
     "gateway_settings",
     "log_of",
     "payload_of",
