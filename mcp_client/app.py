@@ -30,7 +30,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """Build the bridge; ``settings`` default to :meth:`Settings.from_env` (read once, here)."""
     settings = settings if settings is not None else Settings.from_env()
     if settings.allowed_servers is None:
-        logger.warning("MCP_ALLOWED_SERVERS is unset: the bridge may be aimed at any server_url")
+        logger.warning(
+            "MCP_ALLOWED_SERVERS is unset: the bridge may be aimed at any server on a global"
+            " address (loopback, private and link-local targets are refused)"
+        )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -9,8 +9,9 @@ variable                   default  meaning
 ``MCP_TOOLS_TTL``          5        seconds a server's tool list is cached (0: off)
 ``MCP_MAX_SESSIONS``       64       pooled sessions; beyond it idle ones close, LRU
 ``MCP_SSE_READ_TIMEOUT``   300      silence after which a server's stream is dead
-``MCP_ALLOWED_SERVERS``    unset    allowlist (:mod:`mcp_client.target`); unset/``*``:
-                                    allow all (development default, warned at startup)
+``MCP_ALLOWED_SERVERS``    unset    allowlist (:mod:`mcp_client.target`); listed servers
+                                    may be private; unset/``*``: any server on a global
+                                    address (loopback, private, link-local ... refused)
 ``MCP_TRANSPORTS``         unset    ``url_prefix=sse|streamable_http``, comma-separated
 ``SERVICE_TOKEN``          unset    set: every route but ``/health`` needs
                                     ``Authorization: Bearer <token>`` (the gateway's)

@@ -27,6 +27,7 @@ from llm_stub import create_app as create_stub
 from llm_stub.settings import Knobs, StubSettings
 from mcp_client import Settings as BridgeSettings
 from mcp_client import create_app as create_bridge
+from mcp_client.target import parse_allowlist
 from tests.helpers import free_port, serve_app
 from tool_service import Settings as ToolSettings
 from tool_service import create_app as create_tool_service
@@ -94,7 +95,11 @@ def running_upstreams(workdir: Path) -> Iterator[Upstreams]:
         )
         tools = stack.enter_context(serve_app(create_tool_service(tool_settings)))
         bridge_settings = BridgeSettings(
-            connect_timeout=5, call_timeout=15, tools_ttl=5, service_token=token
+            connect_timeout=5,
+            call_timeout=15,
+            tools_ttl=5,
+            service_token=token,
+            allowed_servers=parse_allowlist("127.0.0.1"),  # the MCP server is on loopback
         )
         bridge = stack.enter_context(serve_app(create_bridge(bridge_settings)))
         settings = UpstreamSettings(
