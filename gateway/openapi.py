@@ -180,7 +180,10 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
-                        "description": "the same key returns the same task, never a second run",
+                        "description": (
+                            "the same key with the same body returns the same task, never a"
+                            " second run; keys are scoped to the caller's API key"
+                        ),
                         "schema": {"type": "string", "minLength": 1, "maxLength": 256},
                     },
                 ],
@@ -199,7 +202,10 @@ def _paths() -> dict[str, Any]:
                         "headers": {"X-Task-Id": {"schema": {"type": "string"}}},
                     },
                     "400": _error("malformed JSON or Idempotency-Key"),
-                    "422": _error("the body is not a valid AgentRequest (invalid_request)"),
+                    "422": _error(
+                        "the body is not a valid AgentRequest (invalid_request), or the"
+                        " Idempotency-Key was used for a different body (idempotency_key_reused)"
+                    ),
                     **_COMMON_ERRORS,
                 },
             },

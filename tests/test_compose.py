@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 APP_SERVICES = set(SERVICES)  # gateway, tool_service, mcp_client, llm_stub, frontend_stub
 URL_VARIABLES = ("REDIS_URL", "LLM_BASE_URL", "TOOL_SERVICE_URL", "MCP_CLIENT_URL")
+INTERNAL_SERVICES = {"tool_service", "mcp_client"}  # DESIGN §10: reached only by the gateway
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,22 @@ def test_each_app_service_listens_on_its_own_port_on_all_interfaces(
         env = service["environment"]
         assert env["HOST"] == "0.0.0.0", name
         assert container_port(service) == SERVICES[name].port, name
-        targets = [str(p).rsplit(":", 1)[-1] for p in service["ports"]]
-        assert str(SERVICES[name].port) in targets, name
+        if name not in INTERNAL_SERVICES:
+            targets = [str(p).rsplit(":", 1)[-1] for p in service["ports"]]
+            assert str(SERVICES[name].port) in targets, name
         assert service["command"] == ["agent-gateway", "serve", name]
+
+
+def test_the_internal_services_are_not_published_and_share_the_gateways_token(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in INTERNAL_SERVICES:
+        assert "ports" not in services[name], f"{name} must not be published on the host"
+    tokens = {
+        name: services[name]["environment"].get("SERVICE_TOKEN")
+        for name in (*INTERNAL_SERVICES, "gateway")
+    }
+    assert set(tokens.values()) == {"${SERVICE_TOKEN:-}"}, tokens
 
 
 def test_urls_in_the_environment_name_existing_services_and_their_ports(

@@ -60,6 +60,7 @@ class Settings:
     heartbeat_interval: float = 15.0
     max_file_bytes: int = 20 * _MIB
     public_url: str | None = None
+    service_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +105,7 @@ class Settings:
             heartbeat_interval=reader.number("HEARTBEAT_INTERVAL", 15.0),
             max_file_bytes=max_file_bytes,
             public_url=(env.get("PUBLIC_URL") or "").rstrip("/") or None,
+            service_token=(env.get("SERVICE_TOKEN") or "").strip(),
         )
 
 

@@ -288,9 +288,10 @@ async def _submit(
         agent_request = AgentRequest(query=query, agentType=agent_type, requestId=request_id)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", validation_message(exc)) from exc
-    # A retried request (same requestId) joins its first run instead of starting a second one.
+    # A retried request (same requestId, same caller) joins its first run instead of starting
+    # a second one; ``submit`` scopes the key to the caller's API key.
     key = f"compat:{request.url.path}:{request_id}" if request_id else None
-    return await submit(request.app.state.manager, agent_request, key)
+    return await submit(request, agent_request, key, key_label="requestId")
 
 
 async def query_agent_stream_incr(request: Request) -> Response:

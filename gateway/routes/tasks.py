@@ -12,7 +12,8 @@ from starlette.routing import Route
 from gateway.protocol import AgentRequest, TaskRecord, TaskStatus
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
-from gateway.store import TaskNotFound
+from gateway.security import key_name, record_owner, scoped_key
+from gateway.store import IdempotencyKeyReused, TaskNotFound
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
 
 MAX_POLL_LIMIT = 1000
@@ -52,15 +53,35 @@ async def parse_agent_request(request: Request) -> AgentRequest:
     return await read_model(request, AgentRequest)
 
 
-async def submit(manager: TaskManager, agent_request: AgentRequest, key: str | None) -> TaskRecord:
+async def submit(
+    request: Request,
+    agent_request: AgentRequest,
+    key: str | None,
+    *,
+    key_label: str = "Idempotency-Key",
+) -> TaskRecord:
+    """Submit ``agent_request`` for the caller of ``request``.
+
+    ``key`` (an ``Idempotency-Key``, or the compat endpoints' ``requestId`` under
+    ``key_label``) is scoped to the caller's API key name, so another key never reaches the
+    task it names; reused for a different request it is refused (422). The caller becomes the
+    owner of a task this submission created.
+    """
     if key is not None and not (0 < len(key) <= 256):
-        raise ApiError(400, "bad_request", "Idempotency-Key must be 1 to 256 characters")
+        raise ApiError(400, "bad_request", f"{key_label} must be 1 to 256 characters")
+    name = key_name(request)
+    if key is not None and name is not None:
+        key = scoped_key(name, key)
     try:
-        record, _ = await manager.submit(agent_request, key)
+        record, created = await _manager(request).submit(agent_request, key)
     except UnknownAgentType as exc:
         raise ApiError(422, "invalid_request", str(exc)) from exc
     except QueueFull as exc:
         raise ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+    except IdempotencyKeyReused as exc:
+        message = f"this {key_label} was already used for a different request"
+        raise ApiError(422, "idempotency_key_reused", message) from exc
+    await record_owner(request, record.task_id, created)
     return record
 
 
@@ -68,7 +89,7 @@ async def create_task(request: Request) -> Response:
     """``POST /api/tasks``: 202 + snapshot, or an SSE stream with ``Accept: text/event-stream``."""
     manager = _manager(request)
     agent_request = await parse_agent_request(request)
-    record = await submit(manager, agent_request, request.headers.get("idempotency-key"))
+    record = await submit(request, agent_request, request.headers.get("idempotency-key"))
     if "text/event-stream" in request.headers.get("accept", ""):
         on_disconnect = None
         if agent_request.cancel_on_disconnect:

@@ -65,7 +65,11 @@ class ToolServiceClient(OwnedHttp):
             "POST",
             f"{self._base}/v1/tool/{tool}",
             content=orjson.dumps(dict(payload)),
-            headers={"content-type": "application/json", "accept": "text/event-stream"},
+            headers={
+                "content-type": "application/json",
+                "accept": "text/event-stream",
+                **self._settings.service_headers,
+            },
         )
         try:
             with deadline.limit():

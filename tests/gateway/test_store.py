@@ -11,6 +11,7 @@ from gateway import printer as printer_module
 from gateway.printer import Printer
 from gateway.protocol import TaskError, TaskStatus, new_task_id, now_ms
 from gateway.store import (
+    IdempotencyKeyReused,
     IllegalTransition,
     LeaseState,
     MemoryStore,
@@ -408,6 +409,20 @@ async def test_the_same_idempotency_key_returns_the_same_task(store: StreamStore
     results = await asyncio.gather(*(store.create(record(), key) for _ in range(4)))
     assert len({r.task_id for r, _ in results}) == 1
     assert sum(created for _, created in results) == 1
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_refused(
+    store: StreamStore,
+) -> None:
+    key = new_task_id()
+    first, created = await store.create(record(request={"query": "a", "agentType": 0}), key)
+    # The same request in another key order is the same request.
+    again, again_created = await store.create(record(request={"agentType": 0, "query": "a"}), key)
+    with pytest.raises(IdempotencyKeyReused):
+        await store.create(record(request={"query": "b", "agentType": 0}), key)
+    assert created and not again_created and again.task_id == first.task_id
+    other, other_created = await store.create(record(request={"query": "b"}), new_task_id())
+    assert other_created and other.task_id != first.task_id
 
 
 async def test_the_queue_hands_each_task_to_one_consumer(store: StreamStore) -> None:

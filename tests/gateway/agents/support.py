@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from llm_stub import create_app as create_stub
 from llm_stub.settings import Knobs, StubSettings
 from mcp_client import Settings as BridgeSettings
 from mcp_client import create_app as create_bridge
+from mcp_client.target import parse_allowlist
 from tests.helpers import free_port, serve_app
 from tool_service import Settings as ToolSettings
 from tool_service import create_app as create_tool_service
@@ -74,7 +76,9 @@ def sdk_mcp_server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_upstreams(workdir: Path) -> Iterator[Upstreams]:
-    """llm_stub (no pacing), tool_service, mcp_client and an SDK MCP server, all real."""
+    """llm_stub (no pacing), tool_service, mcp_client and an SDK MCP server, all real; the
+    tool service and the bridge require a service token, which the gateway's settings hold."""
+    token = secrets.token_urlsafe(16)
     stub_settings = StubSettings(knobs=Knobs(tokens_per_second=0))
     with contextlib.ExitStack() as stack:
         mcp_url = stack.enter_context(sdk_mcp_server())
@@ -86,10 +90,17 @@ def running_upstreams(workdir: Path) -> Iterator[Upstreams]:
                 "SANDBOX_ROOT": str(workdir / "sandboxes"),
                 "CODE_TIMEOUT": "20",
                 "CODE_MEMORY_MB": "512",
+                "SERVICE_TOKEN": token,
             }
         )
         tools = stack.enter_context(serve_app(create_tool_service(tool_settings)))
-        bridge_settings = BridgeSettings(connect_timeout=5, call_timeout=15, tools_ttl=5)
+        bridge_settings = BridgeSettings(
+            connect_timeout=5,
+            call_timeout=15,
+            tools_ttl=5,
+            service_token=token,
+            allowed_servers=parse_allowlist("127.0.0.1"),  # the MCP server is on loopback
+        )
         bridge = stack.enter_context(serve_app(create_bridge(bridge_settings)))
         settings = UpstreamSettings(
             llm_base_url=stub.url + "/v1",
@@ -100,6 +111,7 @@ def running_upstreams(workdir: Path) -> Iterator[Upstreams]:
             mcp_client_url=bridge.url,
             mcp_server_urls=(mcp_url,),
             tool_timeout=30,
+            service_token=token,
         )
         yield Upstreams(settings, stub.url, mcp_url)
 
