@@ -1,14 +1,14 @@
 """Webhooks: a signed POST to a task's ``callbackUrl`` when it ends, retried, recorded, SSRF-safe.
 
-``install_webhooks(app, settings)`` adds two things to the gateway app, and registers the
-dispatcher as ``app.state.webhooks``, where submitting finds it (``gateway.routes.tasks``): the
-validated request's callback URL, whichever spelling it came in, is refused there (422
-``invalid_request``) unless the gateway may call it, and each accepted task is watched.
+``install_webhooks(app, settings)`` adds two things to the gateway app:
 
 - :class:`WebhookDispatcher`, run by the app's lifespan, which polls the watched tasks (one
   batched ``get_many`` per ``poll_interval``) and delivers once a task is terminal — however it
   ended (completed, failed, cancelled, timed out, or ended ``interrupted`` by any replica's
-  sweeper, since the watcher reads the store rather than hooking one writer);
+  sweeper, since the watcher reads the store rather than hooking one writer). It is
+  ``app.state.webhooks``, where submitting finds it (``gateway.routes.tasks``): the validated
+  request's callback URL, whichever spelling it came in, is refused there (422
+  ``invalid_request``) unless the gateway may call it, and each accepted task is watched;
 - ``GET /api/tasks/{id}/webhook``: the delivery record (status, attempts, last status, time).
 
 Delivery follows Standard Webhooks (https://www.standardwebhooks.com/): the body is

@@ -95,6 +95,10 @@ async def test_agent_type_must_be_a_json_integer() -> None:
                 for value in (True, False, "0", "5", 0.0, 5.0, [5], None)
             ]
             accepted = await client.post("/api/tasks", json={"query": "q", "agentType": 0})
+            refused += [
+                await client.post("/AutoAgent", json={"query": "q", "agentType": value})
+                for value in (True, "0", 0.0)
+            ]
             listed = (await client.get("/api/tasks", params={"limit": 50})).json()["tasks"]
     for answer in refused:
         assert_error(answer, 422, "invalid_request")
