@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from gateway.agents import agent_services, register_builtin_agents
+from gateway.auth_failures import install_auth_failure_limit
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import install_openapi
@@ -111,6 +112,7 @@ def create_app(
     app.state.store = store
     app.state.metrics = metrics
     app.state.registry = registry
+    install_auth_failure_limit(app, settings.auth_failures)  # outside the one answering 401
     install_security(app, settings.security)  # first: unauthenticated bodies are never read
     install_webhooks(app, settings.webhooks)
     install_openapi(app)

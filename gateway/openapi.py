@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.protocol import AgentRequest, TaskStatus
+from gateway.protocol.numbers import MAX_DIGITS
 
 __all__ = ["build_openapi", "install_openapi"]
 
@@ -49,7 +50,11 @@ _COMMON_ERRORS = {
     ),
     "413": _error("body too large"),
     "414": _error("URL too long"),
-    "429": _error("rate limited (rate_limited) or queue full (queue_full)", headers=_RETRY_AFTER),
+    "429": _error(
+        "rate limited (rate_limited), queue full (queue_full), or too many wrong API keys from "
+        "this address (too_many_failed_auth)",
+        headers=_RETRY_AFTER,
+    ),
     "431": _error("headers too large"),
     "503": _error(
         "the task store (Redis) is unreachable (store_unavailable)", headers=_RETRY_AFTER
@@ -170,7 +175,8 @@ def _schemas() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    cursor = {"type": "string", "pattern": "^[0-9]+$"}
+    cursor = {"type": "string", "pattern": f"^[0-9]{{1,{MAX_DIGITS}}}$"}
+    after = {"type": "integer", "minimum": 0, "maximum": 10**MAX_DIGITS - 1}
     return {
         "/api/tasks": {
             "post": {
@@ -202,9 +208,14 @@ def _paths() -> dict[str, Any]:
                         "headers": {"X-Task-Id": {"schema": {"type": "string"}}},
                     },
                     "400": _error("malformed JSON or Idempotency-Key"),
+                    "415": _error(
+                        "the body is not declared as JSON: Content-Type must be "
+                        "application/json or application/*+json (unsupported_media_type)"
+                    ),
                     "422": _error(
-                        "the body is not a valid AgentRequest (invalid_request), or the"
-                        " Idempotency-Key was used for a different body (idempotency_key_reused)"
+                        "the body is not a valid AgentRequest or its callbackUrl is not one the"
+                        " gateway will call (invalid_request), or the Idempotency-Key was used"
+                        " for a different body (idempotency_key_reused)"
                     ),
                     **_COMMON_ERRORS,
                 },
@@ -240,7 +251,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "The snapshot; with ?after=N also the messages after N (polling)",
                 "parameters": [
                     _TASK_ID,
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after", "in": "query", "schema": after},
                     {
                         "name": "limit",
                         "in": "query",
@@ -262,7 +273,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _TASK_ID,
                     {"name": "Last-Event-ID", "in": "header", "schema": cursor},
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after", "in": "query", "schema": after},
                 ],
                 "responses": {
                     "200": _SSE_STREAM,

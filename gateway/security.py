@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._env import env_number
+from gateway.protocol import parse_decimal
 from gateway.store import StreamStore
 
 __all__ = [
@@ -367,8 +368,8 @@ def _check_sizes(
     if sum(len(k) + len(v) for k, v in scope["headers"]) > settings.max_header_bytes:
         message = f"the headers exceed {settings.max_header_bytes} bytes"
         return error_response(431, "headers_too_large", message)
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = parse_decimal(headers.get("content-length"))
+    if declared is not None and declared > limit:
         return error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
     return None
 

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 
 from gateway._env import env_number
+from gateway.auth_failures import AuthFailureSettings
 from gateway.security import SecuritySettings
 from gateway.upstream import UpstreamSettings
 from gateway.webhooks import WebhookSettings
@@ -54,9 +55,11 @@ class Settings:
     cancel_wait: float = 10.0
     cors_origins: tuple[str, ...] = ()
     compat_heartbeat_interval: float = 10.0
+    header_timeout: float = 10.0
     replica_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
     upstream: UpstreamSettings = dataclasses.field(default_factory=UpstreamSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
+    auth_failures: AuthFailureSettings = dataclasses.field(default_factory=AuthFailureSettings)
     webhooks: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
 
     @classmethod
@@ -91,7 +94,9 @@ class Settings:
             cancel_wait=_num(env, "CANCEL_WAIT", 10.0, minimum=0.01),
             cors_origins=origins,
             compat_heartbeat_interval=_num(env, "COMPAT_HEARTBEAT_INTERVAL", 10.0, minimum=0.01),
+            header_timeout=_num(env, "HEADER_TIMEOUT", 10.0),
             upstream=UpstreamSettings.from_env(env),
             security=SecuritySettings.from_env(env),
+            auth_failures=AuthFailureSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
         )

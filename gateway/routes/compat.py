@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -73,7 +73,7 @@ class AutoAgentReq(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     query: str = Field(min_length=1, max_length=100_000)
-    agent_type: int = Field(default=5, alias="agentType", ge=0, le=99)
+    agent_type: StrictInt = Field(default=5, alias="agentType", ge=0, le=99)
     request_id: str | None = Field(default=None, alias="requestId", min_length=1, max_length=128)
 
 

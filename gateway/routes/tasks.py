@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.protocol import AgentRequest, TaskRecord, TaskStatus
+from gateway.protocol import AgentRequest, TaskRecord, TaskStatus, parse_decimal
+from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
 from gateway.security import key_name, record_owner, scoped_key
@@ -35,22 +36,48 @@ def snapshot(record: TaskRecord) -> dict[str, Any]:
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+    """A cursor or limit from the query or a header: ASCII digits only (see ``parse_decimal``)."""
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    value = parse_decimal(raw)
+    if value is None:
         raise ApiError(
             400,
             "invalid_cursor" if name != "limit" else "bad_request",
-            f"{name} must be a non-negative integer, got {raw!r}",
+            f"{name} must be a non-negative integer of ASCII digits (at most {MAX_DIGITS}), "
+            f"got {raw[:40]!r}",
         )
-    value = int(raw)
     if value < low or (high is not None and value > high):
         raise ApiError(400, "bad_request", f"{name} must be between {low} and {high}")
     return value
 
 
+class CallbackGuard(Protocol):
+    """What submitting needs of the webhook side, registered as ``app.state.webhooks``."""
+
+    async def refusal(self, url: str) -> str | None:
+        """Why the gateway will not call ``url`` (``None``: it will)."""
+
+    def watch(self, task_id: str) -> None:
+        """Deliver ``task_id``'s end to its callback URL."""
+
+
+def _callback_guard(request: Request) -> CallbackGuard:
+    guard: CallbackGuard | None = getattr(request.app.state, "webhooks", None)
+    if guard is None:
+        raise ApiError(422, "invalid_request", "callbackUrl: this gateway sends no webhooks")
+    return guard
+
+
 async def parse_agent_request(request: Request) -> AgentRequest:
-    return await read_model(request, AgentRequest)
+    """The body as an ``AgentRequest``; its callback URL (``callbackUrl`` or ``callback_url``:
+    the model takes both spellings into one field) is checked here, the one place for both."""
+    agent_request = await read_model(request, AgentRequest)
+    if agent_request.callback_url is not None:
+        reason = await _callback_guard(request).refusal(str(agent_request.callback_url))
+        if reason is not None:
+            raise ApiError(422, "invalid_request", reason)
+    return agent_request
 
 
 async def submit(
@@ -90,6 +117,8 @@ async def create_task(request: Request) -> Response:
     manager = _manager(request)
     agent_request = await parse_agent_request(request)
     record = await submit(request, agent_request, request.headers.get("idempotency-key"))
+    if agent_request.callback_url is not None:
+        _callback_guard(request).watch(record.task_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         on_disconnect = None
         if agent_request.cancel_on_disconnect:
