@@ -88,13 +88,18 @@ def test_captured_output_is_capped(make_service: ServiceFactory) -> None:
 
 
 def test_concurrent_runs_are_isolated_from_each_other(service: Service) -> None:
-    code = "import os, time\nprint(os.getuid(), os.getcwd())\ntime.sleep(0.5)\n"
+    code = (
+        "import os, time\n"
+        "open(os.urandom(4).hex(), 'w').close()\n"
+        "time.sleep(0.5)\n"
+        "print(os.getuid(), len([n for n in os.listdir('.') if not n.startswith('.')]))\n"
+    )
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(_run, service, code) for _ in range(2)]
         finals = [future.result(timeout=20)[-2] for future in futures]
     outputs = [final["codeOutput"].split() for final in finals]
     assert all(final["exitCode"] == 0 for final in finals)
-    assert outputs[0][1] != outputs[1][1]  # separate working folders
+    assert outputs[0][1] == outputs[1][1] == "1"  # each run sees only the file it wrote
     if os.geteuid() == 0:
         assert outputs[0][0] != outputs[1][0]  # and, as root, separate uids
     _assert_healthy_and_clean(service)
