@@ -57,7 +57,7 @@ def _reachable(folder: str) -> bool:
         return False
 
 
-def _expose(libc: ctypes.CDLL, folders: list[str]) -> None:
+def expose_folders(libc: ctypes.CDLL, folders: list[str]) -> None:
     """Make ``folders`` reachable by any user, in a mount namespace of this process only."""
     hidden = [folder for folder in folders if not _reachable(folder)]
     if not hidden:
@@ -82,7 +82,7 @@ def main() -> None:
     """Expose the hidden folders, drop to the run's uid, ``exec`` bwrap."""
     config = json.loads(sys.argv[1])
     libc = ctypes.CDLL(None, use_errno=True)
-    _expose(libc, config["expose"])
+    expose_folders(libc, config["expose"])
     uid = config["uid"]
     os.setgroups([])
     os.setresgid(uid, uid, uid)

@@ -14,7 +14,6 @@ from tests.tool_service.fake_llm import FakeLLM, Reply
 from tests.tool_service.support import Service, ServiceFactory
 from tool_service import Settings, create_app
 
-
 _PR_SET_CHILD_SUBREAPER = 36
 
 
