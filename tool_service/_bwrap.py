@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["SYSTEM_FOLDERS", "WORK", "interpreter_folders", "sandbox_argv"]
+__all__ = ["SYSTEM_FOLDERS", "WORK", "interpreter_folders", "sandbox_argv", "supports"]
 
 WORK = "/work"
 SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -58,13 +58,27 @@ def interpreter_folders(python: str) -> tuple[str, ...]:
     return tuple(folders)
 
 
+def supports(bwrap: str, option: str) -> bool:
+    """Does this bwrap know ``option`` (bubblewrap 0.8 added ``--disable-userns``)?"""
+    try:
+        done = subprocess.run([bwrap, "--help"], capture_output=True, env={}, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return option.encode() in done.stdout + done.stderr
+
+
 def sandbox_argv(
     bwrap: str,
     binds: Sequence[tuple[str, str]],
     disk_bytes: int,
     command: Sequence[str],
+    *,
+    disable_userns: bool = True,
 ) -> list[str]:
-    """The bwrap command running ``command`` with ``binds`` (``(host path, sandbox path)``)."""
+    """The bwrap command running ``command`` with ``binds`` (``(host path, sandbox path)``).
+
+    ``disable_userns`` (where bwrap supports it) also stops the code from making namespaces.
+    """
     argv = [
         bwrap,
         "--unshare-user",
@@ -73,7 +87,7 @@ def sandbox_argv(
         "--unshare-net",
         "--unshare-uts",
         "--unshare-cgroup-try",
-        "--disable-userns",  # the code cannot build namespaces of its own either
+        *(["--disable-userns"] if disable_userns else []),
         "--die-with-parent",
         "--new-session",
         "--cap-drop",

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import anyio
 
-from ._bwrap import ENV, WORK, interpreter_folders, sandbox_argv
+from ._bwrap import ENV, WORK, interpreter_folders, sandbox_argv, supports
 from ._output import Ended, read_output
 from ._reaper import kill_all, open_children
 from ._sandbox_runner import SCRIPT_NAME, STATUS_NAME
 from ._uids import UidLease, UidPool
-from .errors import InvalidRequest, SandboxError, SandboxUnavailable
+from .errors import InvalidRequest, NotFound, SandboxError, SandboxUnavailable
 from .files import check_file_name
 from .settings import SandboxSettings
 
@@ -101,6 +101,7 @@ class Sandbox:
         )
         self._bwrap = shutil.which(settings.bwrap) or settings.bwrap
         self._folders: tuple[str, ...] = ()
+        self._disable_userns = False
         self.unavailable: str | None = None
         if settings.mode == "unsafe-none":
             logger.warning(
@@ -129,7 +130,10 @@ class Sandbox:
         workspace = Workspace(self._new_folder(lease), lease.uid if lease else None)
         try:
             for name, source in inputs.items():
-                workspace.inputs[name] = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    workspace.inputs[name] = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError as exc:
+                    raise NotFound(f"cannot read the file {name!r}: {exc.strerror}") from exc
             yield workspace
         finally:
             with anyio.CancelScope(shield=True):
@@ -218,7 +222,13 @@ class Sandbox:
     def _launcher(self, workspace: Workspace, command: list[str]) -> list[str]:
         """bwrap around ``command``; as root, behind the wrapper that drops to the run's uid."""
         binds = [(folder, folder) for folder in self._folders]
-        argv = sandbox_argv(self._bwrap, binds, self.settings.disk_bytes, command)
+        argv = sandbox_argv(
+            self._bwrap,
+            binds,
+            self.settings.disk_bytes,
+            command,
+            disable_userns=self._disable_userns,
+        )
         if workspace.uid is None:
             return argv
         config = {"uid": workspace.uid, "expose": self._folders, "argv": argv}
@@ -249,6 +259,7 @@ class Sandbox:
             self._folders = interpreter_folders(self.settings.python)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return f"the interpreter {self.settings.python} cannot run: {exc}"
+        self._disable_userns = supports(self._bwrap, "--disable-userns")
         lease = self._uids.acquire() if self._uids is not None else None
         workspace = Workspace(self._new_folder(lease), lease.uid if lease else None)
         try:
