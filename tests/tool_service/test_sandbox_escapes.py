@@ -179,6 +179,32 @@ def test_sandboxed_code_cannot_read_another_requests_uploaded_file(hosted: Hoste
     hosted.assert_healthy_and_clean()
 
 
+def test_sandboxed_code_cannot_reach_the_host_folder_of_its_run_through_proc(
+    hosted: Hosted,
+) -> None:
+    # The sandbox's first processes hold the run's host folder open (the written files go back
+    # through it): a file created through their /proc/<pid>/fd would skip the disk bound.
+    code = (
+        "import os\n"
+        "for pid in [p for p in os.listdir('/proc') if p.isdigit()]:\n"
+        "    try:\n"
+        "        fds = os.listdir(f'/proc/{pid}/fd')\n"
+        "    except OSError as exc:\n"
+        "        print(pid, type(exc).__name__)\n"
+        "        continue\n"
+        "    for fd in fds:\n"
+        "        try:\n"
+        "            os.close(os.open(f'/proc/{pid}/fd/{fd}/escaped', os.O_CREAT | os.O_WRONLY))\n"
+        "            print('created through', pid, fd)\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    final = hosted.final(code)
+    assert "created through" not in final["codeOutput"]
+    assert final["fileInfo"] == []
+    hosted.assert_healthy_and_clean()
+
+
 def test_sandboxed_code_cannot_read_the_service_environment_through_proc(hosted: Hosted) -> None:
     code = (
         "import os\n"
