@@ -3,7 +3,8 @@
 Each test runs attacker code through ``POST /v1/tool/code_interpreter`` of a tool service started
 as its own process (``agent-gateway serve tool_service``), once as root (as in CI and the compose
 file) and once as an unprivileged uid (as ``agent-gateway dev`` runs for a normal user). The
-service's environment holds a fake ``LLM_API_KEY``. Network attempts target 127.0.0.1 only.
+service's environment holds a fake ``LLM_API_KEY`` and ``SERVICE_TOKEN``. Network attempts
+target 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PRIVATE_FOLDERS = sorted(
 )
 UNPRIVILEGED_UID = 64_123  # no account of its own: nothing else on the host runs as it
 SECRET = "sk-canary-9c1e55d0-service-secret"
+TOKEN = "token-canary-41b7e2"
 DISK_MB = 8
 
 
@@ -47,6 +49,7 @@ class Hosted(Service):
 
     def __init__(self, url: str, settings: Settings, base: Path) -> None:
         super().__init__(url, settings)
+        self.client.headers["Authorization"] = f"Bearer {TOKEN}"
         self.base = base
         self.port = int(urlsplit(url).port or 0)
 
@@ -80,6 +83,7 @@ def _host(uid: int | None) -> Iterator[Hosted]:
         "HOME": str(base),
         "LLM_BASE_URL": "http://127.0.0.1:9/v1",
         "LLM_API_KEY": SECRET,
+        "SERVICE_TOKEN": TOKEN,
         "FILE_ROOT": str(base / "files"),
         "SANDBOX_ROOT": str(base / "sandboxes"),
         "SANDBOX_UID_LOCK_DIR": str(base / "uids"),
@@ -219,6 +223,7 @@ def test_sandboxed_code_cannot_read_the_service_environment_through_proc(hosted:
     final = hosted.final(code)
     assert final["exitCode"] == 0
     assert SECRET not in final["codeOutput"]
+    assert TOKEN not in final["codeOutput"]
     assert "LLM_API_KEY" not in final["codeOutput"]
     hosted.assert_healthy_and_clean()
 
