@@ -158,3 +158,16 @@ def test_the_dockerfile_serves_with_agent_gateway_serve() -> None:
     assert cmd.group(1).startswith('["agent-gateway", "serve"')
     for package in APP_SERVICES:
         assert f"COPY {package} " in dockerfile
+
+
+def test_the_tool_service_gets_what_bubblewrap_needs_and_no_capability(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    tool_service = services["tool_service"]
+    options = set(tool_service.get("security_opt") or [])
+    assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= options
+    assert not tool_service.get("privileged")
+    assert not tool_service.get("cap_add")
+    assert "SANDBOX" not in (tool_service.get("environment") or {})  # never unsafe-none here
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"apt-get install [^\n]*\bbubblewrap\b", dockerfile)
