@@ -23,6 +23,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.tasks import TaskRegistry
+from tests.e2e.contract_agents import ANSWER, SUMMARY, register_contract_agents
 from tests.gateway.agents.support import gateway_settings, running_upstreams
 from tests.helpers import free_port, serve_app, wait_http_ok
 
@@ -102,6 +105,18 @@ def joyagent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JoyAgent]:
             yield JoyAgent(ui, gateway.url)
 
 
+@pytest.fixture(scope="module")
+def live_text() -> Iterator[JoyAgent]:
+    """A gateway whose agents 3 and 5 print DESIGN §3's live-text messages, and the UI."""
+    ui_port = free_port()
+    registry = TaskRegistry()
+    register_contract_agents(registry)
+    settings = Settings(cors_origins=(f"http://127.0.0.1:{ui_port}",))
+    with serve_app(create_app(settings, registry=registry)) as gateway:
+        with serve_ui(ui_port, gateway.url) as ui:
+            yield JoyAgent(ui, gateway.url)
+
+
 @dataclass
 class Run:
     """One query sent from the UI, after the UI went back to idle."""
@@ -157,7 +172,9 @@ def ask(page: Page, joyagent: JoyAgent, query: str, *, deep_think: bool) -> Run:
     request_id = (response.request.post_data_json or {})["requestId"]
     expect(box).to_have_attribute("placeholder", "任务进行中")
     answer = page.locator('div[class="w-full"] > div[class="mb-[8px]"] > div[class="mb-[8px]"]')
-    expect(answer.or_(page.get_by_text(CRASH))).to_be_visible(timeout=60_000)
+    crash = page.get_by_text(CRASH)
+    expect(answer.or_(crash)).to_be_visible(timeout=60_000)
+    expect(crash).to_have_count(0)
     expect(box).to_have_attribute("placeholder", IDLE)
     listed = httpx.get(f"{joyagent.gateway_url}/api/tasks", params={"ids": task_id}, timeout=5)
     (task,) = listed.json()["tasks"]
@@ -220,3 +237,33 @@ def test_react_thought_box_grows_while_the_model_writes(page: Page, joyagent: Jo
     assert_what_a_person_sees(run, "no_tool")
     lengths = last_thought_lengths(run)
     assert len(partial_lengths(lengths)) >= 2, f"the thought grew while written: {lengths}"
+
+
+@pytest.mark.parametrize("with_tool", [False, True], ids=["no_tool", "tool"])
+def test_live_react_turns_each_grow_one_thought_and_the_answer_is_the_result(
+    page: Page, live_text: JoyAgent, with_tool: bool
+) -> None:
+    query = "use a tool: what does stream mean" if with_tool else "what does stream mean"
+    run = ask(page, live_text, query, deep_think=False)
+
+    assert run.errors == [] and run.task["status"] == "COMPLETED"
+    assert run.answer == run.task["result"] == ANSWER
+    assert run.text.count(CALLING_A_TOOL) == int(with_tool), "a tool item only for a tool call"
+    assert len(run.thoughts) == (2 if with_tool else 1) and run.thoughts[-1] == ANSWER
+    lengths = last_thought_lengths(run)
+    assert len(partial_lengths(lengths)) >= 2, f"the thought grew while written: {lengths}"
+
+
+def test_live_plan_turns_grow_their_thoughts_and_the_step_summary_is_shown(
+    page: Page, live_text: JoyAgent
+) -> None:
+    run = ask(page, live_text, "what does stream mean", deep_think=True)
+
+    assert run.errors == [] and run.task["status"] == "COMPLETED"
+    assert run.answer == run.task["result"] == SUMMARY
+    assert "The step is done" in run.text, "the step's task_summary item"
+    plan = [s["plan"] for s in run.samples]
+    assert len(partial_lengths(plan)) >= 2, f"the planner's thought grew while written: {plan}"
+    for index in range(3):  # the step's thought, the step's answer, the summary
+        lengths = [s["thoughts"][index] for s in run.samples if len(s["thoughts"]) > index]
+        assert len(partial_lengths(lengths)) >= 2, f"thought {index} grew: {lengths}"
