@@ -13,6 +13,8 @@ What genie-backend sends, and its UI relies on (``joyagent-compat.md``), reprodu
   plan step's answer, streamed live) do too; its final frame settles that thought and then
   gives the ``task_summary`` item. Under DESIGN §3's live text a turn's deltas may already be
   ``tool_thought`` frames whose final frame names the answer type: the same rules apply;
+- a streamed ``deep_search``'s final frame carries ``answer: ""`` (genie-tool's does; the UI
+  appends every frame's answer);
 - the ``tool_result`` of a tool that printed its own message (code, search, report) is not
   sent: genie-backend sends ``tool_result`` only for other tools (``ReactImplAgent.act``);
 - ``messageOrder`` counts 1, 2, 3 … per ``taskId:messageType`` for its stream types and is 1
@@ -98,8 +100,11 @@ class AgentResponses:
             self._step_files = []
         elif kind in _TOOL_PAYLOADS:
             self._tool_shown = True
-            if message.get("isFinal"):
+            if not message.get("isFinal"):
+                self._streamed.add(message["messageId"])
+            else:
                 self._add_files(message.get("resultMap"))
+                message = self._settled_search(message)
         elif kind == "tool_result":
             shown, self._tool_shown = self._tool_shown, False
             if shown:  # as genie-backend: its own tools' work is their message, not a tool item
@@ -122,9 +127,23 @@ class AgentResponses:
         self._streamed.discard(message_id)
         if kind != "task_summary":
             return [self._response(thought)]
-        summary = {**message, "resultMap": {"taskSummary": text, "fileList": self._step_files}}
+        files = list(self._step_files)
+        summary = {**message, "resultMap": {"taskSummary": text, "fileList": files}}
         head = [self._response(thought)] if streamed else []
         return [*head, self._response(summary)]
+
+    def _settled_search(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A streamed ``deep_search``'s final frame without the answer the UI already has.
+
+        The UI appends every frame's ``answer``, the final one's too; genie-tool's streamed
+        final frame has ``answer: ""``. A final frame read without its deltas keeps it all.
+        """
+        payload = message.get("resultMap")
+        streamed = message["messageId"] in self._streamed
+        self._streamed.discard(message["messageId"])
+        if message["messageType"] != "deep_search" or not streamed or not isinstance(payload, dict):
+            return message
+        return {**message, "resultMap": {**payload, "answer": ""}}
 
     def _add_files(self, payload: Any) -> None:
         infos = payload.get("fileInfo") if isinstance(payload, dict) else None

@@ -509,3 +509,23 @@ def test_ui_packets_count_message_orders_per_task_and_stream_type() -> None:
         ("tool_thought", 6),
     ]
     assert all(p["resultMap"]["agentType"] == "5" for p in packets)
+
+
+def test_a_streamed_deep_search_ends_with_an_empty_answer_as_genie_tool_sends_it() -> None:
+    def search(final: bool, answer: str) -> dict[str, Any]:
+        payload = {"messageType": "report", "answer": answer, "isFinal": final}
+        return {
+            "messageId": "ds",
+            "messageType": "deep_search",
+            "isFinal": final,
+            "resultMap": payload,
+        }
+
+    streamed, replayed = AgentResponses(agent_type=5), AgentResponses(agent_type=5)
+    frames = (search(False, "Light "), search(False, "energy."), search(True, "Light energy."))
+    live = [r for m in frames for r in streamed.project(m)]
+    compacted = replayed.project(search(True, "Light energy."))
+
+    assert "".join(r["resultMap"]["answer"] for r in live) == "Light energy.", "the UI's text"
+    assert live[-1]["isFinal"] and live[-1]["resultMap"]["answer"] == ""
+    assert compacted[0]["resultMap"]["answer"] == "Light energy.", "a final frame read alone"
