@@ -96,11 +96,14 @@ def serve_ui(port: int, backend: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def joyagent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JoyAgent]:
-    """Gateway (built-in agents, CORS for the UI's origin) on real upstreams, and the UI."""
+    """Gateway (built-in agents, CORS for the UI's origin, a 0.3 s heartbeat) on real upstreams,
+    and the UI."""
     ui_port = free_port()
     origin = f"http://127.0.0.1:{ui_port}"
     with running_upstreams(tmp_path_factory.mktemp("joyagent-ui")) as upstreams:
-        settings = gateway_settings(upstreams.settings, cors_origins=(origin,))
+        settings = gateway_settings(
+            upstreams.settings, cors_origins=(origin,), compat_heartbeat_interval=0.3
+        )  # heartbeat packets arrive during every run
         with serve_app(create_app(settings)) as gateway, serve_ui(ui_port, gateway.url) as ui:
             yield JoyAgent(ui, gateway.url)
 
@@ -111,7 +114,9 @@ def live_text() -> Iterator[JoyAgent]:
     ui_port = free_port()
     registry = TaskRegistry()
     register_contract_agents(registry)
-    settings = Settings(cors_origins=(f"http://127.0.0.1:{ui_port}",))
+    settings = Settings(
+        cors_origins=(f"http://127.0.0.1:{ui_port}",), compat_heartbeat_interval=0.3
+    )
     with serve_app(create_app(settings, registry=registry)) as gateway:
         with serve_ui(ui_port, gateway.url) as ui:
             yield JoyAgent(ui, gateway.url)
