@@ -6,24 +6,25 @@ uses); ``/AutoAgent`` with raw httpx lines, to check the framing byte for byte.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.protocol import TaskRecord
-from gateway.routes._joyagent import AgentResponses, EventProjector, gpt_packet
 from tests.gateway.agents.support import gateway_settings, running_upstreams
-from tests.helpers import ensure_node_modules, serve_app
+from tests.gateway.compat_client import (
+    GPT,
+    ORIGIN,
+    Gateway,
+    NodeRun,
+    assert_orders_count_per_task_and_stream_type,
+    fetch_event_source,
+    merge_like_the_ui,
+)
+from tests.helpers import serve_app
 
-ORIGIN = "http://joyagent-ui.example:3000"
-GPT = "/web/api/v1/gpt/queryAgentStreamIncr"
 PACKET_FIELDS = {
     "status", "response", "responseAll", "finished", "useTimes", "useTokens", "resultMap",
     "responseType", "traceId", "reqId", "encrypted", "query", "messages", "packageType",
@@ -32,15 +33,6 @@ PACKET_FIELDS = {
 PLAN_QUERY = "calculate the sum of 3 and 4, then search for photosynthesis, then echo hi"
 SLOW = "[[stub:tps=40]]"  # paces the stub so the heartbeat clock (0.2 s) ticks during a run
 CUT = "[[stub:fault=cut]]"
-STREAM_TYPES = {"html", "markdown", "deep_search", "tool_thought", "data_analysis"}
-
-
-@dataclass
-class Gateway:
-    url: str
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -52,74 +44,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         )
         with serve_app(create_app(settings)) as server:
             yield Gateway(server.url)
-
-
-@dataclass
-class NodeRun:
-    opened: dict[str, Any]
-    messages: list[dict[str, Any]]
-    closed: bool
-
-    @property
-    def packets(self) -> list[dict[str, Any]]:
-        return [orjson.loads(m["data"]) for m in self.messages]
-
-    @property
-    def results(self) -> list[dict[str, Any]]:
-        return [p for p in self.packets if p["packageType"] == "result"]
-
-
-def fetch_event_source(gateway: Gateway, body: dict[str, Any]) -> NodeRun:
-    """POST ``body`` to the UI endpoint with fetch-event-source under node; what it saw."""
-    folder = ensure_node_modules()
-    script = str(Path(folder) / "compat_client.mjs")
-    done = subprocess.run(
-        ["node", script, gateway.url + GPT, orjson.dumps(body).decode(), ORIGIN],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
-    lines = [orjson.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    assert done.returncode == 0, (done.stderr, lines)
-    assert lines[0]["kind"] == "open", lines
-    messages = [line for line in lines if line["kind"] == "message"]
-    return NodeRun(lines[0], messages, lines[-1]["kind"] == "close")
-
-
-def merge_like_the_ui(packets: list[dict[str, Any]]) -> dict[tuple[Any, str], Any]:
-    """Merge eventData by (taskId, messageId): append non-final deltas, replace on final."""
-    merged: dict[tuple[Any, str], Any] = {}
-    for packet in packets:
-        event = packet["resultMap"]["eventData"]
-        response = event["resultMap"]
-        key = (event.get("taskId"), event["messageId"])
-        if response.get("messageType") != "tool_thought":
-            continue
-        field = "toolThought"
-        if response["isFinal"]:
-            merged[key] = response[field]
-        else:
-            merged[key] = merged.get(key, "") + response[field]
-    return merged
-
-
-def assert_orders_count_per_task_and_stream_type(events: list[dict[str, Any]]) -> None:
-    """genie-backend's messageOrder: 1, 2, 3 … per taskId:messageType for its stream types,
-    1 on every other packet of a task."""
-    seen: dict[str, int] = {}
-    for event in events:
-        if "taskId" not in event:
-            continue
-        kind = event["resultMap"]["messageType"]
-        if kind in STREAM_TYPES:
-            key = f"{event['taskId']}:{kind}"
-            seen[key] = seen.get(key, 0) + 1
-            assert event["messageOrder"] == seen[key], (kind, event["messageOrder"], seen[key])
-        else:
-            assert event["messageOrder"] == 1, kind
-    assert any(n > 1 for n in seen.values()), "a stream type was counted"
 
 
 @pytest.fixture(scope="module")
@@ -388,22 +312,6 @@ def test_a_bad_compat_request_is_a_json_error(gateway: Gateway) -> None:
         assert answer.json()["error"]["code"] == "invalid_request"
 
 
-def test_the_event_projector_starts_a_task_id_per_task_only_in_plan_mode() -> None:
-    def message(kind: str) -> dict[str, Any]:
-        return {"messageId": kind, "messageType": kind, "isFinal": True, "plan": {"steps": []}}
-
-    plan_mode, react_mode = EventProjector(react_mode=False), EventProjector(react_mode=True)
-    kinds = ["plan", "task", "tool_thought", "task", "plan"]
-    planned = [plan_mode.event(message(k)) for k in kinds]
-    reacted = [react_mode.event(message(k)) for k in kinds[1:]]
-
-    assert planned[0]["messageType"] == "plan" and "taskId" not in planned[0]
-    assert planned[1]["taskId"] == planned[2]["taskId"] != planned[3]["taskId"]
-    assert [e["taskOrder"] for e in planned[1:]] == [1, 2, 1, 2]
-    assert len({e["taskId"] for e in reacted}) == 1
-    assert [e["taskOrder"] for e in reacted] == [1, 2, 3, 4]
-
-
 def test_a_react_answer_that_calls_no_tool_reaches_the_ui_as_thought_and_result_only(
     gateway: Gateway,
 ) -> None:
@@ -435,97 +343,3 @@ def test_a_tool_that_shows_its_own_work_gets_no_extra_tool_result_item(gateway: 
     code = [f for f in frames if f["messageType"] == "code"]
     assert code[-1]["isFinal"] and code[-1]["resultMap"]["agentType"] == 5
     assert "codeOutput" in code[-1]["resultMap"]
-
-
-def contract_turns(kind: str) -> list[dict[str, Any]]:
-    """DESIGN §3's live text: a turn's deltas as ``tool_thought``, its final frame typed by what
-    the text was (``tool_thought`` before tool calls, ``kind`` for the answer)."""
-
-    def frame(mid: str, mtype: str, text: str, final: bool) -> dict[str, Any]:
-        field = {"tool_thought": "toolThought", "agent_stream": "result"}.get(mtype, "taskSummary")
-        return {"messageId": mid, "messageType": mtype, "isFinal": final, field: text}
-
-    return [
-        {"messageId": "s", "messageType": "task", "isFinal": True, "task": "step one"},
-        frame("t1", "tool_thought", "I will ", False),
-        frame("t1", "tool_thought", "run code", False),
-        frame("t1", "tool_thought", "I will run code", True),
-        {
-            "messageId": "c",
-            "messageType": "code",
-            "isFinal": True,
-            "resultMap": {"codeOutput": "42", "fileInfo": [{"fileName": "out.csv"}]},
-        },
-        {"messageId": "r", "messageType": "tool_result", "isFinal": True, "toolResult": {}},
-        frame("t2", "tool_thought", "It is ", False),
-        frame("t2", "tool_thought", "42.", False),
-        frame("t2", kind, "It is 42.", True),
-    ]
-
-
-@pytest.mark.parametrize("answer_type", ["agent_stream", "task_summary"])
-def test_live_turns_stream_as_one_thought_each_whatever_type_the_final_frame_names(
-    answer_type: str,
-) -> None:
-    responses = AgentResponses(agent_type=3)
-    out = [r for m in contract_turns(answer_type) for r in responses.project(m)]
-
-    assert all(isinstance(r["resultMap"], dict) and r["resultMap"]["agentType"] == 3 for r in out)
-    assert "tool_result" not in [r["messageType"] for r in out], "the code item shows the work"
-    turns: dict[str, list[dict[str, Any]]] = {}
-    for response in out:
-        if response["messageType"] == "tool_thought":
-            turns.setdefault(response["messageId"], []).append(response)
-    assert [[r["isFinal"] for r in t] for t in turns.values()] == [[False, False, True]] * 2
-    assert turns["t2"][-1]["toolThought"] == "It is 42."
-    summaries = [r for r in out if r["messageType"] == "task_summary"]
-    if answer_type == "task_summary":
-        (summary,) = summaries
-        assert summary["taskSummary"] == "It is 42."
-        assert summary["resultMap"] == {
-            "taskSummary": "It is 42.",
-            "fileList": [{"fileName": "out.csv"}],
-            "agentType": 3,
-        }
-        assert out[-1] is summary, "the summary item follows its settled thought"
-    else:
-        assert summaries == [] and out[-1]["messageType"] == "tool_thought"
-
-
-def test_ui_packets_count_message_orders_per_task_and_stream_type() -> None:
-    record = TaskRecord(task_id="task-1", request_id="req-1", agent_type=5, query="q")
-    responses, projector = AgentResponses(agent_type=5), EventProjector(react_mode=True)
-    messages = contract_turns("agent_stream")[1:]
-    packets = [gpt_packet(record, r, projector) for m in messages for r in responses.project(m)]
-
-    events = [p["resultMap"]["eventData"] for p in packets]
-    assert [(e["resultMap"]["messageType"], e["messageOrder"]) for e in events] == [
-        ("tool_thought", 1),
-        ("tool_thought", 2),
-        ("tool_thought", 3),
-        ("code", 1),
-        ("tool_thought", 4),
-        ("tool_thought", 5),
-        ("tool_thought", 6),
-    ]
-    assert all(p["resultMap"]["agentType"] == "5" for p in packets)
-
-
-def test_a_streamed_deep_search_ends_with_an_empty_answer_as_genie_tool_sends_it() -> None:
-    def search(final: bool, answer: str) -> dict[str, Any]:
-        payload = {"messageType": "report", "answer": answer, "isFinal": final}
-        return {
-            "messageId": "ds",
-            "messageType": "deep_search",
-            "isFinal": final,
-            "resultMap": payload,
-        }
-
-    streamed, replayed = AgentResponses(agent_type=5), AgentResponses(agent_type=5)
-    frames = (search(False, "Light "), search(False, "energy."), search(True, "Light energy."))
-    live = [r for m in frames for r in streamed.project(m)]
-    compacted = replayed.project(search(True, "Light energy."))
-
-    assert "".join(r["resultMap"]["answer"] for r in live) == "Light energy.", "the UI's text"
-    assert live[-1]["isFinal"] and live[-1]["resultMap"]["answer"] == ""
-    assert compacted[0]["resultMap"]["answer"] == "Light energy.", "a final frame read alone"
