@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+from collections.abc import AsyncGenerator, Mapping
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -66,15 +67,25 @@ _ACTIVE_TYPES = ("text/html", "image/svg+xml")
 class _FileRelay(StreamingResponse):
     """A streamed file whose upstream is closed however the response ends (sent, cut, failed)."""
 
-    def __init__(self, stack: contextlib.AsyncExitStack, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        stack: contextlib.AsyncExitStack,
+        chunks: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str],
+        media_type: str,
+    ) -> None:
+        super().__init__(chunks, headers=headers, media_type=media_type)
+        self._chunks = chunks
         self._stack = stack
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._stack.aclose()
+            try:
+                await self._chunks.aclose()
+            finally:
+                await self._stack.aclose()  # shielded and time-limited (``aclose_quietly``)
 
 
 def _disposition(kind: str, name: str) -> str:

@@ -6,6 +6,8 @@ The tool service behind it is the real one, requiring its service token (DESIGN 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -13,6 +15,10 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from gateway.agents.tools import tool_request_id
 from gateway.app import create_app
@@ -219,3 +225,57 @@ def test_public_url_defaults_to_the_listening_address_and_must_be_an_http_url() 
     for bad in ("localhost:8080", "ftp://host", "http://host/?x=1"):
         with pytest.raises(SettingsError):
             Settings.from_env({"PUBLIC_URL": bad})
+
+
+async def test_a_tool_service_that_cannot_be_reached_is_a_502_not_a_hang(
+    upstreams: Upstreams,
+) -> None:
+    unreachable = dataclasses.replace(upstreams.settings, tool_service_url="http://127.0.0.1:9")
+    with gateway(dataclasses.replace(upstreams, settings=unreachable), api_keys="") as server:
+        async with client_of(server) as client:
+            created = await client.post("/api/tasks", json={"query": "hi", "agentType": 0})
+            task_id = created.json()["taskId"]
+            with anyio.fail_after(20):
+                answer = await client.get(f"/api/tasks/{task_id}/files/report.md")
+
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "upstream_error"
+
+
+def held_file_service(release: threading.Event, seen: list[str]) -> Starlette:
+    """A tool service whose download sends its first bytes, then holds the rest until
+    ``release`` (at most 10 s); it notes the ``Authorization`` each download came with."""
+
+    async def download(request: Request) -> Response:
+        seen.append(request.headers.get("authorization", ""))
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first bytes;"
+            await anyio.to_thread.run_sync(release.wait, 10)
+            yield b" the rest"
+
+        return StreamingResponse(body(), media_type="application/octet-stream")
+
+    return Starlette(routes=[Route("/v1/file_tool/download/{rid}/{name}", download)])
+
+
+async def test_a_file_streams_through_the_gateway_without_waiting_for_its_end(
+    upstreams: Upstreams,
+) -> None:
+    release, seen = threading.Event(), []
+    with serve_app(held_file_service(release, seen)) as held:
+        settings = dataclasses.replace(upstreams.settings, tool_service_url=held.url)
+        with gateway(dataclasses.replace(upstreams, settings=settings), api_keys="") as server:
+            async with client_of(server) as client:
+                created = await client.post("/api/tasks", json={"query": "hi", "agentType": 0})
+                url = f"/api/tasks/{created.json()['taskId']}/files/big.bin"
+                with anyio.fail_after(20):
+                    async with client.stream("GET", url) as response:
+                        chunks = response.aiter_raw()
+                        first = await anext(chunks)  # while the service still holds the rest
+                        release.set()
+                        rest = b"".join([chunk async for chunk in chunks])
+
+    assert response.status_code == 200
+    assert first == b"first bytes;" and rest == b" the rest"
+    assert seen == [f"Bearer {upstreams.settings.service_token}"]
