@@ -26,6 +26,7 @@ nosniff`` and the sandbox policy.
 from __future__ import annotations
 
 import contextlib
+import logging
 import posixpath
 from collections.abc import AsyncGenerator, Mapping
 from urllib.parse import quote
@@ -42,6 +43,8 @@ from gateway.tasks import TaskManager
 from gateway.upstream import ToolServiceClient, UpstreamError, UpstreamHTTPError
 
 __all__ = ["routes"]
+
+logger = logging.getLogger(__name__)
 
 _TEXT = "text/plain; charset=utf-8"
 _INLINE_TYPES = {
@@ -104,6 +107,15 @@ def _tools(request: Request) -> ToolServiceClient:
     return tools
 
 
+def _file_error(exc: UpstreamError, name: str) -> ApiError:
+    """The answer for a file the tool service did not give: 404 if it has none, else 502/504."""
+    if isinstance(exc, UpstreamHTTPError) and exc.status_code == 404:
+        return ApiError(404, "not_found", f"the task has no file named {name!r}")
+    logger.warning("a task file could not be read from the tool service: %s", exc.message)
+    status = 504 if exc.code == "timeout" else 502
+    return ApiError(status, exc.code, "the tool service could not give the file")
+
+
 async def _serve(request: Request, *, preview: bool) -> Response:
     task_id = request.path_params["task_id"]
     name = request.path_params["file_name"]
@@ -113,23 +125,13 @@ async def _serve(request: Request, *, preview: bool) -> Response:
     manager: TaskManager = request.app.state.manager
     if await manager.store.get(task_id) is None:
         raise ApiError(404, "not_found", "no task with that id (unknown or expired)")
-    stack = contextlib.AsyncExitStack()
+    stack = contextlib.AsyncExitStack()  # closed by the response, however it ends
     try:
         upstream = await stack.enter_async_context(
             _tools(request).open_file(tool_request_id(task_id), name)
         )
-    except UpstreamHTTPError as exc:
-        await stack.aclose()
-        if exc.status_code == 404:
-            raise ApiError(404, "not_found", f"the task has no file named {name!r}") from exc
-        raise ApiError(502, "upstream_error", "the tool service could not give the file") from exc
-    except UpstreamError as exc:
-        await stack.aclose()
-        status = 504 if exc.code == "timeout" else 502
-        raise ApiError(status, exc.code, "the tool service could not give the file") from exc
-    except BaseException:
-        await stack.aclose()
-        raise
+    except UpstreamError as exc:  # nothing was entered: the stack holds nothing to close
+        raise _file_error(exc, name) from exc
     media_type = upstream.media_type
     disposition, policy = "attachment", _SANDBOX
     inline = _INLINE_TYPES.get(posixpath.splitext(name)[1].lower()) if preview else None
