@@ -18,7 +18,7 @@ from gateway.auth_failures import install_auth_failure_limit
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import install_openapi
-from gateway.routes import EXCEPTION_HANDLERS, compat, health, tasks
+from gateway.routes import EXCEPTION_HANDLERS, compat, files, health, tasks
 from gateway.routes.sse import StreamHost
 from gateway.security import install_security
 from gateway.settings import Settings
@@ -46,7 +46,7 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
 
 
 def _routes() -> list[BaseRoute]:
-    return [*health.routes, *tasks.routes, *compat.routes]
+    return [*health.routes, *tasks.routes, *files.routes, *compat.routes]
 
 
 class _GatewayApp(Starlette):
@@ -74,7 +74,9 @@ def create_app(
         app.state.loop = asyncio.get_running_loop()
         await store.start()
         try:
-            async with agent_services(settings.upstream) as services:
+            async with agent_services(
+                settings.upstream, public_url=settings.public_url
+            ) as services:
                 manager = TaskManager(store, registry, settings, services, metrics.on_append)
                 app.state.manager = manager
                 runner = asyncio.create_task(manager.run(), name="task-manager")
@@ -97,7 +99,7 @@ def create_app(
                 allow_credentials=True,
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["X-Task-Id", "Location", "Retry-After"],
+                expose_headers=["X-Task-Id", "Location", "Retry-After", "Content-Disposition"],
                 max_age=600,
             )
         )

@@ -66,6 +66,26 @@ _TASK_ID = {
     "required": True,
     "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
 }
+_FILE_NAME = {
+    "name": "file_name",
+    "in": "path",
+    "required": True,
+    "description": "one plain file name (no '/', '\\', control characters or leading '.'), "
+    "at most 255 bytes of UTF-8; anything else is a 400",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": r"^[^./\\\u0000-\u001f\u007f][^/\\\u0000-\u001f\u007f]*$",
+    },
+}
+_FILE_ERRORS = {
+    "400": _error("not one plain file name"),
+    "404": _error("unknown or expired task, or no such file"),
+    "502": _error("the tool service could not give the file (upstream_error)"),
+    "504": _error("the tool service did not answer in time (timeout)"),
+    **_COMMON_ERRORS,
+}
 _SSE_STREAM = {
     "description": "the task's log as Server-Sent Events (`id: <seq>`, `data: <Message>`)",
     "content": {_SSE: {"schema": {"type": "string"}}},
@@ -306,6 +326,32 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("WebhookDelivery"), "the delivery record"),
                     "404": _error("unknown task, or one without a callbackUrl"),
                     **_COMMON_ERRORS,
+                },
+            },
+        },
+        "/api/tasks/{task_id}/files/{file_name}": {
+            "get": {
+                "operationId": "taskFile",
+                "summary": "A file the task's tools wrote, as an attachment (streamed)",
+                "parameters": [_TASK_ID, _FILE_NAME],
+                "responses": {
+                    "200": {
+                        "description": "the file (Content-Disposition: attachment)",
+                        "content": {"*/*": {"schema": {}}},
+                    },
+                    **_FILE_ERRORS,
+                },
+            },
+        },
+        "/api/tasks/{task_id}/preview/{file_name}": {
+            "get": {
+                "operationId": "taskFilePreview",
+                "summary": "The file inline: plain text and images; HTML and SVG under a CSP "
+                "sandbox; other types as an attachment",
+                "parameters": [_TASK_ID, _FILE_NAME],
+                "responses": {
+                    "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+                    **_FILE_ERRORS,
                 },
             },
         },

@@ -61,7 +61,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-_TASK_PATH = re.compile(r"^/api/tasks/([^/]+)(?:/[^/]*)?$")
+_TASK_PATH = re.compile(r"^/api/tasks/([^/]+)(?:/.*)?$")  # the task and all below it
 _NOT_FOUND = "no task with that id (unknown or expired)"
 
 

@@ -171,3 +171,13 @@ def test_the_tool_service_gets_what_bubblewrap_needs_and_no_capability(
     assert "SANDBOX" not in (tool_service.get("environment") or {})  # never unsafe-none here
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"apt-get install [^\n]*\bbubblewrap\b", dockerfile)
+
+
+def test_file_links_lead_browsers_to_the_published_gateway_not_the_internal_tool_service(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    public = services["gateway"]["environment"]["PUBLIC_URL"]
+    assert public == services["frontend_stub"]["environment"]["GATEWAY_URL"]
+    published = [str(p).split(":")[0].split("-")[0] for p in services["gateway"]["ports"]]
+    assert str(urlsplit(public).port) in published
+    assert "PUBLIC_URL" not in services["tool_service"]["environment"]  # its links are internal
