@@ -8,6 +8,7 @@ the machine's mood::
     git worktree add /tmp/before <rev>
     python -m bench.ab /tmp/before . --streams 200 --tokens 200 --runs 4
     python -m bench.ab /tmp/before . --streams 1 --tokens 10 --in-turn 100
+    python -m bench.ab /tmp/before . --agent-type 5 --markers result,toolThought --streams 1
 
 Each tree's ``bench.gateway_server`` starts with that tree as its working directory, so its own
 ``gateway`` package is the one imported; the upstream, Redis and the load client are this
@@ -67,9 +68,10 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
         try:
             for child in [upstream, *gateways]:
                 wait_port(child.port, child.proc)
+            markers = _markers(args)
             targets = {
-                str(tree): Target("gateway", g, b'"result":"')
-                for tree, g in zip(args.trees, gateways, strict=True)
+                str(tree): Target("gateway", g, marker, agent_type=args.agent_type)
+                for tree, g, marker in zip(args.trees, gateways, markers, strict=True)
             }
             first = next(iter(targets.values()))
             world = World(targets, upstream, first, redis_child, sizes)
@@ -88,6 +90,13 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
     return cpu
 
 
+def _markers(args: argparse.Namespace) -> list[bytes]:
+    """What precedes a token in each tree's frames: ``--markers`` (one payload field per tree),
+    else the relay's ``result``."""
+    fields = args.markers.split(",") if args.markers else ["result"] * len(args.trees)
+    return [b'"%s":"' % field.strip().encode() for field in fields]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
     parser.add_argument("trees", nargs="+", type=Path, help="checkouts to compare")
@@ -97,7 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=4, help="runs per tree, alternating")
     parser.add_argument("--env", action="append", default=[], help="K=V for the gateways")
     parser.add_argument("--memory", action="store_true", help="the memory store")
+    parser.add_argument("--agent-type", type=int, default=1, help="1 relay, 5 ReAct")
+    parser.add_argument(
+        "--markers",
+        default="",
+        help="per tree, the payload field of a token frame (result, toolThought), comma-separated",
+    )
     args = parser.parse_args(argv)
+    if args.markers and len(args.markers.split(",")) != len(args.trees):
+        parser.error("--markers takes one field per tree")
     missing = [t for t in args.trees if not (t / "gateway").is_dir()]
     if missing:
         parser.error(f"not a checkout of this project: {', '.join(map(str, missing))}")

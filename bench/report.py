@@ -24,6 +24,31 @@ def _check(name: str, value: Any, limit: float, *, at_least: bool = False) -> di
     }
 
 
+def _react_verdicts(relay: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 20: the ReAct agent's answer streams as the relay's does."""
+    levels = sorted((level for level in relay if "react" in relay[level]), key=int)
+    if not levels:
+        return []
+    one, top = relay[levels[0]]["react"], relay[levels[-1]]["react"]
+    return [
+        _check(
+            f"a: ReAct added TTFT p99 @{levels[0]} stream (ms)",
+            _get(one, "added_ttft_ms", "p99"),
+            5,
+        ),
+        _check(
+            f"a: ReAct added token lag p99 @{levels[0]} stream (ms)",
+            _get(one, "token_lag_ms", "p99"),
+            1,
+        ),
+        _check(
+            f"a: ReAct added token lag p99 @{levels[-1]} streams (ms)",
+            _get(top, "token_lag_ms", "p99"),
+            10,
+        ),
+    ]
+
+
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target of issue 7 that this run measured."""
     out = []
@@ -69,8 +94,12 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
         for level in levels:
-            g = relay[level]["gateway"]
-            out.append(_check(f"a: gaps+duplicates @{level}", g["gaps"] + g["duplicates"], 0))
+            for name, label in (("gateway", ""), ("react", " ReAct")):
+                g = relay[level].get(name)
+                if g is not None:
+                    errors = g["gaps"] + g["duplicates"]
+                    out.append(_check(f"a:{label} gaps+duplicates @{level}", errors, 0))
+        out += _react_verdicts(relay)
     if "idle" in results:
         g = results["idle"]["gateway"]
         out.append(_check("b: idle connections open", g["open"], 10_000, at_least=True))
@@ -119,7 +148,7 @@ def table(results: dict[str, Any]) -> str:
     relay = results.get("relay")
     if relay:
         lines += [
-            "### a. relay (added latency in ms, CPU of the relaying process)",
+            "### a. relay and ReAct (added latency in ms, CPU of the relaying process)",
             "",
             _row(
                 [
@@ -138,15 +167,17 @@ def table(results: dict[str, Any]) -> str:
             "|" + "---|" * 10,
         ]
         for level in sorted(relay, key=int):
-            for name in ("direct", "gateway", "naive"):
-                r = relay[level][name]
+            for name in ("direct", "gateway", "react", "naive"):
+                r = relay[level].get(name)
+                if r is None:
+                    continue
                 lines.append(
                     _row(
                         [
                             level
                             if r.get("rounds", 1) == 1
                             else f"{level} ({r['rounds']} in turn)",
-                            name,
+                            "gateway ReAct" if name == "react" else name,
                             r["added_ttft_ms"]["p50"],
                             r["added_ttft_ms"]["p99"],
                             r["token_lag_ms"]["p50"],

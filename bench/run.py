@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -111,7 +112,7 @@ async def run(names: Sequence[str], sizes: Sizes, chat_pool: int) -> dict[str, A
         "sizes": sizes.__dict__,
         "chat_pool": chat_pool,
         "upstream_client": f"httpx (pool {chat_pool})" if chat_pool else "wire",
-        "smoke": sizes is SMOKE,
+        "smoke": sizes.settle is False,
     }
     return results
 
@@ -136,6 +137,30 @@ def write(results: dict[str, Any], out: Path | None) -> Path:
     return path
 
 
+def _select(sizes: Sizes, levels: str, paths: str) -> Sizes:
+    """``sizes`` with scenario a cut to the given stream counts and paths."""
+    if paths:
+        wanted = tuple(p.strip() for p in paths.split(",") if p.strip())
+        unknown = set(wanted) - set(sizes.relay_paths)
+        if unknown:
+            raise ValueError(f"--paths: unknown {sorted(unknown)}; of {list(sizes.relay_paths)}")
+        sizes = dataclasses.replace(sizes, relay_paths=wanted)
+    if levels:
+        counts = {int(n) for n in levels.split(",") if n.strip()}
+        rows = [
+            row
+            for row in zip(sizes.relay_levels, sizes.relay_tokens, sizes.relay_rounds, strict=True)
+            if row[0] in counts
+        ]
+        if not rows:
+            raise ValueError(f"--levels: none of {sorted(counts)} in {list(sizes.relay_levels)}")
+        level, tokens, rounds = (tuple(column) for column in zip(*rows, strict=True))
+        sizes = dataclasses.replace(
+            sizes, relay_levels=level, relay_tokens=tokens, relay_rounds=rounds
+        )
+    return sizes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -150,12 +175,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="0: the relay uses the gateway's own ChatClient (its raw HTTP/1.1 client); "
         "N: a ChatClient over an injected httpx client with a pool of N, for comparison",
     )
+    parser.add_argument(
+        "--levels", default="", help="a: only these stream counts, e.g. 1,200 (default: all)"
+    )
+    parser.add_argument(
+        "--paths",
+        default="",
+        help="a: only these paths, of direct,gateway,react,naive (default: all), e.g. react",
+    )
     args = parser.parse_args(argv)
     names = [LETTERS.get(s, s) for s in args.scenarios] or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(LETTERS.items())}")
     sizes = SMOKE if args.smoke else Sizes()
+    try:
+        sizes = _select(sizes, args.levels, args.paths)
+    except ValueError as exc:
+        parser.error(str(exc))
     results = uvloop.run(run(names, sizes, args.chat_pool))
     path = write(results, args.out)
     print(table(results))

@@ -14,7 +14,7 @@ import orjson
 from bench.client import Progress, Request, SSEReader, open_stream, post_json, simple_request
 from bench.procs import Child, self_cpu_seconds
 from bench.stats import rnd, summary_ms
-from bench.targets import Target
+from bench.targets import Target, react_target
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Sizes:
     relay_levels: tuple[int, ...] = (1, 200, 500)
     relay_tokens: tuple[int, ...] = (10, 200, 250)
     relay_rounds: tuple[int, ...] = (100, 1, 1)  # one after another (100 TTFTs at 1 stream)
+    relay_paths: tuple[str, ...] = ("direct", "gateway", "react", "naive")
+    react_levels: tuple[int, ...] = (1, 200)  # the levels that also run the ReAct agent
     tps: float = 50.0
     ramp: float = 1.0
     idle_conns: int = 10_000
@@ -51,6 +53,7 @@ SMOKE = Sizes(
     relay_levels=(1, 5),
     relay_tokens=(20, 20),
     relay_rounds=(2, 1),
+    react_levels=(1, 5),
     tps=200.0,
     ramp=0.05,
     idle_conns=30,
@@ -154,7 +157,7 @@ def _integrity(progresses: list[Progress], readers_finished: int) -> dict[str, i
     }
 
 
-# -- a. relay ---------------------------------------------------------------------------------
+# -- a. relay (and the ReAct agent answering without a tool) -----------------------------------
 async def run_streams(
     world: World, target: Target, n: int, tokens: int, rounds: int = 1
 ) -> dict[str, Any]:
@@ -206,11 +209,15 @@ async def relay(world: World) -> dict[str, Any]:
     levels = zip(sizes.relay_levels, sizes.relay_tokens, sizes.relay_rounds, strict=True)
     for n, tokens, rounds in levels:
         level: dict[str, Any] = {}
-        for name in ("direct", "gateway", "naive"):
-            level[name] = await run_streams(world, world.targets[name], n, tokens, rounds)
+        for name in sizes.relay_paths:
+            if name == "react" and n not in sizes.react_levels:
+                continue
+            target = react_target(world.targets["gateway"]) if name == "react" else None
+            target = target or world.targets[name]
+            level[name] = await run_streams(world, target, n, tokens, rounds)
             await asyncio.sleep(world.sizes.pause)
-        g, v = level["gateway"], level["naive"]
-        if g["server_cpu_us_per_token"] and v["server_cpu_us_per_token"]:
+        g, v = level.get("gateway"), level.get("naive")
+        if g and v and g["server_cpu_us_per_token"] and v["server_cpu_us_per_token"]:
             level["naive_over_gateway_cpu"] = rnd(
                 v["server_cpu_us_per_token"] / g["server_cpu_us_per_token"]
             )

@@ -18,6 +18,7 @@ class Target:
     child: Child
     marker: bytes  # what precedes a token's text in a frame's JSON
     crlf: bool = False  # sse-starlette separates lines with CRLF
+    agent_type: int = 1  # the gateway's agent: 1 relay, 5 ReAct
 
     @property
     def port(self) -> int:
@@ -34,7 +35,8 @@ class Target:
             return post_json("/v1/chat/completions", body, accept="text/event-stream")
         if self.name == "naive":
             return post_json("/relay", {"query": query, "key": key or uuid.uuid4().hex})
-        return post_json("/api/tasks", {"query": query, "agentType": 1}, accept="text/event-stream")
+        body = {"query": query, "agentType": self.agent_type}
+        return post_json("/api/tasks", body, accept="text/event-stream")
 
     def attach(self, key: str, after: int) -> Request:
         """Read (replay, then tail) stream ``key`` after SSE id ``after``."""
@@ -46,6 +48,12 @@ class Target:
     def idle(self) -> Request:
         """An idle stream (gateway: attach to a silent task, set by the scenario)."""
         return Request("GET", "/idle", headers={"accept": "text/event-stream"})
+
+
+def react_target(gateway: Target) -> Target:
+    """The gateway's ReAct agent (agentType 5): the tools are offered, the bench's model answers
+    without calling one, and its text streams as ``tool_thought`` deltas (DESIGN §3)."""
+    return Target("react", gateway.child, b'"toolThought":"', agent_type=5)
 
 
 def make_targets(upstream: Child, gateway: Child, naive: Child) -> dict[str, Target]:

@@ -14,10 +14,11 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from gateway.agents import agent_services, register_builtin_agents
+from gateway.auth_failures import install_auth_failure_limit
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import install_openapi
-from gateway.routes import EXCEPTION_HANDLERS, compat, health, tasks
+from gateway.routes import EXCEPTION_HANDLERS, compat, files, health, tasks
 from gateway.routes.sse import StreamHost
 from gateway.security import install_security
 from gateway.settings import Settings
@@ -45,7 +46,7 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
 
 
 def _routes() -> list[BaseRoute]:
-    return [*health.routes, *tasks.routes, *compat.routes]
+    return [*health.routes, *tasks.routes, *files.routes, *compat.routes]
 
 
 class _GatewayApp(Starlette):
@@ -73,7 +74,9 @@ def create_app(
         app.state.loop = asyncio.get_running_loop()
         await store.start()
         try:
-            async with agent_services(settings.upstream) as services:
+            async with agent_services(
+                settings.upstream, public_url=settings.public_url
+            ) as services:
                 manager = TaskManager(store, registry, settings, services, metrics.on_append)
                 app.state.manager = manager
                 runner = asyncio.create_task(manager.run(), name="task-manager")
@@ -96,7 +99,7 @@ def create_app(
                 allow_credentials=True,
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["X-Task-Id", "Location", "Retry-After"],
+                expose_headers=["X-Task-Id", "Location", "Retry-After", "Content-Disposition"],
                 max_age=600,
             )
         )
@@ -111,6 +114,7 @@ def create_app(
     app.state.store = store
     app.state.metrics = metrics
     app.state.registry = registry
+    install_auth_failure_limit(app, settings.auth_failures)  # outside the one answering 401
     install_security(app, settings.security)  # first: unauthenticated bodies are never read
     install_webhooks(app, settings.webhooks)
     install_openapi(app)

@@ -6,9 +6,9 @@ after the last message it rendered, so nothing is shown twice or skipped; reconn
 (starting from the server's ``retry:``) and give up after ``max_retries`` failures in a row.
 
 The plan, tasks, tool output and the streamed answer go to stdout (``--json``: one message per
-line); a progress line and connection notices go to stderr. Exit status: 0 COMPLETED, 1 FAILED,
-3 CANCELLED, 4 the gateway refused the request or could not be reached, 130 interrupted (the task
-is cancelled).
+line; :mod:`gateway._terminal` renders the rest); a progress line and connection notices go to
+stderr. Exit status: 0 COMPLETED, 1 FAILED, 3 CANCELLED, 4 the gateway refused the request or
+could not be reached, 130 interrupted (the task is cancelled).
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
+from gateway._terminal import WRITING, TerminalRenderer
 from gateway.upstream.sse import SSEDecoder
 
-__all__ = ["EXIT_CODES", "RunOptions", "TaskFollower", "TerminalRenderer", "run_task"]
+__all__ = ["EXIT_CODES", "WRITING", "RunOptions", "TaskFollower", "TerminalRenderer", "run_task"]
 
 EXIT_CODES = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
 EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 _DEFAULT_RETRY_MS = 1000
 _MAX_DELAY = 30.0
-_STEP_MARKS = {"completed": "[x]", "in_progress": "[>]", "failed": "[!]", "blocked": "[!]"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,170 +55,6 @@ class RequestRefused(Exception):
 
 class _Retryable(Exception):
     """The gateway answered with a status worth retrying (429, 5xx)."""
-
-
-def abbreviate(value: Any, limit: int = 200) -> str:
-    """One line of at most ``limit`` characters."""
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class TerminalRenderer:
-    """Renders messages as readable lines; keeps a progress line on a terminal's stderr."""
-
-    def __init__(self, out: TextIO, err: TextIO, as_json: bool = False) -> None:
-        self.out, self.err, self.as_json = out, err, as_json
-        self.tty = err.isatty() and out.isatty()
-        self.started = time.monotonic()
-        self.open_stream: str | None = None  # messageId of the text being streamed inline
-        self.streamed: dict[str, str] = {}
-        self.plan_steps: list[str] = []
-        self.plan_status: list[str] = []
-        self.answer = ""
-        self.count = 0
-        self.progress_text = ""
-
-    # -- output helpers -------------------------------------------------------------------
-    def _write(self, text: str) -> None:
-        self._clear_progress()
-        self.out.write(text)
-        self.out.flush()
-
-    def _line(self, text: str) -> None:
-        self._end_inline()
-        self._write(text + "\n")
-
-    def _end_inline(self) -> None:
-        if self.open_stream is not None:
-            self.open_stream = None
-            self._write("\n")
-
-    def _clear_progress(self) -> None:
-        if self.tty and self.progress_text:
-            self.err.write("\r\x1b[2K")
-            self.progress_text = ""
-
-    def end_line(self) -> None:
-        """Finish a line of streamed text left open (before the final status)."""
-        self._end_inline()
-
-    def notice(self, text: str) -> None:
-        """A connection notice or the final status, on stderr."""
-        self._clear_progress()
-        if self.open_stream is not None and self.tty:
-            self.err.write("\n")
-        self.err.write(text + "\n")
-        self.err.flush()
-
-    def progress(self, status: str, seq: int, mode: str) -> None:
-        """Redraw the progress line (terminals only, and never inside a streamed line)."""
-        if not self.tty or self.open_stream is not None:
-            return
-        elapsed = time.monotonic() - self.started
-        self._clear_progress()
-        self.progress_text = (
-            f"{status} · {self.count} messages · seq {seq} · {elapsed:.1f}s · {mode}"
-        )
-        self.err.write(self.progress_text)
-        self.err.flush()
-
-    # -- messages ---------------------------------------------------------------------------
-    def message(self, message: dict[str, Any], raw: str) -> None:
-        """Render one message (each is seen once, in seq order)."""
-        self.count += 1
-        if self.as_json:
-            self._write(raw.replace("\n", " ") + "\n")
-            return
-        kind = message.get("messageType")
-        if kind == "plan":
-            self._plan(message.get("plan") or {})
-        elif kind == "task":
-            self._line(f"\n== {abbreviate(message.get('task'), 300)}")
-        elif kind in ("plan_thought", "tool_thought"):
-            field = "planThought" if kind == "plan_thought" else "toolThought"
-            self._text(message, field, "  (thinking) ")
-        elif kind == "agent_stream":
-            self._text(message, "result", "")
-        elif kind == "tool_result":
-            tool = message.get("toolResult") or {}
-            name = tool.get("toolName", "?")
-            param = abbreviate(tool.get("toolParam", ""), 80)
-            self._line(f"  -> {name}({param}): {abbreviate(tool.get('toolResult', ''))}")
-        elif kind in ("code", "markdown", "html", "deep_search", "file"):
-            if message.get("isFinal"):
-                self._line(f"  [{kind}] {abbreviate(self._map_text(message.get('resultMap')))}")
-        elif kind == "task_summary":
-            mid = str(message.get("messageId"))
-            final_copy = message.get("isFinal") and mid not in self.streamed
-            if not (final_copy and message.get("taskSummary") == self.answer):
-                self._text(message, "taskSummary", "  summary: ")
-        elif kind == "result":
-            result = message.get("result")
-            text = result if isinstance(result, str) else abbreviate(result, 4000)
-            if text and text != self.answer:
-                self._line(f"\nAnswer:\n{text}")
-            files = (message.get("resultMap") or {}).get("fileList") or []
-            for info in files:
-                if isinstance(info, dict):
-                    self._line(f"  file: {info.get('fileName')} {info.get('downloadUrl') or ''}")
-        elif kind == "error":
-            self._end_inline()
-        elif kind == "reset":
-            self.notice("(earlier history was trimmed by the gateway; showing what remains)")
-
-    @staticmethod
-    def _map_text(result_map: Any) -> Any:
-        if not isinstance(result_map, dict):
-            return result_map
-        for key in ("codeOutput", "answer", "data", "code"):
-            if isinstance(result_map.get(key), str) and result_map[key]:
-                return result_map[key]
-        names = [f.get("fileName") for f in result_map.get("fileInfo") or [] if isinstance(f, dict)]
-        return ", ".join(str(n) for n in names) if names else result_map
-
-    def _plan(self, plan: dict[str, Any]) -> None:
-        steps = [str(s) for s in plan.get("steps") or []]
-        status = [str(s) for s in plan.get("stepStatus") or []]
-        status += ["not_started"] * (len(steps) - len(status))
-        if steps != self.plan_steps:
-            lines = [f"Plan: {plan.get('title') or ''}".rstrip()]
-            lines += [self._step(i, s, status[i]) for i, s in enumerate(steps)]
-            self._line("\n".join(lines))
-        else:
-            for i, (old, new) in enumerate(zip(self.plan_status, status, strict=False)):
-                if old != new:
-                    self._line(self._step(i, steps[i], new))
-        self.plan_steps, self.plan_status = steps, status
-
-    @staticmethod
-    def _step(index: int, step: str, status: str) -> str:
-        return f"  {_STEP_MARKS.get(status, '[ ]')} {index + 1}. {abbreviate(step, 160)}"
-
-    def _text(self, message: dict[str, Any], field: str, prefix: str) -> None:
-        """Streamed text: deltas inline as they come; the final frame completes or corrects."""
-        mid = str(message.get("messageId"))
-        value = message.get(field)
-        text = value if isinstance(value, str) else abbreviate(value)
-        shown = self.streamed.get(mid)
-        if self.open_stream != mid:
-            self._end_inline()
-            if shown is not None:  # interleaved with another stream: continue on a fresh line
-                self._write(prefix)
-        if shown is None:
-            self._write(prefix)
-            shown = ""
-        if message.get("isFinal"):
-            rest = text[len(shown) :] if text.startswith(shown) else "\n" + prefix + text
-            self._write(rest + "\n")
-            self.open_stream = None
-            self.streamed[mid] = text
-            if message.get("messageType") == "agent_stream":
-                self.answer = text
-        else:
-            self._write(text)
-            self.open_stream = mid
-            self.streamed[mid] = shown + text
 
 
 class TaskFollower:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Mapping
@@ -58,7 +59,10 @@ def service_env(config: DevConfig, service: str, base: Mapping[str, str]) -> dic
 
     ``LLM_BASE_URL`` (and key and model) are kept when already set, so ``dev`` can drive a
     real LLM; everything else that names another service points at this ``dev``'s ports.
-    ``REDIS_URL`` passes through unchanged: unset means the embedded store.
+    ``REDIS_URL`` passes through unchanged: unset means the embedded store. The MCP servers
+    the gateway is given (``MCP_SERVER_URLS``, often local ones) are the bridge's allowlist
+    unless ``MCP_ALLOWED_SERVERS`` is set. ``SERVICE_TOKEN`` passes through (the supervisor
+    puts a random one in ``base`` when it is unset).
     """
     env = dict(base)
     env["HOST"] = config.host
@@ -67,6 +71,8 @@ def service_env(config: DevConfig, service: str, base: Mapping[str, str]) -> dic
     env["TOOL_SERVICE_URL"] = config.url("tool_service")
     env["MCP_CLIENT_URL"] = config.url("mcp_client")
     env["GATEWAY_URL"] = config.url("gateway")
+    if base.get("MCP_SERVER_URLS", "").strip():
+        env.setdefault("MCP_ALLOWED_SERVERS", base["MCP_SERVER_URLS"])
     frontend_port = config.ports["frontend_stub"]
     origins = [f"http://127.0.0.1:{frontend_port}", f"http://localhost:{frontend_port}"]
     extra = [o.strip() for o in base.get("CORS_ORIGINS", "").split(",") if o.strip()]
@@ -105,6 +111,8 @@ class Supervisor:
 
     def __init__(self, config: DevConfig, base_env: Mapping[str, str]) -> None:
         self.config = config
+        # One token for the run: the tool service and the bridge then answer only the gateway.
+        base_env = {"SERVICE_TOKEN": secrets.token_urlsafe(32), **base_env}
         self.children = [
             _Child(
                 name,

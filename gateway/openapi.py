@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.protocol import AgentRequest, TaskStatus
+from gateway.protocol.numbers import MAX_DIGITS
 
 __all__ = ["build_openapi", "install_openapi"]
 
@@ -49,7 +50,11 @@ _COMMON_ERRORS = {
     ),
     "413": _error("body too large"),
     "414": _error("URL too long"),
-    "429": _error("rate limited (rate_limited) or queue full (queue_full)", headers=_RETRY_AFTER),
+    "429": _error(
+        "rate limited (rate_limited), queue full (queue_full), or too many wrong API keys from "
+        "this address (too_many_failed_auth)",
+        headers=_RETRY_AFTER,
+    ),
     "431": _error("headers too large"),
     "503": _error(
         "the task store (Redis) is unreachable (store_unavailable)", headers=_RETRY_AFTER
@@ -60,6 +65,26 @@ _TASK_ID = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$"},
+}
+_FILE_NAME = {
+    "name": "file_name",
+    "in": "path",
+    "required": True,
+    "description": "one plain file name (no '/', '\\', control characters or leading '.'), "
+    "at most 255 bytes of UTF-8; anything else is a 400",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": r"^[^./\\\u0000-\u001f\u007f][^/\\\u0000-\u001f\u007f]*$",
+    },
+}
+_FILE_ERRORS = {
+    "400": _error("not one plain file name"),
+    "404": _error("unknown or expired task, or no such file"),
+    "502": _error("the tool service could not give the file (upstream_error)"),
+    "504": _error("the tool service did not answer in time (timeout)"),
+    **_COMMON_ERRORS,
 }
 _SSE_STREAM = {
     "description": "the task's log as Server-Sent Events (`id: <seq>`, `data: <Message>`)",
@@ -170,7 +195,8 @@ def _schemas() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    cursor = {"type": "string", "pattern": "^[0-9]+$"}
+    cursor = {"type": "string", "pattern": f"^[0-9]{{1,{MAX_DIGITS}}}$"}
+    after = {"type": "integer", "minimum": 0, "maximum": 10**MAX_DIGITS - 1}
     return {
         "/api/tasks": {
             "post": {
@@ -180,7 +206,10 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
-                        "description": "the same key returns the same task, never a second run",
+                        "description": (
+                            "the same key with the same body returns the same task, never a"
+                            " second run; keys are scoped to the caller's API key"
+                        ),
                         "schema": {"type": "string", "minLength": 1, "maxLength": 256},
                     },
                 ],
@@ -199,7 +228,15 @@ def _paths() -> dict[str, Any]:
                         "headers": {"X-Task-Id": {"schema": {"type": "string"}}},
                     },
                     "400": _error("malformed JSON or Idempotency-Key"),
-                    "422": _error("the body is not a valid AgentRequest (invalid_request)"),
+                    "415": _error(
+                        "the body is not declared as JSON: Content-Type must be "
+                        "application/json or application/*+json (unsupported_media_type)"
+                    ),
+                    "422": _error(
+                        "the body is not a valid AgentRequest or its callbackUrl is not one the"
+                        " gateway will call (invalid_request), or the Idempotency-Key was used"
+                        " for a different body (idempotency_key_reused)"
+                    ),
                     **_COMMON_ERRORS,
                 },
             },
@@ -234,7 +271,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "The snapshot; with ?after=N also the messages after N (polling)",
                 "parameters": [
                     _TASK_ID,
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after", "in": "query", "schema": after},
                     {
                         "name": "limit",
                         "in": "query",
@@ -256,7 +293,7 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _TASK_ID,
                     {"name": "Last-Event-ID", "in": "header", "schema": cursor},
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after", "in": "query", "schema": after},
                 ],
                 "responses": {
                     "200": _SSE_STREAM,
@@ -289,6 +326,32 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("WebhookDelivery"), "the delivery record"),
                     "404": _error("unknown task, or one without a callbackUrl"),
                     **_COMMON_ERRORS,
+                },
+            },
+        },
+        "/api/tasks/{task_id}/files/{file_name}": {
+            "get": {
+                "operationId": "taskFile",
+                "summary": "A file the task's tools wrote, as an attachment (streamed)",
+                "parameters": [_TASK_ID, _FILE_NAME],
+                "responses": {
+                    "200": {
+                        "description": "the file (Content-Disposition: attachment)",
+                        "content": {"*/*": {"schema": {}}},
+                    },
+                    **_FILE_ERRORS,
+                },
+            },
+        },
+        "/api/tasks/{task_id}/preview/{file_name}": {
+            "get": {
+                "operationId": "taskFilePreview",
+                "summary": "The file inline: plain text and images; HTML and SVG under a CSP "
+                "sandbox; other types as an attachment",
+                "parameters": [_TASK_ID, _FILE_NAME],
+                "responses": {
+                    "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+                    **_FILE_ERRORS,
                 },
             },
         },

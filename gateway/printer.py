@@ -67,7 +67,7 @@ class Printer:
         self._on_append = on_append
         self.outcome: Outcome | None = None
         self._answers: dict[str, list[str]] = {}  # streamed answer parts per messageId
-        self._delta_heads: dict[str, bytes] = {}  # text_delta_now's JSON up to messageTime
+        self._delta_templates: dict[str, bytes] = {}  # text_delta_now's JSON per messageId
 
     def body(
         self, message_type: str, payload: Any, message_id: str | None, is_final: bool, **extra: Any
@@ -103,35 +103,51 @@ class Printer:
         self._sent(message, body, payload)
         return message
 
-    def text_delta_now(self, message_id: str, text: str) -> StoredMessage | None:
-        """``send("agent_stream", text, message_id=message_id, is_final=False)`` (the same
+    def text_delta_now(
+        self, message_id: str, text: str, message_type: str = "agent_stream"
+    ) -> StoredMessage | None:
+        """``send(message_type, text, message_id=message_id, is_final=False)`` (the same
         message, byte for byte) without waiting, where the store can append so
         (``append_now``); None where it cannot: then nothing was sent, ``send`` it. Its JSON is
-        put together from a head encoded once per message: a relay sends one per token."""
-        head = self._delta_heads.get(message_id)
-        if head is None:
-            fields = {
-                "taskId": self.task_id,
-                "requestId": self.request_id,
-                "messageId": message_id,
-                "messageType": "agent_stream",
-            }
-            head = self._delta_heads[message_id] = orjson.dumps(fields)[:-1]
-        encoded = b'%s,"messageTime":%d,"isFinal":false,"result":%s,"finish":false}' % (
-            head,
+        filled into a template encoded once per message: a model turn sends one per token."""
+        template = self._delta_templates.get(message_id)
+        if template is None:
+            template = self._delta_template(message_id, message_type)
+        encoded = template % (
             time_ns() // 1_000_000,  # now_ms(), without the call
             orjson.dumps(text),
         )
         message = self.store.append_now(self.task_id, encoded)
         if message is not None:
-            answer = self._answers.get(message_id)
-            if answer is None:
-                self._answers[message_id] = [text]
-            else:
-                answer.append(text)
+            if message_type == "agent_stream":
+                answer = self._answers.get(message_id)
+                if answer is None:
+                    self._answers[message_id] = [text]
+                else:
+                    answer.append(text)
             if self._on_append is not None:
                 self._on_append(message)
         return message
+
+    def _delta_template(self, message_id: str, message_type: str) -> bytes:
+        """The JSON of a text delta of ``message_id`` with ``%d`` for the time, ``%s`` for the
+        text (the fields in the order :meth:`body` puts them)."""
+        field = PAYLOAD_FIELDS.get(message_type)
+        if field is None:
+            raise ValueError(f"unknown messageType {message_type!r}")
+        fields = {
+            "taskId": self.task_id,
+            "requestId": self.request_id,
+            "messageId": message_id,
+            "messageType": message_type,
+        }
+        head = orjson.dumps(fields)[:-1].replace(b"%", b"%%")
+        template = b'%s,"messageTime":%%d,"isFinal":false,%s:%%s,"finish":false}' % (
+            head,
+            orjson.dumps(field),
+        )
+        self._delta_templates[message_id] = template
+        return template
 
     def _sent(self, message: StoredMessage, body: dict[str, Any], payload: Any) -> None:
         if body["messageType"] == "agent_stream" and isinstance(payload, str):

@@ -10,13 +10,17 @@
 3. A token bucket per key name (per client IP when auth is off): 429 ``rate_limited`` with
    ``Retry-After``. Buckets live in this process: with N replicas a client gets up to N times
    the rate (a shared limit would cost a Redis round trip per request).
-4. With auth on, tasks belong to the key name that created them: another name gets 404 on
-   ``/api/tasks/{id}/...`` and does not see them in listings; ``Idempotency-Key`` is scoped per
-   name. Keys that share a name share their tasks (key rotation).
+4. With auth on, the key's name goes to the route as ``request.state.api_key_name``
+   (:func:`key_name`); tasks belong to the name that created them: another name gets 404 on
+   ``/api/tasks/{id}/...`` and does not see them in listings. Keys that share a name share
+   their tasks (key rotation).
 5. The body is counted as it streams (chunked bodies included): over the limit → 413.
 
-Ownership lives in :class:`TaskNotes`, small per-task side records kept next to the store's
-own (until the store grows an ``annotate`` method) and expiring with the task.
+Ownership is decided where a task is created, not here: the submitting route scopes its
+``Idempotency-Key`` or compat ``requestId`` by the key name (:func:`scoped_key`), so another
+name can never reach an existing task through it, and records the owner only of a task that
+submission created (:func:`record_owner`), so an owner never changes. Owners live in
+:class:`TaskNotes`, small per-task side records kept by the store and expiring with the task.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._env import env_number
+from gateway.protocol import parse_decimal
 from gateway.store import StreamStore
 
 __all__ = [
@@ -46,14 +52,16 @@ __all__ = [
     "TaskNotes",
     "error_response",
     "install_security",
+    "key_name",
+    "record_owner",
+    "scoped_key",
     "task_notes",
 ]
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-_TASK_PATH = re.compile(r"^/api/tasks/([^/]+)(?:/[^/]*)?$")
-_CREATING_PATHS = frozenset({"/api/tasks", "/AutoAgent", "/web/api/v1/gpt/queryAgentStreamIncr"})
+_TASK_PATH = re.compile(r"^/api/tasks/([^/]+)(?:/.*)?$")  # the task and all below it
 _NOT_FOUND = "no task with that id (unknown or expired)"
 
 
@@ -168,6 +176,42 @@ def task_notes(app: Starlette) -> TaskNotes:
     return notes
 
 
+# -- ownership ---------------------------------------------------------------------------------
+_KEY_NAME = "api_key_name"
+
+
+def key_name(request: Request) -> str | None:
+    """The name of the API key that authenticated ``request`` (``None`` with auth off)."""
+    name: str | None = getattr(request.state, _KEY_NAME, None)
+    return name
+
+
+def scoped_key(name: str, key: str) -> str:
+    """The store's form of an idempotency key (or compat ``requestId``) sent by key ``name``.
+
+    A hash of the name and the key: the same key sent by two names names two tasks, and
+    neither the key nor the name appears in the store.
+    """
+    return hashlib.sha256(name.encode() + b"\0" + key.encode()).hexdigest()
+
+
+async def record_owner(request: Request, task_id: str, created: bool) -> None:
+    """Make the caller's key name the owner of ``task_id``, which it just submitted.
+
+    Nothing happens with auth off. A created task gets its owner here, before its id reaches
+    the client. A submission that found an existing task (``created`` false) reached it
+    through a key scoped to this same name, so it only fills an owner that is missing (the
+    process died between the create and this write) and never changes one.
+    """
+    name = key_name(request)
+    if name is None:
+        return
+    notes = task_notes(request.app)
+    if not created and (await notes.get(task_id, "owner")).get("name"):
+        return
+    await notes.set(task_id, "owner", {"name": name})
+
+
 # -- rate limit --------------------------------------------------------------------------------
 class RateLimiter:
     """Token buckets by key: ``rate`` tokens a second, at most ``burst`` saved up."""
@@ -273,7 +317,8 @@ class SecurityMiddleware:
                     )
                     return
         if name is not None:
-            scope, send, refusal = await _scope_to_owner(app, scope, send, name)
+            scope = {**scope, "state": {**scope.get("state", {}), _KEY_NAME: name}}
+            send, refusal = await _scope_to_owner(app, scope, send, name)
             if refusal is not None:
                 await _answer(send, *refusal)
                 return
@@ -323,8 +368,8 @@ def _check_sizes(
     if sum(len(k) + len(v) for k, v in scope["headers"]) > settings.max_header_bytes:
         message = f"the headers exceed {settings.max_header_bytes} bytes"
         return error_response(431, "headers_too_large", message)
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = parse_decimal(headers.get("content-length"))
+    if declared is not None and declared > limit:
         return error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
     return None
 
@@ -345,34 +390,20 @@ def _authenticate(
 
 async def _scope_to_owner(
     app: Starlette, scope: Scope, send: Send, name: str
-) -> tuple[Scope, Send, tuple[Message, Message] | None]:
-    """Scope one authenticated request to the tasks of ``name``."""
+) -> tuple[Send, tuple[Message, Message] | None]:
+    """Scope one authenticated request to the tasks of ``name`` (submissions: see
+    :func:`scoped_key` and :func:`record_owner`, used by the routes)."""
     notes = task_notes(app)
     path, method = scope["path"], scope["method"]
     match = _TASK_PATH.match(path)
     if match is not None:
         owner = await notes.get(match.group(1), "owner")
         if owner.get("name") != name:  # the same answer as for an unknown id: no oracle
-            return scope, send, error_response(404, "not_found", _NOT_FOUND)
-        return scope, send, None
-    if method == "POST" and path in _CREATING_PATHS:
-        return _scoped_idempotency(scope, name), _OwnerRecorder(send, notes, name), None
+            return send, error_response(404, "not_found", _NOT_FOUND)
+        return send, None
     if method == "GET" and path == "/api/tasks":
-        return scope, _ListingFilter(send, notes, name), None
-    return scope, send, None
-
-
-def _scoped_idempotency(scope: Scope, name: str) -> Scope:
-    """The scope with ``Idempotency-Key`` replaced by a hash of (name, key).
-
-    Keys the route would refuse (empty, over 256 characters) are left for it to refuse.
-    """
-    headers = []
-    for key, value in scope["headers"]:
-        if key == b"idempotency-key" and 0 < len(value) <= 256:
-            value = hashlib.sha256(name.encode() + b"\0" + value).hexdigest().encode()
-        headers.append((key, value))
-    return {**scope, "headers": headers}
+        return _ListingFilter(send, notes, name), None
+    return send, None
 
 
 def created_task_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
@@ -384,20 +415,6 @@ def created_task_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         if key.lower() == b"location" and value.startswith(b"/api/tasks/"):
             return value[len(b"/api/tasks/") :].decode("latin-1")
     return None
-
-
-class _OwnerRecorder:
-    """Records the owner of a created task before its id reaches the client."""
-
-    def __init__(self, send: Send, notes: TaskNotes, name: str) -> None:
-        self._send, self._notes, self._name = send, notes, name
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
-            task_id = created_task_id(message.get("headers", []))
-            if task_id:
-                await self._notes.set(task_id, "owner", {"name": self._name})
-        await self._send(message)
 
 
 class _ListingFilter:

@@ -17,6 +17,8 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.drain import Drain
+from gateway.header_timeout import header_timeout_protocol
+from gateway.settings import Settings
 
 
 def drain(app: Starlette) -> None:
@@ -68,15 +70,23 @@ def tune_garbage_collector() -> None:
 
 
 def serve_gateway(host: str, port: int, log_level: str = "info") -> None:
-    """Build the gateway from the environment and serve it until a stop signal."""
+    """Build the gateway from the environment and serve it until a stop signal.
+
+    Request headers must arrive within ``HEADER_TIMEOUT`` seconds (0: no limit), see
+    :mod:`gateway.header_timeout`.
+    """
     app = create_app()
     tune_garbage_collector()
+    settings: Settings = app.state.settings
+    http: str | type[asyncio.Protocol] = "httptools"
+    if settings.header_timeout > 0:
+        http = header_timeout_protocol(settings.header_timeout)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )

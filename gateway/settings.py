@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from gateway._env import env_number
+from gateway.auth_failures import AuthFailureSettings
 from gateway.security import SecuritySettings
 from gateway.upstream import UpstreamSettings
 from gateway.webhooks import WebhookSettings
@@ -24,9 +27,33 @@ def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 
         raise SettingsError(str(exc)) from None
 
 
+def _public_url(env: Mapping[str, str], host: str, port: int) -> str:
+    """``PUBLIC_URL`` (an ``http(s)`` URL, no trailing ``/``), else ``http://HOST:PORT`` with a
+    wildcard host (``0.0.0.0``, ``::``) read as loopback: right for a gateway run on this
+    machine, wrong behind a proxy or in a container, where ``PUBLIC_URL`` must be set."""
+    raw = env.get("PUBLIC_URL", "").strip().rstrip("/")
+    if raw:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(f"PUBLIC_URL must be an http(s) URL, got {raw!r}")
+        if parts.query or parts.fragment:
+            raise SettingsError(f"PUBLIC_URL must have no query or fragment, got {raw!r}")
+        return raw
+    host = host.strip("[]") if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass  # a host name
+    return f"http://{host}:{port}"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the gateway reads from its environment (DESIGN §4 to §7)."""
+    """Everything the gateway reads from its environment (DESIGN §4 to §7).
+
+    ``public_url`` is where users reach this gateway; the links to task files start with it.
+    """
 
     redis_url: str | None = dataclasses.field(default=None, repr=False)
     redis_prefix: str = "agw"
@@ -34,6 +61,7 @@ class Settings:
     redis_max_connections: int = 2048
     host: str = "127.0.0.1"
     port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"  # from HOST and PORT unless PUBLIC_URL is set
     heartbeat_interval: float = 15.0
     sse_max_age: float = 3600.0
     sse_retry_ms: int = 3000
@@ -54,9 +82,11 @@ class Settings:
     cancel_wait: float = 10.0
     cors_origins: tuple[str, ...] = ()
     compat_heartbeat_interval: float = 10.0
+    header_timeout: float = 10.0
     replica_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
     upstream: UpstreamSettings = dataclasses.field(default_factory=UpstreamSettings)
     security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
+    auth_failures: AuthFailureSettings = dataclasses.field(default_factory=AuthFailureSettings)
     webhooks: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
 
     @classmethod
@@ -64,13 +94,16 @@ class Settings:
         """Build settings from ``environ`` (default ``os.environ``); raises ``SettingsError``."""
         env = os.environ if environ is None else environ
         origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+        host = env.get("HOST", "127.0.0.1")
+        port = int(_num(env, "PORT", 8080, minimum=0))
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             redis_prefix=env.get("REDIS_PREFIX", "agw"),
             redis_max_connections=int(_num(env, "REDIS_MAX_CONNECTIONS", 2048, minimum=1)),
             redis_cluster=env.get("REDIS_CLUSTER", "").lower() in {"1", "true", "yes"},
-            host=env.get("HOST", "127.0.0.1"),
-            port=int(_num(env, "PORT", 8080, minimum=0)),
+            host=host,
+            port=port,
+            public_url=_public_url(env, host, port),
             heartbeat_interval=_num(env, "HEARTBEAT_INTERVAL", 15.0, minimum=0.01),
             sse_max_age=_num(env, "SSE_MAX_AGE", 3600.0, minimum=0.1),
             sse_retry_ms=int(_num(env, "SSE_RETRY_MS", 3000)),
@@ -91,7 +124,9 @@ class Settings:
             cancel_wait=_num(env, "CANCEL_WAIT", 10.0, minimum=0.01),
             cors_origins=origins,
             compat_heartbeat_interval=_num(env, "COMPAT_HEARTBEAT_INTERVAL", 10.0, minimum=0.01),
+            header_timeout=_num(env, "HEADER_TIMEOUT", 10.0),
             upstream=UpstreamSettings.from_env(env),
             security=SecuritySettings.from_env(env),
+            auth_failures=AuthFailureSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
         )

@@ -1,13 +1,14 @@
 """Webhooks: a signed POST to a task's ``callbackUrl`` when it ends, retried, recorded, SSRF-safe.
 
-``install_webhooks(app, settings)`` adds three things to the gateway app:
+``install_webhooks(app, settings)`` adds two things to the gateway app:
 
-- a middleware on ``POST /api/tasks`` that refuses (422 ``invalid_request``) a ``callbackUrl``
-  whose host is not a public address, and tells the dispatcher to watch each accepted task;
 - :class:`WebhookDispatcher`, run by the app's lifespan, which polls the watched tasks (one
   batched ``get_many`` per ``poll_interval``) and delivers once a task is terminal — however it
   ended (completed, failed, cancelled, timed out, or ended ``interrupted`` by any replica's
-  sweeper, since the watcher reads the store rather than hooking one writer);
+  sweeper, since the watcher reads the store rather than hooking one writer). It is
+  ``app.state.webhooks``, where submitting finds it (``gateway.routes.tasks``): the validated
+  request's callback URL, whichever spelling it came in, is refused there (422
+  ``invalid_request``) unless the gateway may call it, and each accepted task is watched;
 - ``GET /api/tasks/{id}/webhook``: the delivery record (status, attempts, last status, time).
 
 Delivery follows Standard Webhooks (https://www.standardwebhooks.com/): the body is
@@ -18,11 +19,11 @@ headers ``webhook-id`` (the same on every attempt), ``webhook-timestamp`` (secon
 after ``backoff * 2**n`` seconds (``Retry-After`` respected, capped); other answers are final.
 Redirects are not followed.
 
-SSRF guard: the host is resolved and every address must be public (not private, loopback,
-link-local, multicast, reserved, unspecified, shared) unless the host or a CIDR holding the
-address is in ``WEBHOOK_ALLOW_HOSTS``. It runs at submit time and again at each attempt, and the
-request goes to the very address that was checked (``Host`` and TLS SNI keep the name), so a
-DNS answer that changes in between (rebinding) cannot redirect it.
+SSRF guard (:mod:`gateway.ssrf`): every address of the host must be public — IPv6 transition
+forms are judged by the IPv4 address they reach — unless the host or a CIDR holding the address
+is in ``WEBHOOK_ALLOW_HOSTS``. It runs at submit time and again at each attempt, and the request
+goes to the very address that was checked, so a DNS answer that changes in between (rebinding)
+cannot redirect it.
 
 Limits: the watch list lives in the replica that accepted the task; if that replica stops before
 the task ends, its webhook is not sent (a durable outbox in the store would lift this).
@@ -37,50 +38,47 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
-import socket
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 import orjson
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._env import env_number
-from gateway.protocol import TaskRecord, now_ms
-from gateway.security import TaskNotes, created_task_id, error_response, task_notes
+from gateway.protocol import TaskRecord, now_ms, parse_decimal
+from gateway.security import TaskNotes, task_notes
+from gateway.ssrf import (
+    Resolver,
+    Target,
+    TargetPolicy,
+    TargetRefused,
+    check_target,
+    system_resolve,
+)
 from gateway.store import StreamStore
 
 __all__ = [
     "Resolver",
+    "TargetPolicy",
     "WebhookDispatcher",
     "WebhookRefused",
     "WebhookSettings",
+    "check_target",
     "install_webhooks",
     "sign",
 ]
 
 logger = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-"""``(host, port) -> addresses``; raises ``OSError`` when the name does not resolve."""
-
-
-class WebhookRefused(Exception):
-    """The callback URL is not one the gateway will call (bad scheme, non-public address)."""
-
-    code = "invalid_request"
+WebhookRefused = TargetRefused
+"""The callback URL is not one the gateway will call (the guard's error, under its old name)."""
 
 
 def parse_secret(raw: str) -> bytes:
@@ -141,95 +139,6 @@ def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-# -- the SSRF guard ----------------------------------------------------------------------------
-def _public(ip: IPAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
-class TargetPolicy:
-    """Which hosts and addresses webhooks may reach: public ones, plus the allowlist."""
-
-    def __init__(self, allow: tuple[str, ...]) -> None:
-        self.hosts: set[str] = set()
-        self.networks: list[IPNetwork] = []
-        for entry in allow:
-            try:
-                self.networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                if "/" in entry:
-                    raise ValueError(f"WEBHOOK_ALLOW_HOSTS: {entry!r} is not a CIDR") from None
-                self.hosts.add(entry.lower().rstrip("."))
-
-    def address_allowed(self, ip: IPAddress) -> bool:
-        return _public(ip) or any(ip in net for net in self.networks if net.version == ip.version)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
-    """A checked callback: the URL to request (pinned to ``address`` when one was checked)."""
-
-    url: str
-    host: str
-    address: str | None
-
-    def request_args(self) -> tuple[str, dict[str, str], dict[str, Any]]:
-        """URL, extra headers and httpx extensions that make the request reach ``address``."""
-        if self.address is None:
-            return self.url, {}, {}
-        parts = httpx.URL(self.url)
-        pinned = parts.copy_with(host=self.address)
-        extensions = {"sni_hostname": self.host} if parts.scheme == "https" else {}
-        return str(pinned), {"Host": parts.netloc.decode("ascii")}, extensions
-
-
-async def system_resolve(host: str, port: int) -> list[str]:
-    """The addresses of ``host`` from the system resolver."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-async def check_target(url: str, policy: TargetPolicy, resolve: Resolver) -> Target:
-    """Resolve ``url``'s host and check it; raises ``WebhookRefused`` (or ``OSError`` for DNS)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise WebhookRefused(f"callbackUrl is not a valid URL: {exc}") from None
-    host = (parts.hostname or "").rstrip(".")
-    if parts.scheme not in ("http", "https") or not host:
-        raise WebhookRefused("callbackUrl must be an http(s) URL with a host")
-    if host in policy.hosts:
-        return Target(url, host, None)
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = [str(literal)]
-    else:
-        async with asyncio.timeout(5):
-            addresses = await resolve(host, port)
-    if not addresses:
-        raise OSError(f"{host} has no address")
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if not policy.address_allowed(ip):
-            raise WebhookRefused(
-                f"callbackUrl host {host} resolves to a non-public address ({ip}); "
-                "allow it with WEBHOOK_ALLOW_HOSTS"
-            )
-    return Target(url, host, addresses[0].split("%", 1)[0])
-
-
 # -- delivery ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Attempt:
@@ -241,7 +150,10 @@ class _Attempt:
 
 
 def _retry_after(raw: str | None) -> float | None:
-    return float(raw) if raw and raw.strip().isdigit() else None
+    """A receiver's ``Retry-After`` in seconds (delta-seconds); ``None`` for anything else, so
+    the delivery keeps its own back-off (a date, ``²`` or ``1e9`` are not delta-seconds)."""
+    seconds = parse_decimal(raw.strip()) if raw else None
+    return None if seconds is None else float(seconds)
 
 
 def _payload(record: TaskRecord) -> bytes:
@@ -284,6 +196,14 @@ class WebhookDispatcher:
             return await check_target(url, self.policy, self.resolve)
         except (OSError, TimeoutError) as exc:
             raise WebhookRefused(f"callbackUrl host does not resolve: {exc}") from None
+
+    async def refusal(self, url: str) -> str | None:
+        """Why the gateway will not call ``url`` (``None``: it will); asked at submit."""
+        try:
+            await self.check(url)
+        except WebhookRefused as exc:
+            return str(exc)
+        return None
 
     def watch(self, task_id: str) -> None:
         """Deliver ``task_id``'s end to its ``callbackUrl`` once it is terminal."""
@@ -430,68 +350,6 @@ class WebhookDispatcher:
 
 
 # -- the app side ------------------------------------------------------------------------------
-class WebhookMiddleware:
-    """Checks ``callbackUrl`` on ``POST /api/tasks`` and has each accepted task watched."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/tasks":
-            await self.app(scope, receive, send)
-            return
-        app: Starlette = scope["app"]
-        dispatcher: WebhookDispatcher = app.state.webhooks
-        messages, body = await _buffer(receive, app.state.settings.max_body_bytes)
-        url = _callback_url(body)
-        if url is not None:
-            try:
-                await dispatcher.check(url)
-            except WebhookRefused as exc:
-                for message in error_response(422, "invalid_request", str(exc)):
-                    await send(message)
-                return
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        async def watching_send(message: Message) -> None:
-            if url is not None and message["type"] == "http.response.start":
-                task_id = created_task_id(message.get("headers", []))
-                if task_id and 200 <= message["status"] < 300:
-                    dispatcher.watch(task_id)
-            await send(message)
-
-        await self.app(scope, replay, watching_send)
-
-
-async def _buffer(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
-    """Read the body (up to ``limit``); the messages to replay and the body if complete."""
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None
-        size += len(message.get("body", b""))
-        if size > limit:
-            return messages, None  # the route answers 413
-        if not message.get("more_body", False):
-            return messages, b"".join(m.get("body", b"") for m in messages)
-
-
-def _callback_url(body: bytes | None) -> str | None:
-    if not body:
-        return None
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    url = value.get("callbackUrl") if isinstance(value, dict) else None
-    return url if isinstance(url, str) else None
-
-
 async def webhook_status(request: Request) -> Response:
     """``GET /api/tasks/{id}/webhook``: the delivery record of a task with a ``callbackUrl``."""
     task_id = request.path_params["task_id"]
@@ -508,7 +366,7 @@ async def webhook_status(request: Request) -> Response:
 def install_webhooks(
     app: Starlette, settings: WebhookSettings | None = None, resolve: Resolver | None = None
 ) -> WebhookDispatcher:
-    """Add webhooks to ``app`` before it starts (after ``install_security``); idempotent.
+    """Add webhooks to ``app`` before it starts; idempotent.
 
     A second call replaces the dispatcher (its settings and ``resolve``) and nothing else.
     """
@@ -520,7 +378,6 @@ def install_webhooks(
         return dispatcher
     if app.middleware_stack is not None:
         raise RuntimeError("install_webhooks must run before the app starts")
-    app.user_middleware.append(Middleware(WebhookMiddleware))
     app.router.routes.append(Route("/api/tasks/{task_id}/webhook", webhook_status, methods=["GET"]))
     inner = app.router.lifespan_context
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "arithmetic",
     "count_words",
     "find_numbers",
     "message_text",
@@ -17,6 +19,9 @@ __all__ = [
 
 _WORD = re.compile(r"\S+")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?\b")
+_OPERAND = r"[(\s]*-?\d+(?:\.\d+)?[)\s]*"
+_EXPRESSION = re.compile(rf"{_OPERAND}(?:(?:\*\*|[-+*/%\u00d7\u00f7^])\s*{_OPERAND})+")
+_OPERATORS = str.maketrans({"\u00d7": "*", "\u00f7": "/", "^": "**"})  # times, divided by
 
 
 def message_text(message: Mapping[str, Any]) -> str:
@@ -55,15 +60,36 @@ def title_of(text: str, words: int = 8) -> str:
     return title or "Untitled task"
 
 
+def arithmetic(text: str) -> str | None:
+    """The first arithmetic expression written in ``text`` (``17 * 23``, ``(2 + 3) ^ 2``), in
+    Python's notation; None when there is none."""
+    for match in _EXPRESSION.finditer(text):
+        expression = " ".join(match.group().translate(_OPERATORS).split())
+        while expression.count("(") > expression.count(")") and expression.startswith("("):
+            expression = expression[1:].lstrip()
+        while expression.count(")") > expression.count("(") and expression.endswith(")"):
+            expression = expression[:-1].rstrip()
+        try:
+            ast.parse(expression, mode="eval")
+        except SyntaxError:
+            continue
+        return expression
+    return None
+
+
 def python_program(task: str) -> str:
     """A small deterministic Python program derived from ``task``.
 
-    With numbers in the task it prints them, their sum and their mean; otherwise it counts the
-    words of the task. String literals are written with ``repr`` so the program always compiles.
+    With an arithmetic expression in the task it computes and prints it (``17 * 23 = 391``);
+    with other numbers it prints them, their sum and their mean; otherwise it counts the words
+    of the task. String literals are written with ``repr`` so the program always compiles.
     """
     numbers = find_numbers(task)
+    expression = arithmetic(task)
     lines = [f"# Task: {snippet(task, 80)}"]
-    if numbers:
+    if expression is not None:
+        lines += [f"result = {expression}", f"print({expression + ' ='!r}, result)"]
+    elif numbers:
         lines += [
             f"numbers = {numbers!r}",
             "total = sum(numbers)",

@@ -5,18 +5,20 @@ The role is the first marker found in a system (or developer) message:
 - ``[agw:planner]`` — a thought, then a ``planning`` tool call ``{"command": "create", "title",
   "steps"}`` with one step per tool category the query mentions, in order of appearance.
 - ``[agw:executor]`` / ``[agw:react]`` — with ``tools``: a thought and ONE tool call chosen by the
-  keywords of the last user message; after a tool result, ``Done: <result>``.
+  keywords of the last user message; after a tool result, ``Done: <result>`` (or, when the
+  message asks for arithmetic and the code printed it, ``17 * 23 = 391``).
 - ``[agw:summary]`` — a markdown summary of the query and the earlier messages.
 - no marker — a fenced Python program when code is asked for, else ``You asked: …``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_stub._text import message_text, snippet, title_of
+from llm_stub._text import arithmetic, message_text, snippet, title_of
 from llm_stub._tools import KEYWORDS, choose_tool, plain_answer, tool_arguments
 from llm_stub.faults import strip_directives
 
@@ -128,7 +130,7 @@ def respond(
         return Reply(_summary(query, [m for i, m in enumerate(messages) if i != last]))
     if role in ("executor", "react") and offered:
         if tool_results:
-            return Reply(_done(tool_results[-1]))
+            return Reply(_done(tool_results[-1], query))
         used = sum(len(m.get("tool_calls") or ()) for m in messages if m.get("role") == "assistant")
         name = choose_tool(query, offered, tool_choice)
         if name is None or used >= MAX_TOOL_CALLS:
@@ -156,7 +158,14 @@ def _planner(query: str, offered: list[str], replanning: bool) -> Reply:
     )
 
 
-def _done(result: str) -> str:
+def _done(result: str, query: str) -> str:
+    """The answer after a tool result: the value of the query's arithmetic where the tool
+    printed it (``17 * 23 = 391``), else ``Done: <result>``."""
+    expression = arithmetic(query)
+    if expression is not None:
+        printed = re.search(rf"^{re.escape(expression)} = (\S+)\s*$", result, re.MULTILINE)
+        if printed:
+            return f"{expression} = {printed.group(1)}"
     text = result.strip()
     return "Done: " + (text if len(text) <= 200 else text[:200].rstrip() + "…")
 

@@ -3,11 +3,13 @@
 A separate app built on the official ``mcp`` SDK; it imports nothing from ``gateway``.
 Servers are reached over streamable HTTP or legacy SSE (configured or detected), sessions are
 pooled per server and re-established when they break, and ``MCP_ALLOWED_SERVERS`` restricts
-where the bridge may connect.
+where the bridge may connect; without it, only global addresses are reached
+(:mod:`mcp_client.addresses`).
 """
 
 from mcp_client.app import create_app
 from mcp_client.errors import (
+    AddressNotAllowed,
     ConnectionLost,
     InvalidRequest,
     McpClientError,
@@ -22,6 +24,7 @@ from mcp_client.settings import Settings
 from mcp_client.target import ServerTarget, Transport
 
 __all__ = [
+    "AddressNotAllowed",
     "ConnectionLost",
     "InvalidRequest",
     "McpClientError",

@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from mcp_client._auth import RequireServiceToken
 from mcp_client.pool import SessionPool
 from mcp_client.routes import health, pool_stats, serv_pong, tool_call, tool_list
 from mcp_client.settings import Settings
@@ -21,12 +23,17 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
+_OPEN_PATHS = frozenset({"/health"})  # healthchecks need no token
+
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the bridge; ``settings`` default to :meth:`Settings.from_env` (read once, here)."""
     settings = settings if settings is not None else Settings.from_env()
     if settings.allowed_servers is None:
-        logger.warning("MCP_ALLOWED_SERVERS is unset: the bridge may be aimed at any server_url")
+        logger.warning(
+            "MCP_ALLOWED_SERVERS is unset: the bridge may be aimed at any server on a global"
+            " address (loopback, private and link-local targets are refused)"
+        )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -34,7 +41,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.pool = pool
             yield
 
+    middleware = []
+    if settings.service_token:
+        token = settings.service_token
+        middleware.append(Middleware(RequireServiceToken, token=token, open_paths=_OPEN_PATHS))
+    else:
+        logger.info("SERVICE_TOKEN is unset: the bridge accepts requests from anyone")
+
     app = Starlette(
+        middleware=middleware,
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/serv/pong", serv_pong, methods=["POST"]),

@@ -6,6 +6,7 @@ Every error carries a stable ``code`` (for ``{"error": {"code", "message"}}``) a
     McpClientError            500 internal
     ├── InvalidRequest        400 invalid_request       bad body, header or URL
     ├── ServerNotAllowed      403 server_not_allowed    server_url outside the allowlist
+    │   └── AddressNotAllowed 403 address_not_allowed   a loopback/private/... target, unlisted
     ├── UpstreamError         502 upstream_error        the server answered an MCP error
     ├── UpstreamTimeout       504 timeout               connect or call time limit hit
     └── UpstreamUnavailable   502 upstream_unavailable  cannot connect to the server
@@ -19,6 +20,7 @@ Third-party errors (httpx2, anyio, the MCP SDK) are converted at the boundary wi
 from __future__ import annotations
 
 __all__ = [
+    "AddressNotAllowed",
     "ConnectionLost",
     "InvalidRequest",
     "McpClientError",
@@ -55,6 +57,13 @@ class ServerNotAllowed(McpClientError):
 
     code = "server_not_allowed"
     status_code = 403
+
+
+class AddressNotAllowed(ServerNotAllowed):
+    """The ``server_url`` host is (or resolves to) a loopback, private, link-local or other
+    non-global address, and ``MCP_ALLOWED_SERVERS`` does not list the server."""
+
+    code = "address_not_allowed"
 
 
 class UpstreamError(McpClientError):

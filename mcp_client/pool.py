@@ -189,6 +189,8 @@ class SessionPool:
             concrete,
             connect_timeout=self._settings.connect_timeout,
             sse_read_timeout=self._settings.sse_read_timeout,
+            # Listed servers are the operator's choice; any other must be global (addresses.py).
+            guard_addresses=self._settings.allowed_servers is None,
         )
         # Shielded (and bounded by the connect timeout inside run()) so that a caller who
         # gives up mid-connect cannot leave an unregistered session running in the group.

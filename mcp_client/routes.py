@@ -23,11 +23,13 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from mcp_client.addresses import checked_address
 from mcp_client.errors import InvalidRequest, McpClientError, ServerNotAllowed
 from mcp_client.pool import SessionPool
 from mcp_client.settings import Settings
@@ -59,6 +61,9 @@ _RESERVED_HEADERS = frozenset(
         "upgrade",
     }
 )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,9 @@ async def _parse(request: Request) -> _Call:
     transport = resolve_transport(url, Transport.parse(requested), settings.transport_rules)
     headers = header_items(_forwarded_headers(request))
     timeout = _timeout(request, settings)
+    if settings.allowed_servers is None:  # listed servers are trusted, others must be global
+        parts = urlsplit(url)
+        await checked_address(parts.hostname or "", parts.port or _DEFAULT_PORTS[parts.scheme])
     return _Call(ServerTarget(url, transport, headers), timeout, body)
 
 

@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS
 from pydantic import ValidationError
 
+from mcp_client.addresses import guarded_client
 from mcp_client.errors import (
     ConnectionLost,
     McpClientError,
@@ -63,11 +64,18 @@ class PooledSession:
     """An initialized MCP session to one :class:`ServerTarget`, owned by :meth:`run`."""
 
     def __init__(
-        self, target: ServerTarget, *, connect_timeout: float, sse_read_timeout: float
+        self,
+        target: ServerTarget,
+        *,
+        connect_timeout: float,
+        sse_read_timeout: float,
+        guard_addresses: bool = True,
     ) -> None:
         if target.transport is Transport.AUTO:
             raise ValueError("a session needs a concrete transport, not auto")
         self.target = target
+        # Guarded: every HTTP request checks its target address and connects to it.
+        self._client_factory = guarded_client if guard_addresses else create_mcp_http_client
         self.in_flight = 0
         self.last_used = 0.0
         self.server_name: str | None = None
@@ -198,10 +206,11 @@ class PooledSession:
                     headers=headers,
                     timeout=self._connect_timeout,
                     sse_read_timeout=self._sse_read_timeout,
+                    httpx_client_factory=self._client_factory,
                 )
             else:
                 timeout = httpx2.Timeout(self._connect_timeout, read=self._sse_read_timeout)
-                http = create_mcp_http_client(headers=headers, timeout=timeout)
+                http = self._client_factory(headers=headers, timeout=timeout)
                 await stack.enter_async_context(http)
                 transport = streamable_http_client(self.target.url, http_client=http)
             read, write = await stack.enter_async_context(transport)
@@ -211,6 +220,8 @@ class PooledSession:
 def _connect_error(target: ServerTarget, exc: Exception) -> Exception:
     """Convert a failure to open a session into the error tree."""
     leaf = first_leaf(exc)
+    if isinstance(leaf, McpClientError):  # the address guard's verdict, as it is
+        return type(leaf)(leaf.message)
     if isinstance(leaf, MCPError | httpx2.SSEError) or (
         isinstance(leaf, httpx2.HTTPStatusError) and leaf.response.status_code < 500
     ):

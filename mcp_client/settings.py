@@ -9,9 +9,12 @@ variable                   default  meaning
 ``MCP_TOOLS_TTL``          5        seconds a server's tool list is cached (0: off)
 ``MCP_MAX_SESSIONS``       64       pooled sessions; beyond it idle ones close, LRU
 ``MCP_SSE_READ_TIMEOUT``   300      silence after which a server's stream is dead
-``MCP_ALLOWED_SERVERS``    unset    allowlist (:mod:`mcp_client.target`); unset/``*``:
-                                    allow all (development default, warned at startup)
+``MCP_ALLOWED_SERVERS``    unset    allowlist (:mod:`mcp_client.target`); listed servers
+                                    may be private; unset/``*``: any server on a global
+                                    address (loopback, private, link-local ... refused)
 ``MCP_TRANSPORTS``         unset    ``url_prefix=sse|streamable_http``, comma-separated
+``SERVICE_TOKEN``          unset    set: every route but ``/health`` needs
+                                    ``Authorization: Bearer <token>`` (the gateway's)
 =========================  =======  ==================================================
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mcp_client.target import AllowRule, TransportRule, parse_allowlist, parse_transport_rules
 
@@ -38,6 +41,7 @@ class Settings:
     sse_read_timeout: float = 300.0
     allowed_servers: tuple[AllowRule, ...] | None = None
     transport_rules: tuple[TransportRule, ...] = ()
+    service_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "call_timeout", "max_call_timeout", "sse_read_timeout"):
@@ -62,6 +66,7 @@ class Settings:
             sse_read_timeout=_float(env, "MCP_SSE_READ_TIMEOUT", defaults.sse_read_timeout),
             allowed_servers=parse_allowlist(env.get("MCP_ALLOWED_SERVERS")),
             transport_rules=parse_transport_rules(env.get("MCP_TRANSPORTS")),
+            service_token=env.get("SERVICE_TOKEN", "").strip(),
         )
 
 

@@ -4,8 +4,9 @@ Two small policies, both parsed once from the environment by :mod:`mcp_client.se
 
 * the **allowlist** (``MCP_ALLOWED_SERVERS``): entries are URL prefixes (``http://h:1/mcp``,
   matched on a path boundary, so ``http://h:1`` does not admit ``http://h:10``) or bare
-  ``host`` / ``host:port`` entries. ``*`` admits everything; an unset or empty allowlist also
-  admits everything (development default, logged as a warning at startup).
+  ``host`` / ``host:port`` entries. ``*`` admits every server on a global address; so does an
+  unset or empty allowlist (logged as a warning at startup). Listed servers are trusted even on
+  loopback or private addresses; unlisted ones must be global (:mod:`mcp_client.addresses`).
 * the **transport choice**: an explicit ``transport`` in the request wins, then the first
   ``MCP_TRANSPORTS`` rule (``prefix=sse|streamable_http``) whose prefix matches, then the URL
   path (``.../sse`` means legacy SSE, ``.../mcp`` streamable HTTP), else ``auto``: try

@@ -61,6 +61,17 @@ def test_dev_keeps_a_real_llm_or_redis_given_in_the_environment(name: str) -> No
     assert env[name] == "http://elsewhere/v1"
 
 
+def test_dev_allows_the_bridge_to_reach_the_mcp_servers_the_gateway_is_given() -> None:
+    local = "http://127.0.0.1:9100/mcp"
+    env = service_env(config(), "mcp_client", {"MCP_SERVER_URLS": local})
+    assert env["MCP_ALLOWED_SERVERS"] == local
+    kept = service_env(
+        config(), "mcp_client", {"MCP_SERVER_URLS": local, "MCP_ALLOWED_SERVERS": "mcp.example"}
+    )
+    assert kept["MCP_ALLOWED_SERVERS"] == "mcp.example"
+    assert "MCP_ALLOWED_SERVERS" not in service_env(config(), "mcp_client", {})
+
+
 def test_dev_adds_the_page_origins_to_cors_origins_already_set() -> None:
     env = service_env(config(), "gateway", {"CORS_ORIGINS": "https://app.example.com"})
     assert env["CORS_ORIGINS"].split(",") == [

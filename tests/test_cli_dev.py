@@ -157,6 +157,14 @@ def test_dev_serves_a_complete_run_and_sigint_stops_every_child() -> None:
             assert {"plan", "task"} <= kinds
             assert planned[-1]["messageType"] == "result", planned[-1]
 
+        # The internal services answer only the gateway: dev gave them a random token.
+        tokenless = httpx.post(
+            dev.url("tool_service") + "/v1/tool/code_interpreter",
+            json={"requestId": "dev", "code": "print(1)", "stream": False},
+            timeout=5,
+        )
+        assert tokenless.status_code == 401
+
         page = httpx.get(dev.url("frontend_stub") + "/", timeout=5)
         assert page.status_code == 200
         assert 'id="answer"' in page.text

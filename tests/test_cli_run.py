@@ -13,8 +13,11 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.client import RunOptions, run_task
+from gateway.client import WRITING, RunOptions, TerminalRenderer, run_task
 from gateway.settings import Settings
+from gateway.upstream import UpstreamSettings
+from llm_stub import create_app as create_stub
+from llm_stub.settings import Knobs, StubSettings
 from tests.e2e.proxy import cuttable_proxy
 from tests.helpers import ThreadedServer, free_port, serve_app
 
@@ -130,3 +133,93 @@ def test_an_unreachable_gateway_is_retried_a_bounded_number_of_times(  # no serv
     assert code == 4
     assert err.count("connection lost") == 2
     assert "giving up after 2 retries" in err
+
+
+@pytest.fixture(scope="module")
+def react_gateway() -> Iterator[ThreadedServer]:
+    """A gateway whose model is llm_stub (fast) and whose tool service is unreachable."""
+    with serve_app(create_stub(StubSettings(knobs=Knobs(tokens_per_second=0)))) as llm:
+        upstream = UpstreamSettings(
+            llm_base_url=llm.url + "/v1",
+            llm_max_retries=0,
+            tool_service_url="http://127.0.0.1:9",  # nothing listens: the tool call errs
+            mcp_server_urls=(),
+        )
+        settings = Settings(upstream=upstream, sse_retry_ms=50, heartbeat_interval=1.0)
+        with serve_app(create_app(settings)) as server:
+            yield server
+
+
+def test_a_react_thought_stays_with_the_tool_work_and_the_answer_is_printed_as_the_answer(
+    react_gateway: ThreadedServer,
+) -> None:
+    code, out, err = run(RunOptions("compute 17 * 23", gateway=react_gateway.url, agent_type=5))
+    snapshot = httpx.get(f"{react_gateway.url}/api/tasks?limit=1", timeout=5).json()
+    result = snapshot["tasks"][0]["result"]
+
+    assert code == 0, err
+    lines = out.splitlines()
+    thought = lines.index(WRITING + "I will use code_interpreter to work on: compute 17 * 23")
+    assert lines[thought + 1].startswith("  -> code_interpreter(")
+    answer = lines.index("Answer:")
+    assert thought < answer and lines[answer + 1 :] == result.splitlines()
+    assert result.startswith("Done: Error: tool code_interpreter")
+
+
+class Tty(io.StringIO):
+    """A terminal, as far as the renderer can tell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def turn(message_id: str, pieces: list[str], final_type: str) -> list[dict[str, object]]:
+    """The frames of one model turn: ``tool_thought`` deltas, then the final frame."""
+    frames: list[dict[str, object]] = [
+        {"messageId": message_id, "messageType": "tool_thought", "isFinal": False, "toolThought": p}
+        for p in pieces
+    ]
+    field = {"tool_thought": "toolThought", "agent_stream": "result"}[final_type]
+    frames.append(
+        {
+            "messageId": message_id,
+            "messageType": final_type,
+            "isFinal": True,
+            field: "".join(pieces),
+        }
+    )
+    return frames
+
+
+def test_a_turns_text_is_shown_as_each_piece_arrives_before_its_final_frame() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    renderer = TerminalRenderer(out, err)
+    frames = turn("m1", ["Seventeen ", "times ", "23"], "agent_stream")
+    shown_after = ["Seventeen ", "Seventeen times ", "Seventeen times 23"]
+    for frame, shown in zip(frames[:-1], shown_after, strict=True):
+        renderer.message(frame, "")
+        assert out.getvalue() == WRITING + shown
+    renderer.message(frames[-1], "")
+    renderer.message({"messageType": "result", "result": "Seventeen times 23", "finish": True}, "")
+    assert out.getvalue().splitlines() == [
+        WRITING + "Seventeen times 23",
+        "",
+        "Answer:",
+        frames[-1]["result"],
+    ]
+
+
+def test_on_a_terminal_a_settled_answer_replaces_its_provisional_lines() -> None:
+    out, err = Tty(), Tty()
+    renderer = TerminalRenderer(out, err)
+    for frame in turn("t1", ["I will ", "use a tool"], "tool_thought"):
+        renderer.message(frame, "")
+    thought = out.getvalue()
+    for frame in turn("a1", ["line one\n", "line two"], "agent_stream"):
+        renderer.message(frame, "")
+
+    assert thought == WRITING + "I will use a tool\n"  # a thought stays where it was written
+    written = out.getvalue()[len(thought) :]
+    provisional = WRITING + "line one\nline two"
+    erase = "\r\x1b[1A\x1b[J"  # back to the first of its two lines, and clear them
+    assert written == provisional + erase + "\nAnswer:\nline one\nline two\n"

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 APP_SERVICES = set(SERVICES)  # gateway, tool_service, mcp_client, llm_stub, frontend_stub
 URL_VARIABLES = ("REDIS_URL", "LLM_BASE_URL", "TOOL_SERVICE_URL", "MCP_CLIENT_URL")
+INTERNAL_SERVICES = {"tool_service", "mcp_client"}  # DESIGN §10: reached only by the gateway
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,22 @@ def test_each_app_service_listens_on_its_own_port_on_all_interfaces(
         env = service["environment"]
         assert env["HOST"] == "0.0.0.0", name
         assert container_port(service) == SERVICES[name].port, name
-        targets = [str(p).rsplit(":", 1)[-1] for p in service["ports"]]
-        assert str(SERVICES[name].port) in targets, name
+        if name not in INTERNAL_SERVICES:
+            targets = [str(p).rsplit(":", 1)[-1] for p in service["ports"]]
+            assert str(SERVICES[name].port) in targets, name
         assert service["command"] == ["agent-gateway", "serve", name]
+
+
+def test_the_internal_services_are_not_published_and_share_the_gateways_token(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in INTERNAL_SERVICES:
+        assert "ports" not in services[name], f"{name} must not be published on the host"
+    tokens = {
+        name: services[name]["environment"].get("SERVICE_TOKEN")
+        for name in (*INTERNAL_SERVICES, "gateway")
+    }
+    assert set(tokens.values()) == {"${SERVICE_TOKEN:-}"}, tokens
 
 
 def test_urls_in_the_environment_name_existing_services_and_their_ports(
@@ -144,3 +158,26 @@ def test_the_dockerfile_serves_with_agent_gateway_serve() -> None:
     assert cmd.group(1).startswith('["agent-gateway", "serve"')
     for package in APP_SERVICES:
         assert f"COPY {package} " in dockerfile
+
+
+def test_the_tool_service_gets_what_bubblewrap_needs_and_no_capability(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    tool_service = services["tool_service"]
+    options = set(tool_service.get("security_opt") or [])
+    assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= options
+    assert not tool_service.get("privileged")
+    assert not tool_service.get("cap_add")
+    assert "SANDBOX" not in (tool_service.get("environment") or {})  # never unsafe-none here
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"apt-get install [^\n]*\bbubblewrap\b", dockerfile)
+
+
+def test_file_links_lead_browsers_to_the_published_gateway_not_the_internal_tool_service(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    public = services["gateway"]["environment"]["PUBLIC_URL"]
+    assert public == services["frontend_stub"]["environment"]["GATEWAY_URL"]
+    published = [str(p).split(":")[0].split("-")[0] for p in services["gateway"]["ports"]]
+    assert str(urlsplit(public).port) in published
+    assert "PUBLIC_URL" not in services["tool_service"]["environment"]  # its links are internal

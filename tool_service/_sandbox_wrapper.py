@@ -1,13 +1,18 @@
-"""Sandbox launcher, run as ``python -I -S _sandbox_wrapper.py <json>`` in the sandbox's session.
+"""Launches bubblewrap for a service run as root: ``python -I -S _sandbox_wrapper.py <json>``.
 
-It applies the resource limits, drops root to the sandbox's own uid when the service runs as root
-(so that ``RLIMIT_NPROC`` counts only the sandbox's processes and the service's ``/proc`` entries
-are out of reach), forbids regaining privileges, then ``exec``s the user's interpreter. It imports
-nothing from the tool service: it runs in a fresh interpreter with a scrubbed environment.
+bubblewrap must not run as root here: its user namespace would map the sandbox to uid 0 of the
+host, which the kernel exempts from ``RLIMIT_NPROC``. So this launcher drops to the run's own uid
+and ``exec``s bwrap, which then builds an unprivileged user namespace like for any user.
 
-When the interpreter lives where the sandbox uid cannot read (pyenv under a private ``/root``),
-the uid keeps ``CAP_DAC_READ_SEARCH`` as an ambient capability: read-only access to files, nothing
-more (no writes outside its folder, no signals to other users, no ``/proc/<pid>/environ``).
+One thing root does first: the sandbox's interpreter may live where that uid cannot look (pyenv
+under a private ``/root``). In a mount namespace of its own, this launcher covers the top folder of
+such a path (``/root``) with an empty tmpfs anyone may traverse, and bind-mounts just the
+interpreter's folders back at their paths, read-only; bwrap then binds them into the sandbox as it
+would for any user. The host's mounts are untouched, and the namespace ends with the run. No
+capability survives the switch of uid.
+
+It imports nothing from the tool service (it runs with ``-I -S`` in a fresh interpreter) and hands
+bwrap an empty environment: bwrap's own processes are visible inside the sandbox.
 """
 
 from __future__ import annotations
@@ -15,65 +20,75 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import resource
+import stat
 import sys
+from pathlib import Path
 
 SETUP_FAILED = 126
-_PR_SET_KEEPCAPS = 8
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_RAISE = 2
-_CAP_DAC_READ_SEARCH = 2
-_CAPABILITY_VERSION_3 = 0x20080522
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY = 0x1
+_MS_REMOUNT = 0x20
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 0x40000
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
+def _mount(
+    libc: ctypes.CDLL, source: str | None, target: str, flags: int, kind: str | None = None
+) -> None:
+    encoded = source.encode() if source is not None else None
+    options = b"mode=0755" if kind == "tmpfs" else None
+    fstype = kind.encode() if kind is not None else None
+    if libc.mount(encoded, target.encode(), fstype, flags, options) != 0:
         errno = ctypes.get_errno()
-        raise OSError(errno, what + ": " + os.strerror(errno))
+        raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
 
 
-def _drop_root(libc: ctypes.CDLL, uid: int, keep_read_access: bool) -> None:
-    if keep_read_access:
-        _check(libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    if keep_read_access:
-        mask = 1 << _CAP_DAC_READ_SEARCH
-        data = (_CapData * 2)()
-        data[0].effective = data[0].permitted = data[0].inheritable = mask
-        header = _CapHeader(_CAPABILITY_VERSION_3, 0)
-        _check(libc.capset(ctypes.byref(header), data), "capset")
-        _check(
-            libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, _CAP_DAC_READ_SEARCH, 0, 0),
-            "prctl(PR_CAP_AMBIENT_RAISE)",
-        )
+def _reachable(folder: str) -> bool:
+    """Can any user list ``folder`` (and so reach it: every folder above searchable)?"""
+    path = Path(folder)
+    try:
+        if path.stat().st_mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
+    except OSError:
+        return False
+
+
+def expose_folders(libc: ctypes.CDLL, folders: list[str]) -> None:
+    """Make ``folders`` reachable by any user, in a mount namespace of this process only."""
+    hidden = [folder for folder in folders if not _reachable(folder)]
+    if not hidden:
+        return
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, "unshare(CLONE_NEWNS): " + os.strerror(errno))
+    _mount(libc, None, "/", _MS_REC | _MS_PRIVATE)  # nothing below propagates to the host
+    # Opened in the new namespace, before anything is covered: the bind sources.
+    sources = {folder: os.open(folder, os.O_PATH | os.O_DIRECTORY) for folder in hidden}
+    for top in sorted({"/" + Path(folder).parts[1] for folder in hidden}):
+        _mount(libc, "tmpfs", top, _MS_NOSUID | _MS_NODEV, "tmpfs")
+    os.umask(0o022)
+    for folder, fd in sources.items():
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        _mount(libc, f"/proc/self/fd/{fd}", folder, _MS_BIND | _MS_REC)
+        _mount(libc, None, folder, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
+        os.close(fd)
 
 
 def main() -> None:
+    """Expose the hidden folders, drop to the run's uid, ``exec`` bwrap."""
     config = json.loads(sys.argv[1])
-    os.umask(0o077)
-    for name, (soft, hard) in config["limits"].items():
-        resource.setrlimit(getattr(resource, name), (soft, hard))
     libc = ctypes.CDLL(None, use_errno=True)
-    if config["uid"] is not None:
-        _drop_root(libc, config["uid"], config["keep_read_access"])
-    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    expose_folders(libc, config["expose"])
+    uid = config["uid"]
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
     argv = config["argv"]
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, {})
 
 
 if __name__ == "__main__":

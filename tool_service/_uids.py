@@ -1,7 +1,8 @@
 """Allocation of the sandbox uids, safe across every tool service on the host.
 
-When the service runs as root, each sandbox run gets a uid of its own so that ``RLIMIT_NPROC``
-counts only that run's processes and the cleanup can kill by uid. Several service processes may
+When the service runs as root, each sandbox run gets a uid of its own, as which bubblewrap runs:
+the sandbox is then never root of the host (root is exempt from ``RLIMIT_NPROC``), and the
+cleanup can kill by uid. Several service processes may
 share a host (replicas, test runs), so a uid is held through an ``flock`` on a lock file in a
 shared folder: the kernel releases it if the holder dies. A uid that still owns any process, even
 a zombie (zombies count against ``RLIMIT_NPROC``), is skipped.

@@ -1,7 +1,8 @@
 """The tool service app; ``create_app()`` is the factory ``agent-gateway serve tool_service`` runs.
 
 Routes: ``GET /health``, ``POST /v1/tool/{code_interpreter,deepsearch,report}`` (SSE or JSON) and
-the file tool under ``/v1/file_tool/``. Errors answer ``{"error": {"code", "message"}}``.
+the file tool under ``/v1/file_tool/``. Errors answer ``{"error": {"code", "message"}}``. With
+``SERVICE_TOKEN`` set every route but ``/health`` needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from contextlib import asynccontextmanager
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from ._auth import RequireServiceToken
 from ._http import Services
 from .errors import ToolServiceError
 from .file_routes import file_routes
@@ -31,6 +34,7 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
+_OPEN_PATHS = frozenset({"/health"})  # healthchecks need no token
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -60,7 +64,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.info("tool service ready: %d corpus documents", len(index.documents))
             yield
 
+    middleware = []
+    if settings.service_token:
+        token = settings.service_token
+        middleware.append(Middleware(RequireServiceToken, token=token, open_paths=_OPEN_PATHS))
+    else:
+        logger.info("SERVICE_TOKEN is unset: the tool service accepts requests from anyone")
+
     return Starlette(
+        middleware=middleware,
         routes=[
             Route("/health", health, methods=["GET"]),
             Mount("/v1/tool", routes=tool_routes()),

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._sandbox_wrapper import SETUP_FAILED
 from .errors import InvalidRequest, SandboxError, UpstreamError
 from .files import FileStore
 from .llm import LLMClient, Message
@@ -115,8 +114,6 @@ async def code_interpreter_frames(
     if exited is None:
         raise SandboxError("the sandbox ended without an exit status")
     output = "".join(run.output)
-    if exited.exit_code == SETUP_FAILED and output.startswith("[sandbox setup failed"):
-        raise SandboxError(output.strip())
     if exited.exit_code < 0:
         output += f"\n[the process was killed by {_signal_name(-exited.exit_code)}]\n"
     yield {

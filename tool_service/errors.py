@@ -11,6 +11,7 @@ human-readable ``message`` and the HTTP ``status_code`` used when the error is a
     ├── UpstreamError                502 upstream_error  (LLM or search engine failed)
     │   └── UpstreamTimeout          504 timeout
     └── SandboxError                 500 sandbox_error   (the sandbox itself failed)
+        ├── SandboxUnavailable       503 sandbox_unavailable (bubblewrap cannot run here)
         └── CodeTimeout              504 timeout         (the code ran past its wall-clock limit)
 
 Third-party errors (httpx, OSError, pydantic) are converted at the boundary with ``raise ... from``.
@@ -26,6 +27,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "SandboxError",
+    "SandboxUnavailable",
     "ToolServiceError",
     "UpstreamError",
     "UpstreamTimeout",
@@ -89,6 +91,13 @@ class SandboxError(ToolServiceError):
 
     code = "sandbox_error"
     status_code = 500
+
+
+class SandboxUnavailable(SandboxError):
+    """The sandbox cannot run on this host, so code is not executed at all."""
+
+    code = "sandbox_unavailable"
+    status_code = 503
 
 
 class CodeTimeout(SandboxError):

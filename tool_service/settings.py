@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["LLMSettings", "SandboxSettings", "Settings"]
 
@@ -30,11 +31,21 @@ class LLMSettings:
     total_timeout: float = 300.0
 
 
+SandboxMode = Literal["bwrap", "unsafe-none"]
+
+
 @dataclass(frozen=True)
 class SandboxSettings:
-    """Limits of one sandboxed ``python -I`` run of the code interpreter."""
+    """How the code interpreter confines a run (``mode``) and the limits of one run.
+
+    ``bwrap`` (the default) runs the code in bubblewrap namespaces; ``unsafe-none`` runs it
+    unconfined but for the resource limits (for hosts where bubblewrap cannot run).
+    ``disk_bytes`` bounds each of the run's writable places (its folder and ``/tmp``).
+    """
 
     root: Path
+    mode: SandboxMode = "bwrap"
+    bwrap: str = "bwrap"
     timeout: float = 30.0
     cpu_seconds: int = 60
     memory_bytes: int = 1024 * _MIB
@@ -42,6 +53,7 @@ class SandboxSettings:
     open_files: int = 64
     max_procs: int = 64
     max_output_bytes: int = _MIB
+    disk_bytes: int = 100 * _MIB
     uid_base: int = 200_000
     uid_count: int = 1000
     uid_lock_dir: Path = Path(tempfile.gettempdir()) / "tool-sandbox-uids"
@@ -60,6 +72,7 @@ class Settings:
     heartbeat_interval: float = 15.0
     max_file_bytes: int = 20 * _MIB
     public_url: str | None = None
+    service_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +95,8 @@ class Settings:
         )
         sandbox = SandboxSettings(
             root=reader.folder("SANDBOX_ROOT", "tool-sandbox-"),
+            mode=_sandbox_mode(env.get("SANDBOX") or "bwrap"),
+            bwrap=reader.text("SANDBOX_BWRAP", SandboxSettings.bwrap),
             timeout=code_timeout,
             # The CPU limit backs up the wall-clock limit (a busy loop cannot outlive both).
             cpu_seconds=reader.integer("CODE_CPU_SECONDS", int(code_timeout) + 1),
@@ -90,6 +105,7 @@ class Settings:
             open_files=reader.integer("CODE_OPEN_FILES", SandboxSettings.open_files),
             max_procs=reader.integer("CODE_MAX_PROCS", SandboxSettings.max_procs),
             max_output_bytes=reader.integer("CODE_MAX_OUTPUT_BYTES", _MIB),
+            disk_bytes=reader.integer("CODE_DISK_MB", 100) * _MIB,
             uid_base=reader.integer("SANDBOX_UID_BASE", SandboxSettings.uid_base),
             uid_lock_dir=Path(env.get("SANDBOX_UID_LOCK_DIR") or SandboxSettings.uid_lock_dir),
             python=reader.text("SANDBOX_PYTHON", sys.executable),
@@ -104,7 +120,16 @@ class Settings:
             heartbeat_interval=reader.number("HEARTBEAT_INTERVAL", 15.0),
             max_file_bytes=max_file_bytes,
             public_url=(env.get("PUBLIC_URL") or "").rstrip("/") or None,
+            service_token=(env.get("SERVICE_TOKEN") or "").strip(),
         )
+
+
+def _sandbox_mode(raw: str) -> SandboxMode:
+    if raw == "bwrap":
+        return "bwrap"
+    if raw == "unsafe-none":
+        return "unsafe-none"
+    raise ValueError(f"SANDBOX must be 'bwrap' or 'unsafe-none', got {raw!r}")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ async def code_interpreter(request: Request) -> Response:
     body.check()
     for name in body.file_names:
         services.files.get(body.request_id, name)
+    services.sandbox.require_available()  # a 503 answer, before any stream starts
     frames = code_interpreter_frames(
         body,
         llm=services.llm,

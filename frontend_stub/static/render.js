@@ -1,5 +1,6 @@
 // Rendering one task's messages (DESIGN §3). Frames are merged by messageId: the non-final
-// frames of a message carry deltas (appended), its final frame the full content (replacing).
+// frames of a message carry deltas (appended), its final frame the full content (replacing)
+// and the message's definitive type (a model turn's text settles as a thought or the answer).
 
 const ABBREVIATE_AT = 1200;
 const TEXT_TYPES = new Set(["plan_thought", "tool_thought", "agent_stream", "task_summary"]);
@@ -54,6 +55,7 @@ export class TaskView {
     error.hidden = true;
     this.frames.clear();
     this.currentTask = null;
+    this.stepCards = false;
     this.seqs = [];
     this.answerText = "";
     this.deltaMismatches = 0;
@@ -61,6 +63,10 @@ export class TaskView {
   }
 
   setStatus(status, error) {
+    if (["COMPLETED", "FAILED", "CANCELLED"].includes(status)) {
+      // A turn whose final frame never came: it stays visible, but not as "writing".
+      for (const frame of this.frames.values()) if (frame.provisional) frame.node.dataset.state = "interrupted";
+    }
     this.dom.status.dataset.status = status;
     this.dom.status.textContent = status;
     if (error) {
@@ -102,6 +108,7 @@ export class TaskView {
   }
 
   startTask(task) {
+    this.stepCards = true; // plan-and-execute: each step's work goes in its card
     const card = el("article", { class: "task" });
     card.append(el("h3", {}, typeof task === "string" ? task : abbreviate(task, 200)));
     this.dom.tasks.append(card);
@@ -122,26 +129,58 @@ export class TaskView {
     return frame;
   }
 
+  // Where a text message of `type` lives once settled.
+  textNode(type) {
+    if (type === "agent_stream") return this.dom.answer.appendChild(el("span", { class: "answer-part" }));
+    if (type === "plan_thought") return this.dom.plan.insertBefore(el("p", { class: "plan-thought thought" }), this.dom.plan.firstChild);
+    if (type === "task_summary") return this.card().appendChild(el("p", { class: "summary" }));
+    return this.card().appendChild(el("p", { class: "thought" }));
+  }
+
+  // A model turn's text streams as tool_thought deltas before anyone knows whether it is a
+  // thought or the answer (DESIGN §3): it is shown at once as a "writing" item where the
+  // model's current output goes (the step's card in plan-and-execute, else the answer), and
+  // settled by its final frame.
+  provisionalNode() {
+    const node = el("span", { class: "writing", "data-state": "writing" });
+    if (this.stepCards && this.currentTask) return this.currentTask.appendChild(el("p", { class: "writing-turn" })).appendChild(node);
+    return this.dom.answer.appendChild(node);
+  }
+
+  settle(frame, type) {
+    const old = frame.node;
+    const holder = old.parentElement && old.parentElement.classList.contains("writing-turn") ? old.parentElement : old;
+    frame.node = this.textNode(type);
+    holder.remove();
+    frame.type = type;
+    frame.provisional = false;
+  }
+
   mergeText(message) {
     const type = message.messageType;
     const payload = payloadOf(message);
     const text = typeof payload === "string" ? payload : abbreviate(payload);
-    const frame = this.frame(message, () => {
-      if (type === "agent_stream") return this.dom.answer.appendChild(el("span", { class: "answer-part" }));
-      if (type === "plan_thought") return this.dom.plan.insertBefore(el("p", { class: "plan-thought thought" }), this.dom.plan.firstChild);
-      if (type === "task_summary") return this.card().appendChild(el("p", { class: "summary" }));
-      return this.card().appendChild(el("p", { class: "thought" }));
-    });
+    const frame = this.frame(message, () => null);
+    if (frame.node === null) {
+      frame.provisional = type === "tool_thought" && !message.isFinal;
+      frame.node = frame.provisional ? this.provisionalNode() : this.textNode(type);
+    }
     if (message.isFinal) {
       if (frame.deltas > 0 && frame.streamed !== text) this.deltaMismatches += 1;
       frame.text = text;
+      if (frame.provisional) this.settle(frame, type);
     } else {
       frame.deltas += 1;
       frame.streamed += text;
       frame.text += text;
     }
     frame.node.textContent = frame.text;
-    if (type === "agent_stream") this.answerText = this.dom.answer.textContent;
+    this.answerText = this.answerOnly();
+  }
+
+  // The answer's settled text (a provisional item is not the answer yet).
+  answerOnly() {
+    return [...this.dom.answer.querySelectorAll(".answer-part")].map((n) => n.textContent).join("");
   }
 
   mergeMap(message) {
@@ -173,10 +212,11 @@ export class TaskView {
   finishWithResult(message) {
     const text = typeof message.result === "string" ? message.result : abbreviate(message.result);
     // The result is authoritative: show it if the streamed answer was something else (or nothing).
-    if (text && this.dom.answer.textContent !== text) {
-      this.dom.answer.replaceChildren(el("span", { class: "answer-part" }, text));
+    if (text && this.answerOnly() !== text) {
+      this.dom.answer.querySelectorAll(".answer-part").forEach((n) => n.remove());
+      this.dom.answer.append(el("span", { class: "answer-part" }, text));
     }
-    this.answerText = this.dom.answer.textContent;
+    this.answerText = this.answerOnly();
     this.dom.answer.dataset.final = "true";
     const files = (message.resultMap && message.resultMap.fileList) || [];
     if (files.length) {

@@ -3,8 +3,8 @@
 Each streams the service's frames into one Printer message (``code``, ``deep_search``,
 ``markdown``/``html``) whose ``resultMap`` is the frame without ``requestId``: deltas while the
 tool works, then the tool's final frame, which holds the full content (all of ``codeOutput``,
-the whole ``answer``, the whole report ``data``, and ``fileInfo``). The model is given a text
-digest of the final frame.
+the whole ``answer``, the whole report ``data``, and ``fileInfo``, whose links lead to the
+gateway: see :mod:`gateway.agents.files`). The model is given a text digest of the final frame.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ def _function(
     }
 
 
-def _view(frame: Mapping[str, Any]) -> dict[str, Any]:
-    """The frame as a message's ``resultMap``: without the tool service's ``requestId``."""
-    return {k: v for k, v in frame.items() if k not in ("requestId", "request_id")}
+def _view(frame: Mapping[str, Any], call: ToolInvocation) -> dict[str, Any]:
+    """The frame as a message's ``resultMap``: without the tool service's ``requestId``, its
+    ``fileInfo`` links pointed at the gateway (the tool service is not reachable by users)."""
+    view = {k: v for k, v in frame.items() if k not in ("requestId", "request_id")}
+    return call.links.rewrite(view) if call.links is not None else view
 
 
 def _files(frame: Mapping[str, Any] | None) -> tuple[Mapping[str, Any], ...]:
@@ -90,13 +92,13 @@ class CodeInterpreterTool:
         ):
             async for frame in frames:
                 if frame.get("isFinal"):
-                    final = _view(frame)
+                    final = _view(frame, call)
                     await message.final(final)
                     break
                 code = code or str(frame.get("code") or "")
                 output.append(str(frame.get("codeOutput") or ""))
                 full = {"code": code, "codeOutput": "".join(output), "fileInfo": []}
-                await message.delta(_view(frame), full)
+                await message.delta(_view(frame, call), full)
         text = str(final.get("codeOutput", "")) if final else "".join(output)
         exit_code = final.get("exitCode") if final else None
         status = f"exit code {exit_code}\n" if exit_code is not None else ""
@@ -140,7 +142,7 @@ class DeepSearchTool:
         ):
             async for frame in frames:
                 if frame.get("isFinal"):
-                    final = _view(frame)
+                    final = _view(frame, call)
                     await message.final(final)
                     break
                 if frame.get("messageType") == "report":
@@ -155,7 +157,7 @@ class DeepSearchTool:
                     "answer": "".join(answer),
                     "searchResult": {"query": queries, "docs": docs},
                 }
-                await message.delta(_view(frame), full)
+                await message.delta(_view(frame, call), full)
         text = str(final.get("answer", "")) if final else "".join(answer)
         return ToolOutcome(text)
 
@@ -205,11 +207,11 @@ class ReportTool:
         ):
             async for frame in frames:
                 if frame.get("isFinal"):
-                    final = _view(frame)
+                    final = _view(frame, call)
                     await message.final(final)
                     break
                 parts.append(str(frame.get("data") or ""))
-                await message.delta(_view(frame), {"data": "".join(parts), "fileInfo": []})
+                await message.delta(_view(frame, call), {"data": "".join(parts), "fileInfo": []})
         files = _files(final)
         names = [str(f.get("fileName")) for f in files if f.get("fileName")]
         saved = f"The report was saved as {', '.join(names)}.\n\n" if names else ""

@@ -1,34 +1,26 @@
 """Model turns and the tool loop shared by the ReAct agent and the plan executor.
 
-What a piece of model text *is* depends on what follows it: text followed by tool calls is a
-thought (``tool_thought``), text that ends the turn is the answer. So while tools are offered,
-text is held back until the first tool-call fragment (then it streams on as a thought) or the
-end of the turn (then it is printed as the answer, one delta per piece and the final frame).
-When no tool can be called, the text is the answer from the start and streams live.
+Live text (DESIGN §3): every piece of a turn's text is appended as it arrives, under the turn's
+one ``messageId``, as non-final ``tool_thought`` frames. What the text *is* is known only when
+the turn ends, so its final frame decides: ``tool_thought`` when tool calls followed, the answer
+type (``agent_stream``, or ``task_summary`` in the plan executor) when the turn is the answer.
+A turn with no text before its tool calls prints nothing.
 
 An LLM failure raises :class:`TaskFailure` with the upstream's code (``upstream_error`` or
-``timeout``) after ending every open message with what it had; held-back text is printed as the
-answer, since no tool call followed it.
+``timeout``) after ending the turn's message with what it had, as the answer: no tool call
+followed it. A cancelled turn is ended the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import aclosing
 from typing import Any
 
-from gateway.agents._streams import TextStream
+from gateway.agents._streams import LiveText
 from gateway.agents.tools import ToolBox
 from gateway.printer import Printer
 from gateway.tasks.context import TaskFailure
-from gateway.upstream import (
-    ChatClient,
-    ChatResult,
-    ContentDelta,
-    ToolCallDelta,
-    UpstreamError,
-    UpstreamProtocolError,
-)
+from gateway.upstream import ChatClient, ChatResult, UpstreamError
 
 __all__ = ["converse", "run_tool_loop"]
 
@@ -45,54 +37,33 @@ async def converse(
     answer: str,
     tools_allowed: bool = True,
 ) -> ChatResult:
-    """One streamed model turn, printed as ``thought`` and/or ``answer`` messages.
+    """One streamed model turn, printed as one message: ``thought`` deltas as the text
+    arrives, then a final frame typed ``thought`` if tool calls followed, else ``answer``.
 
-    With ``thought == answer`` all text streams live as that type. ``tools_allowed=False``
-    sends the tools with ``tool_choice: "none"`` (the model sees them but must answer).
+    With ``thought == answer`` the turn is that type throughout. ``tools_allowed=False`` sends
+    the tools with ``tool_choice: "none"`` (the model sees them but must answer). A turn with
+    no text prints nothing, unless it is the answer (which always gets its final frame).
     """
-    thought_stream = TextStream(printer, thought)
-    answer_stream = TextStream(printer, answer)
+    live = LiveText(printer, thought)
     can_call = bool(tools) and tools_allowed
-    target: TextStream | None = answer_stream if not can_call or thought == answer else None
-    pending: list[str] = []
     params: dict[str, Any] = {} if tools_allowed or not tools else {"tool_choice": "none"}
-    result: ChatResult | None = None
-    async with thought_stream, answer_stream:
-        try:
-            async with aclosing(chat.stream_chat(messages, tools or None, **params)) as events:
-                async for event in events:
-                    if isinstance(event, ContentDelta):
-                        if target is None:
-                            pending.append(event.text)
-                        else:
-                            await target.write(event.text)
-                    elif isinstance(event, ToolCallDelta):
-                        if target is None:
-                            target = await _flush(pending, thought_stream)
-                    else:
-                        result = event
-            if result is None:
-                raise UpstreamProtocolError("LLM: the stream ended without a result")
-        except UpstreamError as exc:
-            if target is None:
-                await _flush(pending, answer_stream)
-            raise TaskFailure(exc.code, exc.message) from exc
-        if not can_call:
-            result = ChatResult(result.content, (), result.finish_reason, result.usage)
-        if target is None:
-            target = await _flush(pending, thought_stream if result.tool_calls else answer_stream)
-        # A server that ignored ``stream: true`` gives the content in the result only.
-        if len(result.content) > len(target.text) and result.content.startswith(target.text):
-            await target.write(result.content[len(target.text) :])
-        await target.finish(force=not result.tool_calls)  # an answer always gets its frame
+    try:
+        result = await chat.stream_text(messages, live.write, tools or None, **params)
+    except UpstreamError as exc:
+        # No tool call was assembled: the text so far was the (partial) answer.
+        await live.interrupt(answer)
+        raise TaskFailure(exc.code, exc.message) from exc
+    except BaseException:
+        await live.interrupt(answer)
+        raise
+    if not can_call:
+        result = ChatResult(result.content, (), result.finish_reason, result.usage)
+    try:
+        await live.finish(thought if result.tool_calls else answer, force=not result.tool_calls)
+    except BaseException:
+        await live.interrupt(thought if result.tool_calls else answer)
+        raise
     return result
-
-
-async def _flush(pending: list[str], stream: TextStream) -> TextStream:
-    for text in pending:
-        await stream.write(text)
-    pending.clear()
-    return stream
 
 
 async def run_tool_loop(

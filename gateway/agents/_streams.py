@@ -4,11 +4,15 @@ The Printer's :class:`~gateway.printer.StreamHandle` writes frames; these wrappe
 guarantee of DESIGN §3 on every path: a message that got deltas is finalised with the content
 so far when the code producing it fails or is cancelled, so a reader never waits for a final
 frame that will not come. The frame is only created on first use, so an empty stream prints
-nothing.
+nothing. :class:`MessageStream` streams a tool's output (any payload); :class:`LiveText` a model
+turn's text, token by token, whose final frame also decides its type.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
 
@@ -17,7 +21,7 @@ import anyio
 from gateway.printer import Printer, StreamHandle
 from gateway.store import StoreError
 
-__all__ = ["CLOSE_TIMEOUT", "MessageStream", "TextStream"]
+__all__ = ["CLOSE_TIMEOUT", "LiveText", "MessageStream"]
 
 CLOSE_TIMEOUT = 2.0
 """Seconds the final frame of an interrupted stream may take to write before it is given up."""
@@ -87,30 +91,87 @@ class MessageStream:
                 pass  # the log already ended (the task was ended elsewhere)
 
 
-class TextStream(MessageStream):
-    """A streamed text message: deltas are pieces, the final frame is their concatenation."""
+class LiveText:
+    """A model turn's text under one ``messageId``, streamed as it arrives (DESIGN §3).
 
-    def __init__(self, printer: Printer, message_type: str) -> None:
-        super().__init__(printer, message_type)
+    :meth:`write` is the text callback of ``ChatClient.stream_text``: it runs in the upstream
+    connection's read callback and appends each piece as a non-final ``delta_type`` frame at
+    once (``Printer.text_delta_now``), no task woken per token. A store that cannot append
+    without waiting gets the pieces through a chain of tasks instead, in order. The final frame,
+    written by :meth:`finish` or :meth:`interrupt`, carries the full text and the type the turn
+    turned out to be (a thought when tool calls followed, else the answer): readers label the
+    message by it.
+    """
+
+    __slots__ = (
+        "_chained",
+        "_delta_now",
+        "_parts",
+        "_printer",
+        "closed",
+        "delta_type",
+        "message_id",
+    )
+
+    def __init__(self, printer: Printer, delta_type: str) -> None:
+        self._printer = printer
+        self._delta_now = printer.text_delta_now
+        self.delta_type = delta_type
+        self.message_id = uuid.uuid4().hex
         self._parts: list[str] = []
+        self._chained: asyncio.Future[None] | None = None  # the last delta that had to wait
+        self.closed = False
 
     @property
     def text(self) -> str:
         """Everything written so far."""
         return "".join(self._parts)
 
-    async def write(self, text: str) -> None:
-        """Write one piece as a delta frame (empty pieces are skipped)."""
-        if text:
-            self._parts.append(text)
-            await self._open().delta(text)
+    def write(self, text: str) -> None:
+        """Append ``text`` as a delta frame now (or after the deltas still waiting)."""
+        if not text:
+            return
+        self._parts.append(text)
+        if self._chained is None and self._delta_now(self.message_id, text, self.delta_type):
+            return
+        delta = self._printer.send(
+            self.delta_type, text, message_id=self.message_id, is_final=False
+        )
+        self._chained = asyncio.ensure_future(_after(self._chained, delta))
 
-    def current(self) -> str:
-        return self.text
+    async def finish(self, message_type: str, *, force: bool = False) -> str:
+        """Write the final frame as ``message_type`` (with no text only when ``force``); return
+        the full text."""
+        if self._chained is not None:
+            await self._chained
+        text = self.text
+        if (force or self._parts) and not self.closed:
+            self.closed = True
+            await self._printer.send(message_type, text, message_id=self.message_id)
+        return text
 
-    async def finish(self, *, force: bool = False) -> str:
-        """Write the final frame (even with no deltas when ``force``); return the full text."""
-        if force or self.started:
-            if not self.finished:
-                await self._open().final(self.text)
-        return self.text
+    async def interrupt(self, message_type: str) -> None:
+        """The turn failed or was cancelled: end a started message as ``message_type`` with the
+        text so far, shielded (a cancel must not skip it) and time-limited; never raises."""
+        if self._chained is not None:
+            self._chained.cancel()
+        if not self._parts or self.closed:
+            return
+        self.closed = True
+        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            try:
+                await self._printer.send(message_type, self.text, message_id=self.message_id)
+            except StoreError:
+                pass  # the log already ended (the task was ended elsewhere)
+
+
+async def _after(previous: asyncio.Future[None] | None, step: Awaitable[object]) -> None:
+    """Await ``previous`` (its error stops the chain), then ``step``."""
+    try:
+        if previous is not None:
+            await previous
+    except BaseException:
+        if asyncio.iscoroutine(step):
+            step.close()  # never started
+        raise
+    await step

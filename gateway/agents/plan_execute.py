@@ -1,10 +1,11 @@
 """The plan-and-execute agent (``agentType: 3``): plan, carry out each step, summarise.
 
 Messages, in order: ``plan_thought`` (the planner's thinking, streamed) and the ``plan``; per
-step a ``plan`` update (``in_progress``), the ``task`` (the step), the executor's
-``tool_thought`` / tool messages / ``tool_result``, its ``task_summary`` and a ``plan`` update
-(``completed``); finally the summary as ``agent_stream``, which becomes the task's result with
-the files the tools wrote.
+step a ``plan`` update (``in_progress``), the ``task`` (the step), the executor's turns (their
+text streamed live as ``tool_thought`` deltas, each ending as ``tool_thought`` before tool
+calls / tool messages / ``tool_result``, or as the step's ``task_summary``) and a ``plan``
+update (``completed``); finally the summary, streamed live as ``agent_stream``, which becomes
+the task's result with the files the tools wrote.
 """
 
 from __future__ import annotations

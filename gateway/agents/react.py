@@ -1,7 +1,9 @@
 """The ReAct agent (``agentType: 5``): think, call tools, observe — until it can answer.
 
-Messages: ``tool_thought`` (text before tool calls), the tools' own messages and
-``tool_result``, then the answer as ``agent_stream``; the answer becomes the task's result.
+Messages: each model turn's text streams live as ``tool_thought`` deltas under one messageId;
+its final frame is ``tool_thought`` when tool calls followed (then the tools' own messages and
+``tool_result``), or ``agent_stream`` when the turn is the answer, which becomes the task's
+result.
 """
 
 from __future__ import annotations

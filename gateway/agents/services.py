@@ -1,7 +1,7 @@
 """The long-lived upstream clients the agents share, opened once for the app's lifetime.
 
 ```
-async with agent_services(settings.upstream) as services:   # in the app's lifespan
+async with agent_services(settings.upstream, public_url=settings.public_url) as services:
     manager = TaskManager(store, registry, settings, services=services)
 ```
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.agents._builtin import builtin_tools
 from gateway.agents._mcp import discover_mcp_tools
+from gateway.agents.files import DEFAULT_PUBLIC_URL, FileLinks
 from gateway.agents.limits import AgentLimits
 from gateway.agents.tools import ToolBox, tool_request_id
 from gateway.tasks.context import TaskContext, TaskFailure
@@ -25,19 +26,30 @@ __all__ = ["AgentDeps", "agent_services", "build_toolbox"]
 
 @asynccontextmanager
 async def agent_services(
-    settings: UpstreamSettings, limits: AgentLimits | None = None
+    settings: UpstreamSettings,
+    limits: AgentLimits | None = None,
+    *,
+    public_url: str = DEFAULT_PUBLIC_URL,
 ) -> AsyncIterator[dict[str, Any]]:
     """Open one ChatClient, ToolServiceClient and McpBridgeClient; close them all on exit.
 
     Yields the mapping to pass as ``TaskContext.services``: keys ``chat``, ``tools``, ``mcp``,
-    ``upstream`` (the settings) and ``limits`` (``AgentLimits.from_env()`` unless given).
+    ``upstream`` (the settings), ``limits`` (``AgentLimits.from_env()`` unless given) and
+    ``public_url`` (the gateway's own public URL, which the links to task files start with).
     """
     limits = limits if limits is not None else AgentLimits.from_env()
     async with AsyncExitStack() as stack:
         chat = await stack.enter_async_context(ChatClient(settings))
         tools = await stack.enter_async_context(ToolServiceClient(settings))
         mcp = await stack.enter_async_context(McpBridgeClient(settings))
-        yield {"chat": chat, "tools": tools, "mcp": mcp, "upstream": settings, "limits": limits}
+        yield {
+            "chat": chat,
+            "tools": tools,
+            "mcp": mcp,
+            "upstream": settings,
+            "limits": limits,
+            "public_url": public_url.rstrip("/"),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,7 @@ class AgentDeps:
     mcp: McpBridgeClient
     upstream: UpstreamSettings
     limits: AgentLimits
+    public_url: str = DEFAULT_PUBLIC_URL
 
     @classmethod
     def of(cls, ctx: TaskContext) -> AgentDeps:
@@ -57,7 +70,8 @@ class AgentDeps:
 
     @classmethod
     def from_mapping(cls, services: Mapping[str, Any]) -> AgentDeps:
-        """Build from an ``agent_services`` mapping (``limits`` may be missing)."""
+        """Build from an ``agent_services`` mapping (``limits`` and ``public_url`` may be
+        missing)."""
         try:
             return cls(
                 chat=services["chat"],
@@ -65,6 +79,7 @@ class AgentDeps:
                 mcp=services["mcp"],
                 upstream=services["upstream"],
                 limits=services.get("limits") or AgentLimits(),
+                public_url=services.get("public_url") or DEFAULT_PUBLIC_URL,
             )
         except KeyError as exc:
             raise TaskFailure(
@@ -87,4 +102,5 @@ async def build_toolbox(ctx: TaskContext, deps: AgentDeps) -> ToolBox:
         request_id=tool_request_id(ctx.task_id),
         limits=deps.limits,
         tool_timeout=deps.upstream.tool_timeout,
+        links=FileLinks(deps.public_url, ctx.task_id),
     )

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from gateway.agents.files import FileLinks
 from gateway.agents.limits import AgentLimits
 from gateway.printer import Printer
 from gateway.upstream import ToolCall, UpstreamError
@@ -46,12 +47,16 @@ class ToolOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ToolInvocation:
-    """One call of a tool: its arguments and where it runs."""
+    """One call of a tool: its arguments and where it runs.
+
+    ``links`` points the ``fileInfo`` links a tool prints at the gateway (``None``: leave them).
+    """
 
     arguments: Mapping[str, Any]
     printer: Printer
     request_id: str
     file_names: tuple[str, ...] = ()
+    links: FileLinks | None = None
 
 
 class Tool(Protocol):
@@ -73,7 +78,10 @@ class Tool(Protocol):
 
 @dataclass
 class ToolBox:
-    """The tools of one task, its tool-call budget and the files its tools wrote."""
+    """The tools of one task, its tool-call budget and the files its tools wrote.
+
+    ``links`` (the gateway's links to this task's files) is handed to every tool call.
+    """
 
     tools: Sequence[Tool]
     printer: Printer
@@ -82,6 +90,7 @@ class ToolBox:
     tool_timeout: float
     calls_made: int = 0
     files: list[dict[str, Any]] = field(default_factory=list)
+    links: FileLinks | None = None
 
     def schemas(self) -> list[dict[str, Any]]:
         """The OpenAI ``tools`` list."""
@@ -119,7 +128,7 @@ class ToolBox:
             return ToolOutcome(f"not run: this task reached its {limit} tool calls", is_error=True)
         self.calls_made += 1
         invocation = ToolInvocation(
-            arguments, self.printer, self.request_id, tuple(self._file_names())
+            arguments, self.printer, self.request_id, tuple(self._file_names()), self.links
         )
         try:
             with anyio.fail_after(self.tool_timeout):

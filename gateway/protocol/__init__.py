@@ -9,6 +9,7 @@ from gateway.protocol.messages import (
     encode_message,
     stamp_seq,
 )
+from gateway.protocol.numbers import parse_decimal
 from gateway.protocol.requests import AgentRequest, FileRef
 from gateway.protocol.tasks import (
     TERMINAL_STATUSES,
@@ -38,5 +39,6 @@ __all__ = [
     "is_legal_transition",
     "new_task_id",
     "now_ms",
+    "parse_decimal",
     "stamp_seq",
 ]

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.protocol import parse_decimal
 from gateway.store import UNREACHABLE
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,32 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
+def require_json(request: Request) -> None:
+    """Refuse (415) a body not declared as JSON: ``application/json`` or ``application/*+json``.
+
+    Besides telling a client its mistake, this keeps cross-site forms out: a page on another
+    origin can send ``text/plain`` or form bodies without a CORS preflight, never JSON.
+    """
+    declared = request.headers.get("content-type", "")
+    media_type = declared.partition(";")[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    if kind != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        shown = f"{declared[:80]!r}" if declared else "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body must be JSON with Content-Type: application/json (got {shown})",
+        )
+
+
 async def read_json(request: Request, limit: int) -> Any:
     """The request body as JSON, refusing bodies over ``limit`` bytes and malformed JSON."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
+    raw_length = request.headers.get("content-length")
+    if raw_length is not None:
+        declared = parse_decimal(raw_length)
+        if declared is None:
             raise ApiError(400, "bad_request", "invalid Content-Length")
-        if int(declared) > limit:
+        if declared > limit:
             raise ApiError(413, "body_too_large", f"the body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -123,7 +143,9 @@ def validation_message(exc: ValidationError) -> str:
 
 
 async def read_model(request: Request, model: type[ModelT]) -> ModelT:
-    """The JSON body validated as ``model``: 400 for malformed JSON, 422 for a wrong shape."""
+    """The JSON body validated as ``model``: 415 unless declared JSON, 400 for malformed JSON,
+    422 for a wrong shape."""
+    require_json(request)
     body = await read_json(request, request.app.state.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.protocol import AgentRequest, TaskRecord, TaskStatus
+from gateway.protocol import AgentRequest, TaskRecord, TaskStatus, parse_decimal
+from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
-from gateway.store import TaskNotFound
+from gateway.security import key_name, record_owner, scoped_key
+from gateway.store import IdempotencyKeyReused, TaskNotFound
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
 
 MAX_POLL_LIMIT = 1000
@@ -34,33 +36,79 @@ def snapshot(record: TaskRecord) -> dict[str, Any]:
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+    """A cursor or limit from the query or a header: ASCII digits only (see ``parse_decimal``)."""
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    value = parse_decimal(raw)
+    if value is None:
         raise ApiError(
             400,
             "invalid_cursor" if name != "limit" else "bad_request",
-            f"{name} must be a non-negative integer, got {raw!r}",
+            f"{name} must be a non-negative integer of ASCII digits (at most {MAX_DIGITS}), "
+            f"got {raw[:40]!r}",
         )
-    value = int(raw)
     if value < low or (high is not None and value > high):
         raise ApiError(400, "bad_request", f"{name} must be between {low} and {high}")
     return value
 
 
+class CallbackGuard(Protocol):
+    """What submitting needs of the webhook side, registered as ``app.state.webhooks``."""
+
+    async def refusal(self, url: str) -> str | None:
+        """Why the gateway will not call ``url`` (``None``: it will)."""
+
+    def watch(self, task_id: str) -> None:
+        """Deliver ``task_id``'s end to its callback URL."""
+
+
+def _callback_guard(request: Request) -> CallbackGuard:
+    guard: CallbackGuard | None = getattr(request.app.state, "webhooks", None)
+    if guard is None:
+        raise ApiError(422, "invalid_request", "callbackUrl: this gateway sends no webhooks")
+    return guard
+
+
 async def parse_agent_request(request: Request) -> AgentRequest:
-    return await read_model(request, AgentRequest)
+    """The body as an ``AgentRequest``; its callback URL (``callbackUrl`` or ``callback_url``:
+    the model takes both spellings into one field) is checked here, the one place for both."""
+    agent_request = await read_model(request, AgentRequest)
+    if agent_request.callback_url is not None:
+        reason = await _callback_guard(request).refusal(str(agent_request.callback_url))
+        if reason is not None:
+            raise ApiError(422, "invalid_request", reason)
+    return agent_request
 
 
-async def submit(manager: TaskManager, agent_request: AgentRequest, key: str | None) -> TaskRecord:
+async def submit(
+    request: Request,
+    agent_request: AgentRequest,
+    key: str | None,
+    *,
+    key_label: str = "Idempotency-Key",
+) -> TaskRecord:
+    """Submit ``agent_request`` for the caller of ``request``.
+
+    ``key`` (an ``Idempotency-Key``, or the compat endpoints' ``requestId`` under
+    ``key_label``) is scoped to the caller's API key name, so another key never reaches the
+    task it names; reused for a different request it is refused (422). The caller becomes the
+    owner of a task this submission created.
+    """
     if key is not None and not (0 < len(key) <= 256):
-        raise ApiError(400, "bad_request", "Idempotency-Key must be 1 to 256 characters")
+        raise ApiError(400, "bad_request", f"{key_label} must be 1 to 256 characters")
+    name = key_name(request)
+    if key is not None and name is not None:
+        key = scoped_key(name, key)
     try:
-        record, _ = await manager.submit(agent_request, key)
+        record, created = await _manager(request).submit(agent_request, key)
     except UnknownAgentType as exc:
         raise ApiError(422, "invalid_request", str(exc)) from exc
     except QueueFull as exc:
         raise ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+    except IdempotencyKeyReused as exc:
+        message = f"this {key_label} was already used for a different request"
+        raise ApiError(422, "idempotency_key_reused", message) from exc
+    await record_owner(request, record.task_id, created)
     return record
 
 
@@ -68,7 +116,9 @@ async def create_task(request: Request) -> Response:
     """``POST /api/tasks``: 202 + snapshot, or an SSE stream with ``Accept: text/event-stream``."""
     manager = _manager(request)
     agent_request = await parse_agent_request(request)
-    record = await submit(manager, agent_request, request.headers.get("idempotency-key"))
+    record = await submit(request, agent_request, request.headers.get("idempotency-key"))
+    if agent_request.callback_url is not None:
+        _callback_guard(request).watch(record.task_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         on_disconnect = None
         if agent_request.cancel_on_disconnect:

@@ -1,6 +1,7 @@
 """Durable task state and logs: ``StreamStore`` and its two implementations."""
 
 from gateway.store.base import (
+    IdempotencyKeyReused,
     IllegalTransition,
     LeaseState,
     StoreError,
@@ -14,6 +15,7 @@ from gateway.store.redis import UNREACHABLE, RedisStore
 
 __all__ = [
     "UNREACHABLE",
+    "IdempotencyKeyReused",
     "IllegalTransition",
     "LeaseState",
     "MemoryStore",

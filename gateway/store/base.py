@@ -16,8 +16,11 @@ import asyncio
 import base64
 import dataclasses
 import enum
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
 from gateway.store._log import LocalLog
@@ -51,6 +54,20 @@ class IllegalTransition(StoreError):
     """A status change the lifecycle does not allow."""
 
     code = "illegal_transition"
+
+
+class IdempotencyKeyReused(StoreError):
+    """The idempotency key already names a task created for a different request."""
+
+    code = "idempotency_key_reused"
+
+
+def request_digest(record: TaskRecord) -> str:
+    """What an idempotency key is stored with: a hash of ``record.request`` in canonical form
+    (the validated request with its defaults, keys sorted), so key order, spacing or an
+    omitted default do not make the same request a different one."""
+    canonical = orjson.dumps(record.request, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def claimed(record: TaskRecord, owner: str, lease_ms: int) -> TaskRecord:
@@ -113,6 +130,9 @@ class StreamStore(abc.ABC):
         claim: tuple[str, int] | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Store a new PENDING task; with a known ``idempotency_key`` return that task instead.
+
+        The key is stored with :func:`request_digest` of ``record``: a known key whose task was
+        created for a different request raises :class:`IdempotencyKeyReused`.
 
         With ``queue`` a created task is also enqueued (in the same round trip where the store
         can). With ``claim=(owner, lease_ms)`` it is created already claimed, as ``claim()``

@@ -21,6 +21,7 @@ from gateway.protocol import (
 )
 from gateway.store._log import LocalLog
 from gateway.store.base import (
+    IdempotencyKeyReused,
     IllegalTransition,
     LeaseState,
     StreamStore,
@@ -29,6 +30,7 @@ from gateway.store.base import (
     claimed,
     decode_cursor,
     encode_cursor,
+    request_digest,
 )
 
 
@@ -63,7 +65,8 @@ class MemoryStore(StreamStore):
     def __init__(self, result_ttl: float = 86_400.0) -> None:
         self.result_ttl = result_ttl
         self._tasks: dict[str, _Entry] = {}
-        self._idempotency: dict[str, tuple[str, float]] = {}
+        # idempotency key → (task id, expiry, request digest)
+        self._idempotency: dict[str, tuple[str, float, str]] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._notes: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
         self._tiebreak = itertools.count()
@@ -99,11 +102,14 @@ class MemoryStore(StreamStore):
         queue: bool = False,
         claim: tuple[str, int] | None = None,
     ) -> tuple[TaskRecord, bool]:
+        digest = "" if idempotency_key is None else request_digest(record)
         if idempotency_key is not None:
             known = self._idempotency.get(idempotency_key)
             if known is not None and known[1] > time.monotonic():
                 existing = self._live(known[0])
                 if existing is not None:
+                    if known[2] != digest:
+                        raise IdempotencyKeyReused(idempotency_key)
                     return existing.record, False
         score = record.created_at * 1000.0 + next(self._tiebreak) % 1000
         if claim is not None:
@@ -114,6 +120,7 @@ class MemoryStore(StreamStore):
             self._idempotency[idempotency_key] = (
                 record.task_id,
                 time.monotonic() + self.result_ttl,
+                digest,
             )
         if queue:
             await self.enqueue(record.task_id)
@@ -286,7 +293,7 @@ class MemoryStore(StreamStore):
         for task_id in list(self._tasks):
             self._live(task_id)
         deadline = time.monotonic()
-        for key, (_, expires) in list(self._idempotency.items()):
+        for key, (_, expires, _) in list(self._idempotency.items()):
             if expires <= deadline:
                 del self._idempotency[key]
         for note_key, (_, expires) in list(self._notes.items()):

@@ -52,6 +52,7 @@ from gateway.store._redis_parts import (
 )
 from gateway.store._writer import Flusher, LostWriter, _Writer
 from gateway.store.base import (
+    IdempotencyKeyReused,
     LeaseState,
     StoreUnavailable,
     StreamStore,
@@ -60,6 +61,7 @@ from gateway.store.base import (
     claimed,
     decode_cursor,
     encode_cursor,
+    request_digest,
 )
 
 logger = logging.getLogger(__name__)
@@ -199,10 +201,16 @@ class RedisStore(StreamStore):
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             idem = self._k.idempotency(idempotency_key)
+            digest = request_digest(record)
+            # The key's value: "<task id> <request digest>" (task ids never hold a space).
             # Not repeated on a dropped connection: a SET that landed would then read as lost.
-            set_nx = ("SET", idem, record.task_id, "NX", "EX", self.result_ttl)
+            value = f"{record.task_id} {digest}"
+            set_nx = ("SET", idem, value, "NX", "EX", self.result_ttl)
             if (await self._commands([set_nx], repeatable=False))[0] is None:
-                return await self._idempotent_winner(idem), False
+                winner, known_digest = await self._idempotent_winner(idem)
+                if known_digest and known_digest != digest:  # empty: stored before digests
+                    raise IdempotencyKeyReused(idempotency_key)
+                return winner, False
         score = record.created_at * 1000.0 + random.randrange(1000)
         if claim is not None:
             record = claimed(record, *claim)
@@ -259,14 +267,16 @@ class RedisStore(StreamStore):
             build(pipe)
             return list(await pipe.execute())
 
-    async def _idempotent_winner(self, idem: str) -> TaskRecord:
+    async def _idempotent_winner(self, idem: str) -> tuple[TaskRecord, str]:
+        """The task an idempotency key names, and the digest of the request it was made for."""
         # The winner may still be writing its record: wait for it, bounded.
         for _ in range(100):
-            task_id = (await self._commands([("GET", idem)]))[0]
-            if task_id is not None:
-                record = await self.get(task_id.decode())
+            value = (await self._commands([("GET", idem)]))[0]
+            if value is not None:
+                task_id, _, digest = value.decode().partition(" ")
+                record = await self.get(task_id)
                 if record is not None:
-                    return record
+                    return record, digest
             await asyncio.sleep(0.01)
         raise StoreUnavailable("idempotent task record did not appear")
 

@@ -32,7 +32,7 @@ from gateway.upstream.mcp import McpBridgeClient, McpTool, McpToolResult
 from gateway.upstream.openai import ChatClient
 from gateway.upstream.settings import UpstreamSettings
 from gateway.upstream.sse import ServerSentEvent, SSEDecoder, aiter_sse
-from gateway.upstream.tools import ToolServiceClient
+from gateway.upstream.tools import ToolFile, ToolServiceClient
 
 __all__ = [
     "ChatClient",
@@ -46,6 +46,7 @@ __all__ = [
     "ServerSentEvent",
     "ToolCall",
     "ToolCallDelta",
+    "ToolFile",
     "ToolServiceClient",
     "UpstreamConnectError",
     "UpstreamError",

@@ -116,7 +116,7 @@ class McpBridgeClient(OwnedHttp):
                 response = await self._http.post(
                     self._base + path,
                     content=orjson.dumps(payload),
-                    headers={"content-type": "application/json"},
+                    headers={"content-type": "application/json", **self._settings.service_headers},
                 )
         except httpx.HTTPError as exc:
             raise from_httpx(exc, what) from exc

@@ -29,7 +29,8 @@ class UpstreamSettings:
     All durations are seconds. ``llm_idle_timeout`` bounds the time between two chunks of a
     stream (and the wait for the response headers); ``llm_total_timeout`` bounds a whole call,
     retries included. ``llm_ca_file`` is a PEM file of CA certificates trusted for an ``https``
-    LLM instead of the system's. The API key never appears in ``repr``.
+    LLM instead of the system's. ``service_token`` is sent to the tool service and the MCP
+    bridge (DESIGN §10). Neither the API key nor the token appears in ``repr``.
     """
 
     llm_base_url: str = "http://127.0.0.1:8000/v1"
@@ -47,6 +48,12 @@ class UpstreamSettings:
     tool_connect_timeout: float = 5.0
     tool_idle_timeout: float = 60.0
     tool_timeout: float = 1800.0
+    service_token: str = field(default="", repr=False)
+
+    @property
+    def service_headers(self) -> dict[str, str]:
+        """What a call to the tool service or the MCP bridge carries: the service token."""
+        return {"authorization": f"Bearer {self.service_token}"} if self.service_token else {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> UpstreamSettings:
@@ -55,7 +62,8 @@ class UpstreamSettings:
         Variables: ``LLM_BASE_URL``, ``LLM_API_KEY``, ``LLM_MODEL``, ``LLM_CONNECT_TIMEOUT``,
         ``LLM_IDLE_TIMEOUT``, ``LLM_TOTAL_TIMEOUT``, ``LLM_MAX_RETRIES``, ``LLM_RETRY_BACKOFF``,
         ``LLM_CA_FILE``, ``TOOL_SERVICE_URL``, ``MCP_CLIENT_URL``, ``MCP_SERVER_URLS`` (comma
-        separated), ``TOOL_CONNECT_TIMEOUT``, ``TOOL_IDLE_TIMEOUT``, ``TOOL_TIMEOUT``.
+        separated), ``TOOL_CONNECT_TIMEOUT``, ``TOOL_IDLE_TIMEOUT``, ``TOOL_TIMEOUT``,
+        ``SERVICE_TOKEN``.
         """
         env = os.environ if environ is None else environ
         d = cls()
@@ -80,4 +88,5 @@ class UpstreamSettings:
             tool_connect_timeout=_number(env, "TOOL_CONNECT_TIMEOUT", d.tool_connect_timeout),
             tool_idle_timeout=_number(env, "TOOL_IDLE_TIMEOUT", d.tool_idle_timeout),
             tool_timeout=_number(env, "TOOL_TIMEOUT", d.tool_timeout),
+            service_token=env.get("SERVICE_TOKEN", "").strip(),
         )

@@ -3,14 +3,18 @@
 The service answers SSE frames ``data: <json>``, heartbeats ``data: heartbeat`` and a final
 ``data: [DONE]``. Time limits: connect, idle (between two frames; heartbeats count as data, so a
 working tool is never cut) and total (``tool_timeout``).
+
+The files the tools wrote are read back with :meth:`ToolServiceClient.open_file`
+(``GET /v1/file_tool/download/<requestId>/<fileName>``), streamed under the same limits.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -20,7 +24,7 @@ from gateway.upstream.errors import UpstreamProtocolError, UpstreamRemoteError, 
 from gateway.upstream.settings import UpstreamSettings
 from gateway.upstream.sse import aiter_sse
 
-__all__ = ["ToolServiceClient"]
+__all__ = ["ToolFile", "ToolServiceClient"]
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_]+")
 _HEARTBEAT = "heartbeat"
@@ -65,7 +69,11 @@ class ToolServiceClient(OwnedHttp):
             "POST",
             f"{self._base}/v1/tool/{tool}",
             content=orjson.dumps(dict(payload)),
-            headers={"content-type": "application/json", "accept": "text/event-stream"},
+            headers={
+                "content-type": "application/json",
+                "accept": "text/event-stream",
+                **self._settings.service_headers,
+            },
         )
         try:
             with deadline.limit():
@@ -80,6 +88,71 @@ class ToolServiceClient(OwnedHttp):
             raise from_httpx(exc, what) from exc
         finally:
             await aclose_quietly(response)
+
+    @asynccontextmanager
+    async def open_file(self, request_id: str, name: str) -> AsyncIterator[ToolFile]:
+        """Open the file ``name`` of ``request_id`` for reading; close it when the block ends.
+
+        Raises :class:`UpstreamHTTPError` when the service answers an error (``status_code``
+        404 for a missing file) and the other :class:`UpstreamError` subclasses on connection
+        errors and time limits (connect, idle between two chunks, ``tool_timeout`` in all).
+        """
+        what = f"file {name!r}"
+        deadline = Deadline(self._settings.tool_timeout, what)
+        tail = quote(request_id, safe="") + "/" + quote(name, safe="")
+        request = self._http.build_request(
+            "GET",
+            f"{self._base}/v1/file_tool/download/{tail}",
+            headers={"accept-encoding": "identity", **self._settings.service_headers},
+        )
+        try:
+            with deadline.limit():
+                response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, what) from exc
+        try:
+            if response.status_code >= 400:
+                with deadline.limit():
+                    body = await response.aread()
+                raise http_error(response, body, what)
+            yield ToolFile(response, deadline, what)
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, what) from exc
+        finally:
+            await aclose_quietly(response)
+
+
+class ToolFile:
+    """A file being read from the tool service (see :meth:`ToolServiceClient.open_file`)."""
+
+    def __init__(self, response: httpx.Response, deadline: Deadline, what: str) -> None:
+        self._response = response
+        self._deadline = deadline
+        self._what = what
+
+    @property
+    def media_type(self) -> str:
+        """The service's ``Content-Type``."""
+        return self._response.headers.get("content-type", "application/octet-stream")
+
+    @property
+    def size(self) -> int | None:
+        """The service's ``Content-Length`` (``None`` when it sent none)."""
+        raw = self._response.headers.get("content-length", "")
+        return int(raw) if raw.isascii() and raw.isdigit() else None
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The bytes of the file as they arrive, each read within the time limits."""
+        raw = self._response.aiter_raw()
+        try:
+            while True:
+                with self._deadline.limit():
+                    chunk = await anext(raw, None)
+                if chunk is None:
+                    return
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, self._what) from exc
 
 
 async def _frames(

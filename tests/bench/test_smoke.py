@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 SCENARIO_KEYS = {
-    "relay": {"direct", "gateway", "naive"},
+    "relay": {"direct", "gateway", "react", "naive"},
     "idle": {"direct", "gateway", "naive"},
     "fanout": {"direct", "gateway", "naive"},
     "mirroring": {"streams", "redis", "memory", "redis_over_memory_cpu"},
@@ -36,7 +36,7 @@ def test_the_smoke_run_relays_everything_without_gaps_or_duplicates(
     assert {"targets", "meta"} <= set(results)
     for level in results["relay"].values():
         assert SCENARIO_KEYS["relay"] <= set(level)
-        for name in ("direct", "gateway"):
+        for name in ("direct", "gateway", "react"):  # react: the ReAct agent, no tool called
             run = level[name]
             assert (run["gaps"], run["duplicates"]) == (0, 0)
             assert run["tokens"] == run["expected_tokens"]

@@ -1,14 +1,15 @@
 """Fixtures of the browser tests: Chromium via Playwright, and a gateway + page stack.
 
 The page talks to the gateway through a :class:`CuttableProxy`, so a test can drop the network
-under a live stream. The gateway is a real uvicorn server with CORS for the page's origin.
+under a live stream. The gateway is a real uvicorn server with CORS for the page's origin; its
+model is llm_stub, writing at a watchable pace, and its tool service is unreachable.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -17,6 +18,9 @@ from frontend_stub.app import FrontendSettings
 from frontend_stub.app import create_app as create_frontend
 from gateway.app import create_app as create_gateway
 from gateway.settings import Settings
+from gateway.upstream import UpstreamSettings
+from llm_stub import create_app as create_stub
+from llm_stub.settings import Knobs, StubSettings
 from tests.e2e.proxy import CuttableProxy, cuttable_proxy
 from tests.helpers import free_port, serve_app
 
@@ -30,6 +34,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ECHO_DELAY_MS = 50
+STUB_TOKENS_PER_SECOND = 20  # the model (llm_stub) writes slowly enough to watch
 RETRY_MS = 300
 
 
@@ -69,10 +74,24 @@ def stack() -> Iterator[Stack]:
         sse_retry_ms=RETRY_MS,
         heartbeat_interval=1.0,
     )
-    with serve_app(create_gateway(settings)) as gateway, cuttable_proxy(gateway.port) as proxy:
-        page_settings = FrontendSettings(gateway_url=proxy.url)
-        with serve_app(create_frontend(page_settings), port=frontend_port) as frontend:
-            yield Stack(gateway.url, proxy, frontend.url)
+    stub = StubSettings(knobs=Knobs(tokens_per_second=STUB_TOKENS_PER_SECOND))
+    with serve_app(create_stub(stub)) as llm:
+        settings = replace(
+            settings,
+            upstream=UpstreamSettings(
+                llm_base_url=llm.url + "/v1",
+                llm_max_retries=0,
+                tool_service_url="http://127.0.0.1:9",  # nothing listens: a tool call errs
+                mcp_server_urls=(),
+            ),
+        )
+        with (
+            serve_app(create_gateway(settings)) as gateway,
+            cuttable_proxy(gateway.port) as proxy,
+        ):
+            page_settings = FrontendSettings(gateway_url=proxy.url)
+            with serve_app(create_frontend(page_settings), port=frontend_port) as frontend:
+                yield Stack(gateway.url, proxy, frontend.url)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 from playwright.sync_api import Page, expect
 
@@ -98,4 +100,67 @@ def test_cancel_from_the_page_stops_the_task(page: Page, stack: Stack) -> None:
     wait_for_status(page, "CANCELLED")
     assert snapshot(stack, task_id)["status"] == "CANCELLED"
     expect(page.locator("#send")).to_be_enabled()
+    assert_clean_stream(page)
+
+
+def test_a_react_answer_grows_on_the_page_while_the_model_writes_it(
+    page: Page, stack: Stack
+) -> None:
+    page.select_option("#agent-type", "5")
+    task_id = ask(page, "tell me something nice about rivers and the sea")
+
+    # Text shows as soon as the model writes it, provisionally, before its turn has ended.
+    page.wait_for_function(
+        "(document.querySelector('#answer .writing')?.textContent || '').split(' ').length >= 3"
+    )
+    early = page.evaluate("document.querySelector('#answer .writing').textContent")
+    wait_for_status(page, "COMPLETED")
+
+    result = snapshot(stack, task_id)["result"]
+    assert isinstance(result, str) and result.startswith("You asked: tell me something nice")
+    assert result.startswith(early) and len(early) < len(result)
+    expect(page.locator("#answer")).to_have_text(result)
+    expect(page.locator("#answer .answer-part")).to_have_count(1)
+    expect(page.locator(".writing")).to_have_count(0)
+    expect(page.locator("#tasks .thought")).to_have_count(0)
+    assert_clean_stream(page)
+
+
+def test_a_react_thought_settles_into_the_tool_work_and_never_stays_as_the_answer(
+    page: Page, stack: Stack
+) -> None:
+    page.select_option("#agent-type", "5")
+    task_id = ask(page, "compute 17 * 23")
+
+    wait_for_status(page, "COMPLETED")
+    result = snapshot(stack, task_id)["result"]
+    assert isinstance(result, str) and result.startswith("Done: Error: tool code_interpreter")
+    expect(page.locator("#answer")).to_have_text(result)
+    thought = page.locator("#tasks .task .thought")
+    expect(thought).to_have_count(1)
+    expect(thought).to_have_text("I will use code_interpreter to work on: compute 17 * 23")
+    expect(page.locator("#tasks .task .tool-result summary")).to_have_text("tool code_interpreter")
+    expect(page.locator(".writing")).to_have_count(0)
+    assert "I will use" not in page.evaluate("document.getElementById('answer').textContent")
+    assert_clean_stream(page)
+
+
+def test_in_deep_think_each_steps_turns_settle_in_its_card_and_the_summary_is_the_answer(
+    page: Page, stack: Stack
+) -> None:
+    page.select_option("#agent-type", "3")
+    task_id = ask(page, "compute 17 * 23")
+
+    wait_for_status(page, "COMPLETED", timeout=30_000)
+    result = snapshot(stack, task_id)["result"]
+    assert isinstance(result, str) and result.startswith("## Summary: compute 17 * 23")
+    expect(page.locator("#answer")).to_have_text(result)
+    card = page.locator("#tasks .task")
+    expect(card).to_have_count(1)
+    expect(card.locator(".thought")).to_have_text(
+        "I will use code_interpreter to work on: Write and run Python code to calculate: "
+        "compute 17 * 23"
+    )
+    expect(card.locator(".summary")).to_have_text(re.compile(r"^Done: Error: tool code_inter"))
+    expect(page.locator(".writing, .writing-turn")).to_have_count(0)
     assert_clean_stream(page)

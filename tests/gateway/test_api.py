@@ -180,11 +180,15 @@ async def test_listing_filters_by_status_and_pages_with_a_cursor(store_url: str 
     assert [t for t in seen if t in ids] == list(reversed(ids))
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "code"),
     [
-        ("POST", "/api/tasks", {"content": b"{not json"}, 400, "invalid_json"),
-        ("POST", "/api/tasks", {"content": b""}, 400, "invalid_json"),
+        ("POST", "/api/tasks", {"content": b"{not json", "headers": _JSON}, 400, "invalid_json"),
+        ("POST", "/api/tasks", {"content": b"", "headers": _JSON}, 400, "invalid_json"),
+        ("POST", "/api/tasks", {"content": b'{"query": "x"}'}, 415, "unsupported_media_type"),
         ("POST", "/api/tasks", {"json": {"query": 5}}, 422, "invalid_request"),
         (
             "POST",

@@ -6,23 +6,25 @@ uses); ``/AutoAgent`` with raw httpx lines, to check the framing byte for byte.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.routes.compat import EventProjector
 from tests.gateway.agents.support import gateway_settings, running_upstreams
-from tests.helpers import ensure_node_modules, serve_app
+from tests.gateway.compat_client import (
+    GPT,
+    ORIGIN,
+    Gateway,
+    NodeRun,
+    assert_orders_count_per_task_and_stream_type,
+    fetch_event_source,
+    merge_like_the_ui,
+)
+from tests.helpers import serve_app
 
-ORIGIN = "http://joyagent-ui.example:3000"
-GPT = "/web/api/v1/gpt/queryAgentStreamIncr"
 PACKET_FIELDS = {
     "status", "response", "responseAll", "finished", "useTimes", "useTokens", "resultMap",
     "responseType", "traceId", "reqId", "encrypted", "query", "messages", "packageType",
@@ -31,14 +33,6 @@ PACKET_FIELDS = {
 PLAN_QUERY = "calculate the sum of 3 and 4, then search for photosynthesis, then echo hi"
 SLOW = "[[stub:tps=40]]"  # paces the stub so the heartbeat clock (0.2 s) ticks during a run
 CUT = "[[stub:fault=cut]]"
-
-
-@dataclass
-class Gateway:
-    url: str
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -52,63 +46,23 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             yield Gateway(server.url)
 
 
-@dataclass
-class NodeRun:
-    opened: dict[str, Any]
-    messages: list[dict[str, Any]]
-    closed: bool
-
-    @property
-    def packets(self) -> list[dict[str, Any]]:
-        return [orjson.loads(m["data"]) for m in self.messages]
-
-    @property
-    def results(self) -> list[dict[str, Any]]:
-        return [p for p in self.packets if p["packageType"] == "result"]
+@pytest.fixture(scope="module")
+def plan_run(gateway: Gateway) -> NodeRun:
+    """One deep-think run of PLAN_QUERY (code, search and an MCP tool), read by the UI's client."""
+    body = {"query": PLAN_QUERY, "sessionId": "s1", "requestId": "req-plan-1", "deepThink": 1}
+    return fetch_event_source(gateway, body)
 
 
-def fetch_event_source(gateway: Gateway, body: dict[str, Any]) -> NodeRun:
-    """POST ``body`` to the UI endpoint with fetch-event-source under node; what it saw."""
-    folder = ensure_node_modules()
-    script = str(Path(folder) / "compat_client.mjs")
-    done = subprocess.run(
-        ["node", script, gateway.url + GPT, orjson.dumps(body).decode(), ORIGIN],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
-    lines = [orjson.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    assert done.returncode == 0, (done.stderr, lines)
-    assert lines[0]["kind"] == "open", lines
-    messages = [line for line in lines if line["kind"] == "message"]
-    return NodeRun(lines[0], messages, lines[-1]["kind"] == "close")
+def later_events(run: NodeRun) -> list[dict[str, Any]]:
+    """The eventData of a deep-think run's packets after the planner's thought and plan."""
+    events = [p["resultMap"]["eventData"] for p in run.results]
+    return [e for e in events if e["messageType"] == "task"]
 
 
-def merge_like_the_ui(packets: list[dict[str, Any]]) -> dict[tuple[Any, str], Any]:
-    """Merge eventData by (taskId, messageId): append non-final deltas, replace on final."""
-    merged: dict[tuple[Any, str], Any] = {}
-    for packet in packets:
-        event = packet["resultMap"]["eventData"]
-        response = event["resultMap"]
-        key = (event.get("taskId"), event["messageId"])
-        field = {"tool_thought": "toolThought", "agent_stream": "result"}.get(
-            response.get("messageType", "")
-        )
-        if field is None or not isinstance(response.get(field), str):
-            continue
-        if response["isFinal"]:
-            merged[key] = response[field]
-        else:
-            merged[key] = merged.get(key, "") + response[field]
-    return merged
-
-
-def test_plan_mode_packets_match_joyagent_field_by_field(gateway: Gateway) -> None:
-    run = fetch_event_source(
-        gateway, {"query": PLAN_QUERY, "sessionId": "s1", "requestId": "req-plan-1", "deepThink": 1}
-    )
+def test_plan_mode_packets_match_joyagent_field_by_field(
+    gateway: Gateway, plan_run: NodeRun
+) -> None:
+    run = plan_run
 
     headers = run.opened["headers"]
     assert run.opened["status"] == 200
@@ -153,10 +107,6 @@ def test_plan_mode_packets_match_joyagent_field_by_field(gateway: Gateway) -> No
             assert {e["taskId"] for e in group} == {later[begin]["taskId"]}
     kinds = {e["resultMap"]["messageType"] for e in later}
     assert {"plan", "tool_thought", "tool_result", "code", "deep_search", "task_summary"} <= kinds
-    thought_orders = [
-        e["messageOrder"] for e in later if e["resultMap"]["messageType"] == "tool_thought"
-    ]
-    assert thought_orders[:2] == [1, 2]
     for event in later:
         assert None not in event["resultMap"].values()
         assert isinstance(event["resultMap"]["messageTime"], str)
@@ -171,6 +121,52 @@ def test_plan_mode_packets_match_joyagent_field_by_field(gateway: Gateway) -> No
     with gateway.client() as client:
         snapshot = client.get(f"/api/tasks/{headers['x-task-id']}").json()
     assert snapshot["status"] == "COMPLETED" and snapshot["result"] == last["response"]
+
+
+def test_every_plan_mode_response_carries_a_result_map_with_the_agent_type(
+    plan_run: NodeRun,
+) -> None:
+    responses = [e["resultMap"] for e in later_events(plan_run)]
+    thoughts = [p["resultMap"]["eventData"]["resultMap"] for p in plan_run.results[:3]]
+
+    assert thoughts[0]["messageType"] == "plan_thought"
+    for response in [*thoughts, *responses]:
+        assert isinstance(response["resultMap"], dict), response["messageType"]
+        assert response["resultMap"]["agentType"] == 3, response["messageType"]
+
+
+def test_a_task_summary_carries_its_summary_and_file_list_in_its_result_map(
+    plan_run: NodeRun,
+) -> None:
+    summaries = [
+        e["resultMap"]
+        for e in later_events(plan_run)
+        if e["resultMap"]["messageType"] == "task_summary"
+    ]
+
+    assert len(summaries) == 3, "one per plan step"
+    for summary in summaries:
+        assert summary["isFinal"] is True
+        assert set(summary["resultMap"]) == {"taskSummary", "fileList", "agentType"}
+        assert summary["resultMap"]["taskSummary"] == summary["taskSummary"] != ""
+        assert isinstance(summary["resultMap"]["fileList"], list)
+
+
+def test_plan_mode_message_orders_count_per_task_and_stream_type(plan_run: NodeRun) -> None:
+    assert_orders_count_per_task_and_stream_type(later_events(plan_run))
+
+
+def test_plan_mode_model_text_streams_as_tool_thought_and_the_answer_is_the_result(
+    plan_run: NodeRun,
+) -> None:
+    events = later_events(plan_run)
+    kinds = [e["resultMap"]["messageType"] for e in events]
+
+    assert "agent_stream" not in kinds, "no item per piece of model text"
+    assert kinds[-1] == "result" and kinds.count("result") == 1
+    summary = events[-2]["resultMap"]  # the summary's text, settled as a thought
+    assert summary["messageType"] == "tool_thought" and summary["isFinal"]
+    assert summary["toolThought"] == events[-1]["resultMap"]["result"]
 
 
 def test_react_mode_lives_under_one_task_id_and_sends_heartbeat_packets(gateway: Gateway) -> None:
@@ -204,13 +200,20 @@ def test_react_mode_lives_under_one_task_id_and_sends_heartbeat_packets(gateway:
     assert len({e["taskId"] for e in events}) == 1
     assert [e["taskOrder"] for e in events] == list(range(1, len(events) + 1))
     assert all(p["resultMap"]["agentType"] == "5" for p in packets)
-    answer = [e["resultMap"] for e in events if e["resultMap"]["messageType"] == "agent_stream"]
-    assert answer[-1]["isFinal"] and answer[-1]["result"] == "Done: Echo: echo hello"
-    assert merge_like_the_ui(packets)[(events[0]["taskId"], answer[-1]["messageId"])] == (
-        "Done: Echo: echo hello"
-    )
+    kinds = [e["resultMap"]["messageType"] for e in events]
+    assert "agent_stream" not in kinds, "the answer streams as the model's tool_thought"
+    assert kinds[-1] == "result" and kinds.count("result") == 1
+    thoughts = [e["resultMap"] for e in events if e["resultMap"]["messageType"] == "tool_thought"]
+    answer_id = thoughts[-1]["messageId"]
+    assert thoughts[-1]["isFinal"] and thoughts[-1]["toolThought"] == "Done: Echo: echo hello"
+    assert merge_like_the_ui(packets)[(events[0]["taskId"], answer_id)] == "Done: Echo: echo hello"
+    assert_orders_count_per_task_and_stream_type(events)
     last = packets[-1]
     assert last["finished"] and last["resultMap"]["eventData"]["resultMap"]["finish"]
+    with gateway.client() as client:
+        task = client.get(f"/api/tasks/{run.opened['headers']['x-task-id']}").json()
+    final = last["resultMap"]["eventData"]["resultMap"]
+    assert final["resultMap"]["taskSummary"] == final["result"] == task["result"]
     assert run.messages[-1]["data"] == orjson.dumps(last).decode()
 
 
@@ -252,7 +255,10 @@ def test_auto_agent_frames_are_data_lines_without_a_space_with_bare_heartbeats(
         assert set(frame) <= allowed and frame["requestId"] == "auto-1"
         assert isinstance(frame["messageTime"], str) and frame["messageTime"].isdigit()
     kinds = [f["messageType"] for f in frames]
-    assert kinds.index("tool_thought") < kinds.index("tool_result") < kinds.index("agent_stream")
+    assert "agent_stream" not in kinds, "model text is tool_thought, the answer the result"
+    assert kinds.index("tool_thought") < kinds.index("tool_result") < len(kinds) - 2
+    assert kinds[-2] == "tool_thought" and frames[-2]["toolThought"] == frames[-1]["result"]
+    assert all(f["resultMap"]["agentType"] == 5 for f in frames)
 
 
 def test_a_retried_request_joins_its_first_run_and_a_disconnect_does_not_stop_it(
@@ -306,17 +312,34 @@ def test_a_bad_compat_request_is_a_json_error(gateway: Gateway) -> None:
         assert answer.json()["error"]["code"] == "invalid_request"
 
 
-def test_the_event_projector_starts_a_task_id_per_task_only_in_plan_mode() -> None:
-    def message(kind: str) -> dict[str, Any]:
-        return {"messageId": kind, "messageType": kind, "isFinal": True, "plan": {"steps": []}}
+def test_a_react_answer_that_calls_no_tool_reaches_the_ui_as_thought_and_result_only(
+    gateway: Gateway,
+) -> None:
+    run = fetch_event_source(gateway, {"query": "hello there, how are you", "deepThink": 0})
 
-    plan_mode, react_mode = EventProjector(react_mode=False), EventProjector(react_mode=True)
-    kinds = ["plan", "task", "tool_thought", "task", "plan"]
-    planned = [plan_mode.event(message(k)) for k in kinds]
-    reacted = [react_mode.event(message(k)) for k in kinds[1:]]
+    events = [p["resultMap"]["eventData"] for p in run.results]
+    kinds = [e["resultMap"]["messageType"] for e in events]
+    assert set(kinds) == {"tool_thought", "result"}, "nothing the UI shows as calling a tool"
+    thoughts = [e for e in events if e["resultMap"]["messageType"] == "tool_thought"]
+    assert len({e["messageId"] for e in thoughts}) == 1, "one growing thought item"
+    assert [e["messageOrder"] for e in thoughts] == list(range(1, len(thoughts) + 1))
+    assert all(e["resultMap"]["resultMap"] == {"agentType": 5} for e in thoughts)
+    answer = merge_like_the_ui(run.results)[(events[0]["taskId"], thoughts[0]["messageId"])]
+    final = events[-1]["resultMap"]
+    assert final["resultMap"]["taskSummary"] == final["result"] == answer
+    assert answer.startswith("You asked: hello there, how are you")
 
-    assert planned[0]["messageType"] == "plan" and "taskId" not in planned[0]
-    assert planned[1]["taskId"] == planned[2]["taskId"] != planned[3]["taskId"]
-    assert [e["taskOrder"] for e in planned[1:]] == [1, 2, 1, 2]
-    assert len({e["taskId"] for e in reacted}) == 1
-    assert [e["taskOrder"] for e in reacted] == [1, 2, 3, 4]
+
+def test_a_tool_that_shows_its_own_work_gets_no_extra_tool_result_item(gateway: Gateway) -> None:
+    body = {"requestId": "auto-code-1", "query": "calculate 6 * 7", "agentType": 5}
+    with gateway.client() as client, client.stream("POST", "/AutoAgent", json=body) as answer:
+        raw = answer.read().decode()
+
+    frames = [
+        orjson.loads(line[5:]) for line in raw.split("\n") if line[5:] not in ("", "heartbeat")
+    ]
+    kinds = [f["messageType"] for f in frames]
+    assert "code" in kinds and "tool_result" not in kinds, kinds
+    code = [f for f in frames if f["messageType"] == "code"]
+    assert code[-1]["isFinal"] and code[-1]["resultMap"]["agentType"] == 5
+    assert "codeOutput" in code[-1]["resultMap"]

@@ -66,6 +66,8 @@ def test_the_document_is_served_and_describes_every_native_route(api_url: str) -
         ("GET", "/api/tasks/{task_id}/events"),
         ("POST", "/api/tasks/{task_id}/cancel"),
         ("GET", "/api/tasks/{task_id}/webhook"),
+        ("GET", "/api/tasks/{task_id}/files/{file_name}"),
+        ("GET", "/api/tasks/{task_id}/preview/{file_name}"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/metrics"),

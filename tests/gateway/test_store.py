@@ -11,6 +11,7 @@ from gateway import printer as printer_module
 from gateway.printer import Printer
 from gateway.protocol import TaskError, TaskStatus, new_task_id, now_ms
 from gateway.store import (
+    IdempotencyKeyReused,
     IllegalTransition,
     LeaseState,
     MemoryStore,
@@ -88,20 +89,26 @@ async def test_a_printers_text_delta_is_the_message_send_writes_byte_for_byte(
     store: StreamStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task_id = await running(store)
-    printer = Printer(store, task_id, "req-1")
+    printer = Printer(store, task_id, "req-%d%%s")  # a format directive must stay text
     monkeypatch.setattr(printer_module, "now_ms", lambda: 1_700_000_000_123)
     monkeypatch.setattr(printer_module, "time_ns", lambda: 1_700_000_000_123_456_789)
     texts = ["plain ", 'quote " and \\ back', "line\nbreak\ttab \x01", "ünï 😀", ""]
-    for text in texts:
-        fast = printer.text_delta_now("m-1", text)
-        slow = await printer.send("agent_stream", text, message_id="m-1", is_final=False)
-        assert fast is not None
-        assert fast.data == slow.data.replace(b'"seq":%d,' % slow.seq, b'"seq":%d,' % fast.seq)
-        assert fast.json()["result"] == text and fast.json()["finish"] is False
-    # both are kept as the streamed answer, and the log holds them in order
+    for kind, field in (("agent_stream", "result"), ("tool_thought", "toolThought")):
+        for text in texts:
+            fast = printer.text_delta_now("m-" + kind, text, kind)
+            slow = await printer.send(kind, text, message_id="m-" + kind, is_final=False)
+            assert fast is not None
+            assert fast.data == slow.data.replace(b'"seq":%d,' % slow.seq, b'"seq":%d,' % fast.seq)
+            assert fast.json()[field] == text and fast.json()["finish"] is False
+    # the answer's deltas are kept as the streamed answer (a thought's are not)
     assert printer.partial_answer == "".join(t + t for t in texts)
-    got = await read_durable(store, task_id, 2 * len(texts))
-    assert [m.json()["result"] for m in got] == [t for t in texts for _ in (1, 2)]
+    got = await read_durable(store, task_id, 4 * len(texts))
+    assert [m.json().get("result") for m in got][: 2 * len(texts)] == [
+        t for t in texts for _ in (1, 2)
+    ]
+    assert [m.json().get("toolThought") for m in got][2 * len(texts) :] == [
+        t for t in texts for _ in (1, 2)
+    ]
 
 
 async def test_frames_carry_the_seq_as_sse_id(store: StreamStore) -> None:
@@ -403,6 +410,20 @@ async def test_the_same_idempotency_key_returns_the_same_task(store: StreamStore
     results = await asyncio.gather(*(store.create(record(), key) for _ in range(4)))
     assert len({r.task_id for r, _ in results}) == 1
     assert sum(created for _, created in results) == 1
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_refused(
+    store: StreamStore,
+) -> None:
+    key = new_task_id()
+    first, created = await store.create(record(request={"query": "a", "agentType": 0}), key)
+    # The same request in another key order is the same request.
+    again, again_created = await store.create(record(request={"agentType": 0, "query": "a"}), key)
+    with pytest.raises(IdempotencyKeyReused):
+        await store.create(record(request={"query": "b", "agentType": 0}), key)
+    assert created and not again_created and again.task_id == first.task_id
+    other, other_created = await store.create(record(request={"query": "b"}), new_task_id())
+    assert other_created and other.task_id != first.task_id
 
 
 async def test_the_queue_hands_each_task_to_one_consumer(store: StreamStore) -> None:

@@ -88,6 +88,35 @@ def test_executor_picks_code_interpreter_with_a_runnable_program() -> None:
     assert reply.content.startswith("I will use code_interpreter")
 
 
+def test_an_arithmetic_question_is_computed_by_code_and_answered_with_its_value() -> None:
+    query = "What is 17 * 23? compute it"
+    reply = respond([REACT, user(query)], BUILTINS)
+    assert reply.tool_call is not None and reply.tool_call.name == "code_interpreter"
+    printed = run(reply.tool_call.arguments["code"])
+    assert printed == "17 * 23 = 391\n"
+
+    call = {"id": "c1", "type": "function", "function": {"name": "code_interpreter"}}
+    messages = [
+        REACT,
+        user(query),
+        {"role": "assistant", "content": reply.content, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "exit code 0\n" + printed},
+    ]
+    answer = respond(messages, BUILTINS)
+    assert answer.tool_call is None and answer.content == "17 * 23 = 391"
+
+
+def test_arithmetic_in_other_notations_is_computed_as_written() -> None:
+    for query, printed in (
+        ("calculate (2 + 3) ^ 2", "(2 + 3) ** 2 = 25\n"),
+        ("compute 10 / 4 - 1 in python", "10 / 4 - 1 = 1.5\n"),
+        ("what is 6\u00d77? calculate", "6*7 = 42\n"),  # the multiplication sign
+    ):
+        reply = respond([EXECUTOR, user(query)], BUILTINS)
+        assert reply.tool_call is not None
+        assert run(reply.tool_call.arguments["code"]) == printed, query
+
+
 def test_executor_picks_deepsearch_and_report_by_keyword() -> None:
     search = respond([EXECUTOR, user("Search for the latest Python news")], BUILTINS)
     report = respond([REACT, user("Write a report on tea")], BUILTINS)

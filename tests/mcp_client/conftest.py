@@ -20,11 +20,14 @@ import httpx
 import pytest
 
 from mcp_client import Settings, create_app
+from mcp_client.target import parse_allowlist
 from tests.helpers import ensure_node_modules, free_port, serve_app
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EVERYTHING = "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 SERVER_KINDS = ("sdk-http", "sdk-sse", "everything-http", "everything-sse")
+# The test servers listen on loopback, which the address guard refuses unless allowlisted.
+LOOPBACK = parse_allowlist("127.0.0.1")
 
 
 @dataclass
@@ -151,7 +154,9 @@ class Bridge:
 @contextlib.asynccontextmanager
 async def running_bridge(settings: Settings | None = None) -> AsyncIterator[Bridge]:
     """Serve ``create_app(settings)`` on a free port for the duration of the block."""
-    settings = settings or Settings(connect_timeout=5, call_timeout=15, tools_ttl=5)
+    settings = settings or Settings(
+        connect_timeout=5, call_timeout=15, tools_ttl=5, allowed_servers=LOOPBACK
+    )
     with serve_app(create_app(settings)) as server:
         async with httpx.AsyncClient(timeout=30) as client:
             yield Bridge(server.url, client)
@@ -159,6 +164,6 @@ async def running_bridge(settings: Settings | None = None) -> AsyncIterator[Brid
 
 @pytest.fixture
 async def bridge() -> AsyncIterator[Bridge]:
-    """A bridge with test-friendly defaults and no allowlist."""
+    """A bridge with test-friendly defaults that may reach servers on 127.0.0.1."""
     async with running_bridge() as bridge:
         yield bridge

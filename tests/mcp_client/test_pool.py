@@ -12,6 +12,7 @@ from mcp_client import SessionPool, Settings, UpstreamTimeout
 from mcp_client.target import ServerTarget, Transport
 from tests.helpers import free_port
 from tests.mcp_client.conftest import (
+    LOOPBACK,
     SERVER_KINDS,
     Bridge,
     McpServer,
@@ -116,7 +117,9 @@ async def test_a_server_that_accepts_but_never_answers_hits_the_connect_timeout(
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/mcp"
-        async with running_bridge(Settings(connect_timeout=0.5)) as bridge:
+        async with running_bridge(
+            Settings(connect_timeout=0.5, allowed_servers=LOOPBACK)
+        ) as bridge:
             started = time.monotonic()
             response = await bridge.post("/v1/tool/list", {"server_url": url})
             elapsed = time.monotonic() - started
@@ -132,7 +135,7 @@ async def test_the_pool_closes_every_session_when_it_stops(
     targets = [
         ServerTarget(mcp_servers[kind].url, Transport.AUTO) for kind in ("sdk-http", "sdk-sse")
     ]
-    pool = SessionPool(Settings(connect_timeout=5))
+    pool = SessionPool(Settings(connect_timeout=5, allowed_servers=LOOPBACK))
     with anyio.fail_after(20):
         async with pool.running():
             for target in targets:
@@ -149,7 +152,7 @@ async def test_a_slow_call_raises_upstream_timeout_from_the_pool(
 ) -> None:
     target = ServerTarget(mcp_servers["sdk-sse"].url, Transport.SSE)
     with anyio.fail_after(20):
-        async with SessionPool(Settings()).running() as pool:
+        async with SessionPool(Settings(allowed_servers=LOOPBACK)).running() as pool:
             with pytest.raises(UpstreamTimeout):
                 await pool.call_tool(target, "slow", {"seconds": 30}, timeout=0.3)
 
@@ -161,7 +164,7 @@ async def test_beyond_max_sessions_the_least_recently_used_idle_session_is_close
         ServerTarget(mcp_servers[kind].url, Transport.AUTO)
         for kind in ("sdk-http", "everything-http")
     )
-    pool = SessionPool(Settings(max_sessions=1))
+    pool = SessionPool(Settings(max_sessions=1, allowed_servers=LOOPBACK))
     with anyio.fail_after(20):
         async with pool.running():
             await pool.call_tool(first, "echo", {"message": "1"}, timeout=5)

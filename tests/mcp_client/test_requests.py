@@ -123,3 +123,31 @@ def test_the_cli_serves_the_app_with_settings_from_the_environment(
     assert listed.status_code == 200
     assert "get-sum" in {tool["name"] for tool in listed.json()["data"]}
     assert refused.status_code == 403
+
+
+async def test_with_a_service_token_every_route_but_health_needs_it(
+    mcp_servers: dict[str, McpServer],
+) -> None:
+    server = mcp_servers["sdk-http"]
+    settings = Settings(
+        connect_timeout=5,
+        service_token="br1dge-token",
+        allowed_servers=parse_allowlist(server.base),
+    )
+    body = {"server_url": server.url}
+    async with running_bridge(settings) as bridge:
+        refused = [
+            await bridge.post("/v1/tool/list", body),
+            await bridge.post("/v1/tool/list", body, Authorization="Bearer wrong"),
+            await bridge.client.get(bridge.url + "/v1/pool"),
+        ]
+        health = await bridge.client.get(bridge.url + "/health")
+        listed = await bridge.post("/v1/tool/list", body, Authorization="Bearer br1dge-token")
+    for response in refused:
+        assert response.status_code == 401
+        answer = response.json()
+        assert answer["code"] == 401 and answer["data"] is None
+        assert answer["error"]["code"] == "unauthorized"
+    assert health.status_code == 200
+    assert listed.status_code == 200 and listed.json()["code"] == 200
+    assert "br1dge-token" not in repr(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,23 @@ from tests.helpers import serve_app
 from tests.tool_service.fake_llm import FakeLLM, Reply
 from tests.tool_service.support import Service, ServiceFactory
 from tool_service import Settings, create_app
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture(autouse=True)
+def subreaper() -> Iterator[None]:
+    """Make this process the reaper of its orphaned descendants while a test runs.
+
+    A process a sandbox run leaves behind then stays a descendant of the test process, where
+    :func:`~tests.tool_service.support.sandbox_processes` finds it, instead of moving to init.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
 @pytest.fixture

@@ -39,18 +39,43 @@ class Service:
         return events
 
 
+def _status(pid: str) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as handle:
+        return dict(line.split(":", 1) for line in handle.read().splitlines() if ":" in line)
+
+
 def sandbox_processes(root: Path) -> list[int]:
-    """Live (not zombie) processes whose working directory is inside ``root``."""
-    found = []
+    """Live (not zombie) processes of sandbox runs started from this test process.
+
+    Those are descendants of this process (the ``subreaper`` fixture keeps orphans among them)
+    that run in a PID namespace nested in ours (bubblewrap's), or in a folder under ``root``.
+    """
+    own_depth = len(_status("self")["NSpid"].split())
+    parents: dict[int, int] = {}
+    candidates = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            with open(f"/proc/{entry}/stat") as handle:
-                state = handle.read().rsplit(")", 1)[1].split()[0]
+            status = _status(entry)
         except OSError:
             continue
-        if state not in ("Z", "X") and (cwd == str(root) or cwd.startswith(str(root) + "/")):
-            found.append(int(entry))
+        parents[int(entry)] = int(status["PPid"])
+        if status["State"].split()[0] in ("Z", "X"):
+            continue
+        nested = len(status["NSpid"].split()) > own_depth
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            cwd = ""
+        if nested or cwd == str(root) or cwd.startswith(str(root) + "/"):
+            candidates.append(int(entry))
+    me = os.getpid()
+    found = []
+    for pid in candidates:
+        ancestor, steps = parents.get(pid, 0), 0
+        while ancestor not in (0, 1, me) and steps < 10_000:
+            ancestor, steps = parents.get(ancestor, 0), steps + 1
+        if ancestor == me:
+            found.append(pid)
     return found

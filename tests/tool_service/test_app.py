@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -93,3 +94,34 @@ def test_the_cli_serves_the_tool_service_from_its_environment(tmp_path: Path) ->
         )
     assert response.status_code == 200
     assert response.json()["codeOutput"] == "3\n"
+
+
+def test_with_a_service_token_every_route_but_health_needs_it(make_service: Any) -> None:
+    body = {"requestId": "tok", "code": "print(6 * 7)", "stream": False}
+    with make_service(SERVICE_TOKEN="s3rvice-token") as service:
+        client = service.client
+        refused = [
+            client.post("/v1/tool/code_interpreter", json=body),
+            client.post(
+                "/v1/tool/code_interpreter", json=body, headers={"Authorization": "Bearer nope"}
+            ),
+            client.post(
+                "/v1/tool/code_interpreter",
+                json=body,
+                headers={"Authorization": "Basic s3rvice-token"},
+            ),
+            client.get("/v1/file_tool/download/tok/out.txt"),
+        ]
+        health = client.get("/health")
+        ran = client.post(
+            "/v1/tool/code_interpreter",
+            json=body,
+            headers={"Authorization": "Bearer s3rvice-token"},
+        )
+    for response in refused:
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert health.status_code == 200
+    assert ran.status_code == 200 and ran.json()["codeOutput"] == "42\n"
+    assert "s3rvice-token" not in repr(service.settings)

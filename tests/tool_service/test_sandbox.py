@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from tests.tool_service.support import Service, ServiceFactory, sandbox_processes
+from tool_service import Settings
 
 FORK_BOMB = "import os\nwhile True:\n    os.fork()\n"
 STUBBORN_FORK_BOMB = (
@@ -88,13 +91,56 @@ def test_captured_output_is_capped(make_service: ServiceFactory) -> None:
 
 
 def test_concurrent_runs_are_isolated_from_each_other(service: Service) -> None:
-    code = "import os, time\nprint(os.getuid(), os.getcwd())\ntime.sleep(0.5)\n"
+    code = (
+        "import os, time\n"
+        "open(os.urandom(4).hex(), 'w').close()\n"
+        "time.sleep(0.5)\n"
+        "print(os.getuid(), len([n for n in os.listdir('.') if not n.startswith('.')]))\n"
+    )
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(_run, service, code) for _ in range(2)]
         finals = [future.result(timeout=20)[-2] for future in futures]
     outputs = [final["codeOutput"].split() for final in finals]
     assert all(final["exitCode"] == 0 for final in finals)
-    assert outputs[0][1] != outputs[1][1]  # separate working folders
+    assert outputs[0][1] == outputs[1][1] == "1"  # each run sees only the file it wrote
     if os.geteuid() == 0:
         assert outputs[0][0] != outputs[1][0]  # and, as root, separate uids
     _assert_healthy_and_clean(service)
+
+
+def test_without_bubblewrap_code_execution_is_refused_with_503(
+    make_service: ServiceFactory,
+) -> None:
+    with make_service(SANDBOX_BWRAP="/nonexistent/bwrap") as service:
+        for stream in (True, False):
+            body = {"requestId": "refused", "code": "print('ran')", "stream": stream}
+            response = service.client.post("/v1/tool/code_interpreter", json=body)
+            assert response.status_code == 503
+            error = response.json()["error"]
+            assert error["code"] == "sandbox_unavailable"
+            assert "SANDBOX=unsafe-none" in error["message"]
+        assert service.client.get("/health").status_code == 200
+        assert list(service.settings.sandbox.root.iterdir()) == []
+
+
+def test_sandbox_unsafe_none_runs_code_without_bubblewrap_and_warns_at_start(
+    make_service: ServiceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="tool_service.sandbox"),
+        make_service(SANDBOX="unsafe-none", SANDBOX_BWRAP="/nonexistent/bwrap") as service,
+    ):
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("SANDBOX=unsafe-none" in record.getMessage() for record in warnings)
+        code = "import os\nopen('out.txt', 'w').write('made')\nprint(os.getcwd() != '/work')\n"
+        final = _run(service, code)[-2]
+        assert final["exitCode"] == 0
+        assert final["codeOutput"] == "True\n"  # on the host, not in a sandbox
+        assert [info["fileName"] for info in final["fileInfo"]] == ["out.txt"]
+        _assert_healthy_and_clean(service)
+
+
+def test_an_unknown_sandbox_mode_is_a_configuration_error(tmp_path: Path) -> None:
+    env = {"SANDBOX": "none", "FILE_ROOT": str(tmp_path), "SANDBOX_ROOT": str(tmp_path)}
+    with pytest.raises(ValueError, match="SANDBOX"):
+        Settings.from_env(env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from llm_stub import create_app as create_stub
 from llm_stub.settings import Knobs, StubSettings
 from mcp_client import Settings as BridgeSettings
 from mcp_client import create_app as create_bridge
+from mcp_client.target import parse_allowlist
 from tests.helpers import free_port, serve_app
 from tool_service import Settings as ToolSettings
 from tool_service import create_app as create_tool_service
@@ -74,7 +76,9 @@ def sdk_mcp_server() -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_upstreams(workdir: Path) -> Iterator[Upstreams]:
-    """llm_stub (no pacing), tool_service, mcp_client and an SDK MCP server, all real."""
+    """llm_stub (no pacing), tool_service, mcp_client and an SDK MCP server, all real; the
+    tool service and the bridge require a service token, which the gateway's settings hold."""
+    token = secrets.token_urlsafe(16)
     stub_settings = StubSettings(knobs=Knobs(tokens_per_second=0))
     with contextlib.ExitStack() as stack:
         mcp_url = stack.enter_context(sdk_mcp_server())
@@ -86,10 +90,17 @@ def running_upstreams(workdir: Path) -> Iterator[Upstreams]:
                 "SANDBOX_ROOT": str(workdir / "sandboxes"),
                 "CODE_TIMEOUT": "20",
                 "CODE_MEMORY_MB": "512",
+                "SERVICE_TOKEN": token,
             }
         )
         tools = stack.enter_context(serve_app(create_tool_service(tool_settings)))
-        bridge_settings = BridgeSettings(connect_timeout=5, call_timeout=15, tools_ttl=5)
+        bridge_settings = BridgeSettings(
+            connect_timeout=5,
+            call_timeout=15,
+            tools_ttl=5,
+            service_token=token,
+            allowed_servers=parse_allowlist("127.0.0.1"),  # the MCP server is on loopback
+        )
         bridge = stack.enter_context(serve_app(create_bridge(bridge_settings)))
         settings = UpstreamSettings(
             llm_base_url=stub.url + "/v1",
@@ -100,6 +111,7 @@ def running_upstreams(workdir: Path) -> Iterator[Upstreams]:
             mcp_client_url=bridge.url,
             mcp_server_urls=(mcp_url,),
             tool_timeout=30,
+            service_token=token,
         )
         yield Upstreams(settings, stub.url, mcp_url)
 
@@ -195,7 +207,11 @@ def payload_of(message: dict[str, Any]) -> Any:
 
 
 def check_streaming_rule(messages: Sequence[dict[str, Any]]) -> None:
-    """Every messageId ends with exactly one isFinal frame, holding the full content."""
+    """Every messageId ends with exactly one isFinal frame, holding the full content.
+
+    The deltas of a message share one type; only a model turn's ``tool_thought`` deltas may end
+    with a final frame of another type (the turn was the answer: DESIGN §3).
+    """
     frames: dict[str, list[dict[str, Any]]] = {}
     for message in messages:
         frames.setdefault(message["messageId"], []).append(message)
@@ -203,10 +219,18 @@ def check_streaming_rule(messages: Sequence[dict[str, Any]]) -> None:
         finals = [m for m in group if m["isFinal"]]
         assert len(finals) == 1, (message_id, group)
         assert group[-1]["isFinal"], (message_id, group)
-        assert len({m["messageType"] for m in group}) == 1, group
+        delta_types = {m["messageType"] for m in group[:-1]}
+        assert len(delta_types) <= 1, group
+        if delta_types != {group[-1]["messageType"]}:
+            assert delta_types <= {"tool_thought"}, group
         deltas = [payload_of(m) for m in group[:-1]]
         if deltas and all(isinstance(d, str) for d in deltas):
             assert payload_of(group[-1]) == "".join(deltas), (message_id, group)
+
+
+def frames_of(messages: Sequence[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
+    """The frames of one message, in order."""
+    return [m for m in messages if m["messageId"] == message_id]
 
 
 def first_index(types: Sequence[str], wanted: str | Sequence[str], start: int = 0) -> int:
@@ -224,6 +248,7 @@ __all__ = [
     "check_streaming_rule",
     "direct_context",
     "first_index",
+    "frames_of",
     "gateway_settings",
     "log_of",
     "payload_of",

@@ -38,7 +38,8 @@ async def test_a_model_stream_cut_midway_fails_with_upstream_error_and_keeps_the
     assert failure.value.code == "upstream_error"
     assert "ended before [DONE]" in failure.value.message or "broke" in failure.value.message
     check_streaming_rule(messages)
-    assert [m["messageType"] for m in messages] == ["agent_stream"] * len(messages)
+    types = [m["messageType"] for m in messages]
+    assert types == ["tool_thought"] * (len(messages) - 1) + ["agent_stream"]
     assert len(messages) >= 2 and messages[-1]["isFinal"]
     assert ctx.printer.partial_answer == messages[-1]["result"] != ""
 
@@ -90,6 +91,7 @@ async def test_a_failed_run_through_the_gateway_is_failed_with_an_error_message_
     assert snapshot["error"]["code"] == "upstream_error"
     assert messages[-1]["messageType"] == "error" and messages[-1]["finish"]
     assert messages[-1]["error"]["code"] == "upstream_error"
-    assert [m["messageType"] for m in messages][:2] == ["status", "agent_stream"]
+    assert [m["messageType"] for m in messages][:2] == ["status", "tool_thought"]
+    assert messages[-2]["messageType"] == "agent_stream" and messages[-2]["isFinal"]
     check_streaming_rule(messages[1:-1])
     assert snapshot["result"] == messages[-2]["result"]

@@ -14,6 +14,7 @@ from tests.gateway.agents.support import (
     Upstreams,
     check_streaming_rule,
     first_index,
+    frames_of,
     log_of,
     payload_of,
     run_task,
@@ -41,10 +42,16 @@ async def test_react_calls_an_mcp_tool_and_streams_its_answer(services: dict[str
     assert tool_result["toolName"] == "echo"
     assert tool_result["toolParam"] == {"message": "echo hello from the gateway"}
     assert tool_result["toolResult"] == "Echo: echo hello from the gateway"
-    answer = [m for m in messages if m["messageType"] == "agent_stream"]
-    assert len(answer) > 1, "the answer is streamed as deltas before its final frame"
-    assert answer[-1]["result"] == "Done: Echo: echo hello from the gateway"
-    assert messages[-1]["result"] == answer[-1]["result"] == record.result
+    final = next(m for m in messages if m["messageType"] == "agent_stream")
+    answer = frames_of(messages, final["messageId"])
+    assert len(answer) > 2, "the answer is streamed as deltas before its final frame"
+    assert {m["messageType"] for m in answer[:-1]} == {"tool_thought"}
+    assert answer[-1] is final and final["isFinal"]
+    assert final["result"] == "Done: Echo: echo hello from the gateway"
+    assert messages[-1]["result"] == final["result"] == record.result
+    thought = frames_of(messages, messages[types.index("tool_thought")]["messageId"])
+    assert {m["messageType"] for m in thought} == {"tool_thought"}
+    assert thought[-1]["toolThought"].startswith("I will use echo")
 
 
 async def test_a_failing_mcp_tool_is_shown_and_fed_back_and_the_run_goes_on(
@@ -98,7 +105,9 @@ async def test_one_step_allowed_means_an_answer_without_tools(upstreams: Upstrea
 
     assert record.status is TaskStatus.COMPLETED
     types = [m["messageType"] for m in messages]
-    assert "tool_result" not in types and "tool_thought" not in types
+    assert "tool_result" not in types
+    finals = [m for m in messages if m["isFinal"] and m["messageType"] != "status"]
+    assert [m["messageType"] for m in finals] == ["agent_stream", "result"]
     assert record.result is not None and record.result.startswith("You asked: echo hi")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.agents import AgentLimits, register_builtin_agents
 from gateway.agents._mcp import discover_mcp_tools, server_slug
-from gateway.agents._streams import MessageStream, TextStream
+from gateway.agents._streams import LiveText, MessageStream
 from gateway.agents.tools import ToolBox, tool_request_id
 from gateway.tasks import TaskRegistry
 from gateway.upstream import ToolCall
@@ -44,16 +44,20 @@ async def test_a_streamed_message_cut_by_a_cancel_still_gets_its_final_frame(
 ) -> None:
     async with direct_context(services, "q", 5) as (ctx, store):
         with anyio.CancelScope() as scope:
-            async with TextStream(ctx.printer, "agent_stream") as text:
-                await text.write("partial ")
-                await text.write("answer")
+            text = LiveText(ctx.printer, "tool_thought")
+            text.write("partial ")
+            text.write("answer")
+            try:
                 scope.cancel()
                 await anyio.lowlevel.checkpoint()
+            finally:
+                await text.interrupt("agent_stream")
         async with MessageStream(ctx.printer, "code") as code:
             await code.delta({"codeOutput": "1"}, {"codeOutput": "1", "fileInfo": []})
         messages = await log_of(store, ctx.task_id)
 
     check_streaming_rule(messages)
+    assert [m["messageType"] for m in messages[:3]] == ["tool_thought"] * 2 + ["agent_stream"]
     assert messages[2]["result"] == "partial answer"
     assert messages[-1]["resultMap"] == {"codeOutput": "1", "fileInfo": []}
 

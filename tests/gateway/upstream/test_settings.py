@@ -55,6 +55,13 @@ def test_the_api_key_never_appears_in_the_repr() -> None:
     assert "sk-very-secret" not in str(settings)
 
 
+def test_the_service_token_is_sent_as_a_bearer_and_never_shown() -> None:
+    settings = UpstreamSettings.from_env({"SERVICE_TOKEN": " tok-secret "})
+    assert settings.service_headers == {"authorization": "Bearer tok-secret"}
+    assert "tok-secret" not in repr(settings)
+    assert UpstreamSettings.from_env({}).service_headers == {}
+
+
 @pytest.mark.parametrize("value", ["soon", "-1", "0"])
 def test_a_bad_timeout_is_refused_with_the_variable_name(value: str) -> None:
     with pytest.raises(ValueError, match="LLM_TOTAL_TIMEOUT"):
