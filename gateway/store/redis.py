@@ -613,7 +613,8 @@ class RedisStore(StreamStore):
                 # The finish is being flushed: Redis may hold it before this process has the
                 # reply, and a snapshot read from Redis may already say so.
                 last = max(after, writer.log.last_seq)
-                command = ("XRANGE", self._k.log(task_id), f"({last}-0", "+")
+                more = limit - len(messages)
+                command = ("XRANGE", self._k.log(task_id), f"({last}-0", "+", "COUNT", more)
                 messages += _messages((await self._commands([command]))[0])
             return messages
         recent = self._recent.get(task_id)

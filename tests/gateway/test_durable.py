@@ -98,3 +98,28 @@ async def test_the_memory_store_shows_a_message_as_soon_as_it_is_appended() -> N
     sent = store.append_now(task_id, body("a"))
     assert sent is not None
     assert await store.read(task_id, 0, 10) == [sent]  # durable once appended: the mark
+
+
+async def test_a_poll_while_the_finish_is_in_flight_gets_at_most_its_limit(redis_url: str) -> None:
+    # Redis may hold a whole flush (messages and the finish) before this process has its reply:
+    # a poll then reads them from Redis, a page of ``limit`` at a time.
+    store = RedisStore(redis_url, result_ttl=60, prefix=new_task_id(), flush_interval=0.3)
+    await store.start()
+    try:
+        task_id = await running(store)
+        sent = [await store.append(task_id, body(text)) for text in "abc"]
+        finishing = asyncio.create_task(
+            store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result"}, result="abc")
+        )
+        writer = store._writers[task_id]
+        async with asyncio.timeout(5):
+            while writer.final is None:  # the finish waits for the flush
+                await asyncio.sleep(0.01)
+        landed = ["me", 1, 3, *(m.data for m in sent), *writer.final]  # what that flush sends
+        assert await store._append(keys=store._k.task(task_id), args=landed) == [4]
+        assert [m.seq for m in await store.read(task_id, 0, 2)] == [1, 2]
+        rest = await store.read(task_id, 2, 10)
+        assert [m.seq for m in rest] == [3, 4] and rest[-1].finish
+        assert (await asyncio.wait_for(finishing, 5)).seq == 4
+    finally:
+        await store.close()
