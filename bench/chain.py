@@ -8,9 +8,9 @@ sink (SSE, JSON, the assembler), the relay's ``on_text`` and the ``Printer``, th
 ``append_now`` and its log, one parked SSE reader (``_Live.push`` with uvicorn's chunk framing)
 — with transports that only count bytes. ``streams`` tasks get their tokens in turn, so the
 working set is a busy gateway's, not one hot task's; the loop turns every ``--turn`` tokens,
-and with ``--redis`` the store's flusher mirrors to a real ``redis-server`` in those turns
-at the gateway's flush spacing (its Python and its socket calls are counted: per flush, not
-per token).
+and with ``--redis`` the store's flusher writes to a real ``redis-server`` in those turns
+at the gateway's flush spacing, and the reader gets each frame once its flush is acknowledged
+(its Python and its socket calls are counted: per flush, not per token).
 
     python -m bench.chain                      # memory store
     python -m bench.chain --redis              # Redis store (own redis-server, or REDIS_URL)
@@ -125,8 +125,11 @@ class _Relay:
         self.pipe = asyncio.ensure_future(response.pipe(_TextSink(self.on_text)))
         await asyncio.sleep(0)
         self.conn.data_received(chunk(PREFIX + b"first" + SUFFIX))  # the writer exists now
-        await asyncio.sleep(0.01)
-        log = self.store.live_log(self.task_id, 1)
+        log = None
+        for _ in range(1000):  # with Redis, once the first message's flush is acknowledged
+            await asyncio.sleep(0.005)
+            if (log := self.store.live_log(self.task_id, 1)) is not None:
+                break
         if log is None:
             raise RuntimeError("no live log to park on")
         loop = asyncio.get_running_loop()
@@ -169,7 +172,11 @@ async def measure(store: StreamStore, streams: int, tokens: int, turn: int) -> f
             n += 1
             if n % turn == 0:
                 await asyncio.sleep(0)
-    await asyncio.sleep(0.05)  # the last flush
+    expected = [f + tokens for f in frames]
+    for _ in range(1000):  # the last flush (readers get frames once Redis has them)
+        await asyncio.sleep(0.005)
+        if [r.client.writes for r in relays] == expected:
+            break
     spent = time.process_time() - started
     gc.enable()
     if [r.client.writes - f for r, f in zip(relays, frames, strict=True)] != [tokens] * streams:

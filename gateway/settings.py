@@ -77,7 +77,7 @@ class Settings:
     lease_renew_interval: float = 1.0
     sweep_interval: float = 2.0
     flush_interval_ms: float = 0.0
-    flush_spacing_ms: float = 5.0
+    flush_spacing_ms: float = 0.0
     max_body_bytes: int = 1_048_576
     cancel_wait: float = 10.0
     cors_origins: tuple[str, ...] = ()
@@ -119,7 +119,7 @@ class Settings:
             lease_renew_interval=_num(env, "LEASE_RENEW_INTERVAL", 1.0, minimum=0.01),
             sweep_interval=_num(env, "SWEEP_INTERVAL", 2.0, minimum=0.01),
             flush_interval_ms=_num(env, "FLUSH_INTERVAL_MS", 0.0),
-            flush_spacing_ms=_num(env, "FLUSH_SPACING_MS", 5.0),
+            flush_spacing_ms=_num(env, "FLUSH_SPACING_MS", 0.0),
             max_body_bytes=int(_num(env, "MAX_BODY_BYTES", 1_048_576, minimum=1)),
             cancel_wait=_num(env, "CANCEL_WAIT", 10.0, minimum=0.01),
             cors_origins=origins,

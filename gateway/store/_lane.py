@@ -61,13 +61,16 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def send(self, data: bytes, calls: list[asyncio.Future[Any]]) -> None:
-        """Queue ``data`` (the commands of ``calls``) for this turn's write."""
+    def send(self, data: bytes, calls: list[asyncio.Future[Any]], *, now: bool = False) -> None:
+        """Queue ``data`` (the commands of ``calls``) for this turn's write; ``now`` writes it
+        (and what this turn queued before it) at once."""
         due = self._loop.time() + self._timeout
         self.calls.extend([(call, due) for call in calls])
-        if not self._out:
+        if not self._out and not now:
             self._loop.call_soon(self._write)
         self._out.append(data)
+        if now:
+            self._write()  # a write already scheduled then finds nothing left to write
         if self._watch is None:
             self._watch = self._loop.call_at(due, self._check)
 
@@ -162,24 +165,29 @@ class Lane:
             return cls(path=kw["path"], **common)
         return None
 
-    async def call(self, command: bytes) -> Any:
-        """Send one packed command and return its reply (a Redis error reply is raised)."""
-        return (await self.calls([command]))[0]
+    async def call(self, command: bytes, *, now: bool = False) -> Any:
+        """Send one packed command and return its reply (a Redis error reply is raised).
+        ``now``: written at once, not with the rest of this turn's commands (a flush, which
+        readers wait for)."""
+        return (await self.calls([command], now=now))[0]
 
-    async def calls(self, commands: list[bytes]) -> list[Any]:
+    async def calls(self, commands: list[bytes], *, now: bool = False) -> list[Any]:
         """Send packed commands in one write; their replies (the first error reply is raised,
         once every reply is in)."""
         protocol = self._protocol
         if protocol is None or protocol.transport is None:
             protocol = await self._connect()
-        return await self._roundtrip(protocol, commands)
+        return await self._roundtrip(protocol, commands, now)
 
-    async def _roundtrip(self, protocol: _Protocol, commands: list[bytes]) -> list[Any]:
+    async def _roundtrip(
+        self, protocol: _Protocol, commands: list[bytes], now: bool = False
+    ) -> list[Any]:
         if protocol.transport is None:
             raise protocol.failure or RedisConnectionError("connection to Redis lost")
         loop = asyncio.get_running_loop()
         calls = [loop.create_future() for _ in commands]
-        protocol.send(commands[0] if len(commands) == 1 else b"".join(commands), calls)
+        data = commands[0] if len(commands) == 1 else b"".join(commands)
+        protocol.send(data, calls, now=now)
         try:
             replies = [await call for call in calls]
         except BaseException:

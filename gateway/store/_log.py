@@ -92,6 +92,28 @@ class LocalLog:
         if self._waiters or self.finished:
             self.wake()
 
+    def extend(self, messages: list[StoredMessage]) -> None:
+        """Append ``messages`` (consecutive, from ``last_seq + 1``) as one step: each is pushed
+        in order, and the waiting readers are woken once for all of them."""
+        if len(messages) <= 1:
+            if messages:
+                self.add(messages[0])
+            return
+        self.messages += messages
+        if messages[-1].finish:
+            self.finished = True
+        pushers = self._pushers
+        if pushers:
+            for future, push in list(pushers.items()):
+                for message in messages:
+                    if future.done() or not push(message):
+                        del pushers[future]
+                        if not future.done():
+                            future.set_result(None)
+                        break
+        if self._waiters or self.finished:
+            self.wake()
+
     def wake(self) -> None:
         """Resolve every waiting reader (new data, or the log ended)."""
         waiters = self._waiters

@@ -1,11 +1,18 @@
 """Coalesced log writes for ``RedisStore``.
 
-Appends land in a per-task ``_Writer`` in memory at once (local readers are woken from it);
-a single flusher sends every dirty task's pending messages to Redis on the next turn of the
-loop (under load at most once per ``spacing``) in one Lua call for all of them, on a connection
-of its own (``_lane``; one call per task through redis-py on Redis Cluster). A failed flush
-keeps its messages and is retried; a retry of a flush that did reach Redis is recognised by its
-sequence numbers, so nothing is lost or written twice.
+Appends land in a per-task ``_Writer`` in memory at once (their seq is assigned there); a single
+flusher sends every dirty task's pending messages to Redis on the next turn of the loop (under
+load at most once per ``spacing``) in one Lua call for all of them, on a connection of its own
+(``_lane``; one call per task through redis-py on Redis Cluster). A failed flush keeps its
+messages and is retried; a retry of a flush that did reach Redis is recognised by its sequence
+numbers, so nothing is lost or written twice.
+
+Durable before visible (DESIGN §3): a message reaches the writer's ``log`` — the one every local
+reader reads, parks on or is pushed from — only once Redis has acknowledged its write. The log's
+``last_seq`` is the task's durable high-water mark, advanced (and its readers woken) once per
+flush, after the reply. So no reader is ever given a message a crash of this process could take
+back, and a seq a reader has seen is never written again by another process (the sweeper's and
+a retry's messages take the seq after what Redis holds).
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ _NO_FINAL = _bulk(b"")  # a task's final status when the flush does not end it (
 
 
 class _Writer:
-    """This process's write side of one task's log."""
+    """This process's write side of one task's log: ``pending`` messages wait for their
+    flush, ``log`` holds the durable ones (``flushed_seq`` = ``log.last_seq``, the mark)."""
 
     __slots__ = (
         "closing",
@@ -78,6 +86,18 @@ class _Writer:
         self.waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.moved: asyncio.Future[None] | None = None  # the claim's index move, in flight
         self.resp: tuple[bytes, bytes] | None = None  # keys and owner as RESP, once flushed
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last message appended (durable or not)."""
+        return self.flushed_seq + len(self.pending)
+
+    def made_durable(self, messages: list[StoredMessage]) -> None:
+        """Hand ``messages``, just acknowledged by Redis, to the log's readers (unless a third
+        party's write already ended or moved past this log: its readers then go to Redis)."""
+        log = self.log
+        if messages and not log.finished and messages[0].seq == log.last_seq + 1:
+            log.extend(messages)
 
     async def index_moved(self) -> None:
         """Wait for the claim's move between the listing indexes (a later move must follow it)."""
@@ -188,13 +208,13 @@ class Flusher:
         )
         command = b"".join([head, *keys, *args])
         try:
-            return await self._lane.call(command)
+            return await self._lane.call(command, now=True)  # readers wait for its reply
         except NoScriptError:
             source = self._script.script
             await self._lane.call(
                 pack([b"SCRIPT", b"LOAD", source if isinstance(source, bytes) else source.encode()])
             )
-            return await self._lane.call(command)
+            return await self._lane.call(command, now=True)
 
     def mark(self, task_id: str, writer: _Writer) -> None:
         dirty = self._dirty
@@ -228,9 +248,11 @@ class Flusher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                if not self._closing:
-                    # Let the readers this append woke write first (interval 0: one turn of
-                    # the loop); appends made while a flush is in flight join the next one.
+                if not self._closing and self._interval > 0:
+                    # More appends join this flush. Without an interval none is needed: this
+                    # task wakes on the loop's next turn, after every append of this one, and
+                    # readers wait for the flush (appends made while it is in flight join the
+                    # next one).
                     await asyncio.sleep(self._interval)
             # Under load, at most one flush per ``spacing``: fewer, larger flushes. After a
             # quiet spell the first append is flushed at once.
@@ -274,18 +296,24 @@ class Flusher:
                 if writer.flushed_seq < durable < last:
                     # An earlier flush whose reply was lost (Redis went away after writing)
                     # got the first messages through: keep the rest for the next flush.
-                    del writer.pending[: durable - writer.flushed_seq]
+                    landed = durable - writer.flushed_seq
+                    writer.made_durable(writer.pending[:landed])
+                    del writer.pending[:landed]
                     writer.flushed_seq = durable
                     writer.settle(durable)
                     self.mark(task_id, writer)
                     continue
                 if durable < last:  # refused: the task ended elsewhere, or the lease is lost
+                    # Its pending messages were never visible: dropping them takes nothing
+                    # back from any reader.
                     writer.lost = text.split(" ", 1)[0] or "LOST"
                     writer.pending = []
                     writer.settle(0, LostWriter(writer.lost))
                     ended.append((task_id, writer))
                     continue
                 # else: a retry of a flush that did reach Redis; all of it is durable
+            # Visible from here: pushed to parked readers, waiting ones woken once.
+            writer.made_durable(messages)
             del writer.pending[:n_sent]
             writer.flushed_seq = last
             if final is not None:

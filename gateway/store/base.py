@@ -3,6 +3,10 @@
 Both implementations (``MemoryStore``, ``RedisStore``) pass one contract test suite. The log of a
 task is a sequence of messages with ``seq`` 1, 2, 3 … without gaps; exactly one message has
 ``finish`` set and it is the last. A finished task's records expire ``result_ttl`` seconds later.
+
+Durable before visible (DESIGN §3): ``read``, ``tail`` and ``live_log`` serve a message only once
+a crash can no longer take it back — at once in ``MemoryStore`` (the log is the process), once
+Redis has acknowledged its write in ``RedisStore`` — so a seq a reader saw is never reused.
 """
 
 from __future__ import annotations
@@ -226,7 +230,7 @@ class StreamStore(abc.ABC):
 
     @abc.abstractmethod
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
-        """Up to ``limit`` messages with ``seq > after``, in order; never blocks."""
+        """Up to ``limit`` durable messages with ``seq > after``, in order; never blocks."""
 
     @abc.abstractmethod
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -85,6 +84,16 @@ UNREACHABLE: tuple[type[Exception], ...] = (
 
 RECENT_SECONDS = 60.0
 """Seconds the log of a task finished in this process is replayed from memory."""
+
+
+def _add_durable(writer: _Writer, message: StoredMessage) -> None:
+    """Give the local readers of a writer that is going away ``message``, written to Redis by
+    a third party (a requeue, the sweeper), if it follows what they have; else they find it in
+    Redis once the writer is gone (its unflushed messages were never visible)."""
+    if not writer.log.finished and message.seq == writer.log.last_seq + 1:
+        writer.log.add(message)
+    else:
+        writer.log.release()
 
 
 class RedisStore(StreamStore):
@@ -281,12 +290,9 @@ class RedisStore(StreamStore):
         fields = _hash((await self._commands([("HGETALL", self._k.state(task_id))]))[0])
         if not fields:
             return None
-        record = _record(fields)
-        writer = self._writers.get(task_id)
-        if writer is not None and writer.log.last_seq > record.last_seq and not record.terminal:
-            # This process writes the task: its readers already see the unflushed messages.
-            record = dataclasses.replace(record, last_seq=writer.log.last_seq)
-        return record
+        # ``lastSeq`` is what Redis holds: never less than what this process's readers see
+        # (a message becomes visible once its write is acknowledged), never a seq unwritten.
+        return _record(fields)
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         return [r for r in await self._get_all(list(task_ids)) if r is not None]
@@ -420,7 +426,7 @@ class RedisStore(StreamStore):
         stale = self._writers.pop(task_id, None)
         if stale is not None:  # local readers must not wait on a writer that is gone
             stale.lost = "REQUEUED"
-            stale.log.add(message)
+            _add_durable(stale, message)
             stale.log.release()  # parked readers go on from Redis
             await stale.index_moved()
         await self._move(
@@ -430,10 +436,10 @@ class RedisStore(StreamStore):
 
     async def _flushed(self, writer: _Writer) -> None:
         """Wait until everything ``writer`` holds is in Redis (bounded)."""
-        if writer.flushed_seq >= writer.log.last_seq or writer.lost:
+        if writer.flushed_seq >= writer.last_seq or writer.lost:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        writer.waiters.append((writer.log.last_seq, done))
+        writer.waiters.append((writer.last_seq, done))
         with contextlib.suppress(LostWriter, TimeoutError):
             await asyncio.wait_for(done, 10)
 
@@ -482,10 +488,10 @@ class RedisStore(StreamStore):
         return self._add(task_id, writer, body)
 
     def _add(self, task_id: str, writer: _Writer, body: dict[str, Any] | bytes) -> StoredMessage:
-        log = writer.log
-        message = appended_message(log.base + len(log.messages) + 1, body)
-        log.add(message)
-        writer.pending.append(message)
+        # Not in the log yet: readers get it once its flush is acknowledged (see _writer).
+        pending = writer.pending
+        message = appended_message(writer.flushed_seq + len(pending) + 1, body)
+        pending.append(message)
         self._flusher.mark(task_id, writer)
         return message
 
@@ -507,7 +513,7 @@ class RedisStore(StreamStore):
                 task_id, status, body, error_json, result, expect, ended
             )
         writer = await self._writer(task_id)
-        seq = writer.log.last_seq + 1
+        seq = writer.last_seq + 1
         message = StoredMessage(seq, stamp_seq(seq, encode_body(body)), True)
         writer.final = [
             status.value.encode(),
@@ -557,7 +563,7 @@ class RedisStore(StreamStore):
         writer = self._writers.pop(task_id, None)
         if writer is not None:  # this process was writing it: its readers must see the end
             writer.lost = "ENDED"
-            writer.log.add(StoredMessage(seq, data, True))
+            _add_durable(writer, StoredMessage(seq, data, True))
             await writer.index_moved()
         await self._move(task_id, old, status, await self._score(task_id))
         return StoredMessage(seq, data, True)
@@ -606,8 +612,9 @@ class RedisStore(StreamStore):
             if writer.closing is not None and len(messages) < limit and not writer.log.finished:
                 # The finish is being flushed: Redis may hold it before this process has the
                 # reply, and a snapshot read from Redis may already say so.
-                last = writer.log.last_seq
-                command = ("XRANGE", self._k.log(task_id), f"({last}-0", "+")
+                last = max(after, writer.log.last_seq)
+                more = limit - len(messages)
+                command = ("XRANGE", self._k.log(task_id), f"({last}-0", "+", "COUNT", more)
                 messages += _messages((await self._commands([command]))[0])
             return messages
         recent = self._recent.get(task_id)
@@ -658,7 +665,8 @@ class RedisStore(StreamStore):
     async def _tail_local(
         self, task_id: str, writer: _Writer, after: int, timeout: float
     ) -> list[StoredMessage]:
-        """Wait on the log this process writes (its readers see messages before Redis does)."""
+        """Wait on the log this process writes (its readers see each flush as it is
+        acknowledged, without reading it back from Redis)."""
         log = writer.log
         await log.wait_beyond(after, timeout)
         if log.last_seq > after:
@@ -666,8 +674,8 @@ class RedisStore(StreamStore):
         return await self.read(task_id, after, 1000)
 
     def live_log(self, task_id: str, after: int) -> LocalLog | None:
-        # Only the log this process writes: it is where messages appear first, and a writer
-        # that goes away (handover, lost lease, the end) releases or ends it.
+        # Only the log this process writes: it is where messages appear first (once durable),
+        # and a writer that goes away (handover, lost lease, the end) releases or ends it.
         writer = self._writers.get(task_id)
         if writer is None or writer.lost or writer.closing is not None:
             return None

@@ -337,6 +337,9 @@ class TaskManager:
         return handled
 
     async def _interrupt(self, record: TaskRecord) -> bool:
+        """End a lapsed task with ``error/interrupted``: atomically, under the seq after the last
+        durable one (no reader saw more), only while RUNNING (a stalled worker's later writes
+        are then refused)."""
         error = TaskError(ErrorCode.INTERRUPTED, "the worker running this task stopped")
         body = Printer(self.store, record.task_id, record.request_id).body(
             "error", error.to_json(), None, True

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.protocol import TaskRecord, new_task_id, now_ms
+from gateway.protocol import StoredMessage, TaskRecord, new_task_id, now_ms
 from gateway.store import RedisStore, StreamStore
 
 
@@ -55,3 +56,15 @@ async def replicas(
 
 def body(text: str) -> dict[str, Any]:
     return {"messageType": "agent_stream", "result": text}
+
+
+async def read_durable(
+    store: StreamStore, task_id: str, count: int, *, after: int = 0, timeout: float = 5.0
+) -> list[StoredMessage]:
+    """The ``count`` messages after ``after``, waited for (bounded) until readers may see
+    them: with Redis, once their flush is acknowledged (DESIGN §3, durable before visible)."""
+    got: list[StoredMessage] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            got += await store.tail(task_id, after + len(got), timeout)
+    return got

@@ -88,3 +88,21 @@ async def test_only_a_few_readers_push_at_once_the_others_wait_their_turn() -> N
     assert log.parkable(0)
     for park in parks:
         park.cancel()
+
+
+async def test_messages_added_together_are_pushed_in_order_and_wake_each_waiter_once() -> None:
+    log = LocalLog()
+    pushed: list[int] = []
+    parked = asyncio.create_task(log.park(lambda m: pushed.append(m.seq) is None, 30))
+    declining: list[int] = []
+    declined = asyncio.create_task(log.park(lambda m: declining.append(m.seq) or m.seq < 2, 30))
+    waiting = asyncio.create_task(log.wait_beyond(0, 30))
+    await settled()
+    log.extend([message(1), message(2), message(3)])  # one flush's messages
+    assert pushed == [1, 2, 3] and declining == [1, 2]  # a declined push ends that park
+    assert log.last_seq == 3 and [m.seq for m in log.since(1, 10)] == [2, 3]
+    await settled()
+    assert waiting.done() and declined.done() and not parked.done()
+    log.extend([message(4), message(5, finish=True)])
+    await asyncio.wait_for(parked, 1)
+    assert pushed == [1, 2, 3, 4, 5] and log.finished

@@ -20,7 +20,7 @@ from gateway.store import (
     TaskEnded,
     TaskNotFound,
 )
-from tests.gateway.stores import body, record, replicas, running
+from tests.gateway.stores import body, read_durable, record, replicas, running
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +102,7 @@ async def test_a_printers_text_delta_is_the_message_send_writes_byte_for_byte(
             assert fast.json()[field] == text and fast.json()["finish"] is False
     # the answer's deltas are kept as the streamed answer (a thought's are not)
     assert printer.partial_answer == "".join(t + t for t in texts)
-    got = await store.read(task_id, 0, 100)
+    got = await read_durable(store, task_id, 4 * len(texts))
     assert [m.json().get("result") for m in got][: 2 * len(texts)] == [
         t for t in texts for _ in (1, 2)
     ]
@@ -146,12 +146,12 @@ async def test_a_second_redis_store_tails_and_reads_what_the_first_writes(redis_
         assert (await other.get(task_id)).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
 
 
-async def test_a_reader_waiting_before_the_claim_gets_messages_before_they_reach_redis(
+async def test_a_reader_waiting_before_the_claim_moves_to_the_local_log_and_gets_the_flush(
     redis_url: str,
 ) -> None:
     # A stream opened right after the POST waits on Redis; once this process claims the task
-    # it must be served from the local log, not one flush (here: 30 s) later.
-    store = RedisStore(redis_url, result_ttl=60, prefix=new_task_id(), flush_interval=30.0)
+    # it waits on the local log, and gets each message once its flush is acknowledged.
+    store = RedisStore(redis_url, result_ttl=60, prefix=new_task_id(), flush_interval=0.3)
     await store.start()
     try:
         rec, _ = await store.create(record())
@@ -159,9 +159,10 @@ async def test_a_reader_waiting_before_the_claim_gets_messages_before_they_reach
         await asyncio.sleep(0.2)  # the reader found nothing in Redis and waits there
         assert await store.claim(rec.task_id, "me", 10_000) is not None
         await store.append(rec.task_id, body("live"))
+        assert not waiter.done()  # not before Redis has it
         got = await asyncio.wait_for(waiter, 5)
         assert [m.json()["result"] for m in got] == ["live"]
-        assert await store._client.xlen(store._k.log(rec.task_id)) == 0  # not flushed yet
+        assert await store._client.xlen(store._k.log(rec.task_id)) == 1
     finally:
         await store.close()
 
