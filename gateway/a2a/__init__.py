@@ -94,7 +94,7 @@ def install_a2a(app: Starlette, settings: A2ASettings | None = None) -> GatewayR
     """
     settings = settings or A2ASettings()
     store, notes = app.state.store, task_notes(app)
-    push = PushConfigs(store, notes, app.state.webhooks)
+    push = PushConfigs(store, notes, app.state)
 
     async def snapshot(record: TaskRecord) -> Any:
         return await _log.snapshot(store, notes, record)

@@ -7,7 +7,7 @@ continues exactly where the last ``id:`` it delivered left off.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -74,6 +74,7 @@ async def events(
     after: int | None,
     *,
     heartbeat: float = 15.0,
+    stop: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[tuple[int | None, Event | None]]:
     """``(id, event)`` pairs: first the ``Task`` as of ``after`` (``None``: as of now), then
     every event of the messages after it, live, until the task's ``finish``.
@@ -82,7 +83,9 @@ async def events(
     that message (a resume after it would otherwise skip the rest); ``None`` elsewhere.
     The same seq is in the event's ``metadata.seq``, for clients whose SSE reader hides ids
     (the SDK's): ``Last-Event-ID`` = the last ``metadata.seq`` seen resumes exactly.
-    ``(None, None)`` is a heartbeat: nothing new for ``heartbeat`` seconds.
+    ``(None, None)`` is a heartbeat: nothing new for ``heartbeat`` seconds. The events end
+    early, between two messages, once ``stop()`` is true (the replica drains, the connection
+    is old): the client resumes after the last id it got, on any replica.
     """
     view = await projection(store, notes, record)
     finished = False
@@ -93,7 +96,7 @@ async def events(
     task.metadata.update({"seq": view.seq})
     yield view.seq, task
     idle = 0.0
-    while not finished:
+    while not finished and not stop():
         batch = await store.tail(record.task_id, view.seq, TAIL_WAIT)
         if not batch:
             idle += TAIL_WAIT

@@ -7,6 +7,7 @@ key is a ``TaskNotFoundError``, as it is a 404 on the native API.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -196,11 +197,24 @@ class GatewayRequestHandler(RequestHandler):
     async def stream(
         self, context: ServerCallContext, record: TaskRecord, after: int | None
     ) -> AsyncGenerator[tuple[int | None, Event | None]]:
-        """``(id, event)`` of ``record`` after ``after`` (see :func:`_log.events`)."""
+        """``(id, event)`` of ``record`` after ``after`` (see :func:`_log.events`), until the task
+        ends, the replica drains or the connection is ``SSE_MAX_AGE`` old."""
         app = _request(context).app
-        heartbeat = app.state.settings.heartbeat_interval
+        settings = app.state.settings
+        draining = app.state.draining
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + settings.sse_max_age
+
+        def stop() -> bool:
+            return bool(draining.is_set()) or clock() > deadline
+
         async for item in _log.events(
-            app.state.store, task_notes(app), record, after, heartbeat=heartbeat
+            app.state.store,
+            task_notes(app),
+            record,
+            after,
+            heartbeat=settings.heartbeat_interval,
+            stop=stop,
         ):
             yield item
 

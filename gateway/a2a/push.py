@@ -26,6 +26,7 @@ import orjson
 from a2a.types import StreamResponse, Task, TaskPushNotificationConfig
 from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict, MessageToJson, Parse
+from starlette.datastructures import State
 
 from gateway.protocol import TaskRecord
 from gateway.security import TaskNotes
@@ -42,13 +43,20 @@ Snapshot = Callable[[TaskRecord], Awaitable[Task]]
 class PushConfigs:
     """The push configs of tasks, and their delivery (run by :meth:`running`)."""
 
-    def __init__(self, store: StreamStore, notes: TaskNotes, webhooks: WebhookDispatcher) -> None:
+    def __init__(self, store: StreamStore, notes: TaskNotes, state: State) -> None:
         self.store = store
         self.notes = notes
-        self.webhooks = webhooks
+        self._state = state
         self.snapshot: Snapshot | None = None
         self._watched: set[str] = set()
         self._wake = asyncio.Event()
+
+    @property
+    def webhooks(self) -> WebhookDispatcher:
+        """The app's webhook dispatcher (its guard, resolver, secret and back-off), looked up
+        on use: ``install_webhooks`` may replace it before the app starts."""
+        dispatcher: WebhookDispatcher = self._state.webhooks
+        return dispatcher
 
     async def check(self, config: TaskPushNotificationConfig) -> None:
         """Refuse a config without a URL or with one the gateway must not call."""

@@ -18,7 +18,7 @@ from a2a.server.context import ServerCallContext
 from a2a.server.events import Event
 from a2a.server.request_handlers.response_helpers import build_error_response
 from a2a.server.routes import DefaultServerCallContextBuilder, create_jsonrpc_routes
-from a2a.types import SendMessageRequest, SubscribeToTaskRequest
+from a2a.types import SendMessageRequest, SubscribeToTaskRequest, TaskState
 from a2a.utils import constants, proto_utils
 from a2a.utils.errors import A2AError, InvalidParamsError, InvalidRequestError
 from a2a.utils.version_validator import validate_version
@@ -73,6 +73,9 @@ class JsonRpcEndpoint:
             and body["method"] in STREAMING
         ):
             return await self._stream(request, body)
+        refusal = _unknown_enum(body)
+        if refusal is not None:
+            return JSONResponse(build_error_response(body.get("id"), refusal))
         return await self.dispatch(request)  # type: ignore[no-any-return]
 
     async def _stream(self, request: Request, body: dict[str, Any]) -> Response:
@@ -110,6 +113,22 @@ class JsonRpcEndpoint:
             if after is None:
                 raise InvalidParamsError(message="Last-Event-ID must be a seq this stream sent")
         return await self.handler.open_subscription(params, context, after)
+
+
+def _unknown_enum(body: Any) -> A2AError | None:
+    """``ListTasks`` with a ``status`` that is no task state: refused, not ignored.
+
+    The SDK parses params leniently (unknown fields are skipped for forward compatibility),
+    which also turns an unknown enum value into "unspecified" — a filter silently dropped, so
+    a typo would list every task.
+    """
+    if not isinstance(body, dict) or body.get("method") != "ListTasks":
+        return None
+    params = body.get("params")
+    status = params.get("status") if isinstance(params, dict) else None
+    if status is None or status in TaskState.keys() or status in TaskState.values():
+        return None
+    return InvalidParamsError(message=f"status {status!r} is not a task state")
 
 
 async def _frames(

@@ -244,3 +244,55 @@ async def test_a_message_for_an_ended_task_and_a_subscription_to_it_are_refused(
                 [e async for e in client.send_message(send_request("more", task_id=task_id))]
             with pytest.raises(UnsupportedOperationError):
                 [e async for e in client.subscribe(SubscribeToTaskRequest(id=task_id))]
+
+
+async def test_list_tasks_refuses_a_status_that_is_no_task_state() -> None:
+    with gateway() as server:
+        async with httpx.AsyncClient(timeout=30) as http:
+            refused = await rpc(http, server.url, "ListTasks", {"status": "TASK_STATE_BOGUS"})
+            accepted = await rpc(http, server.url, "ListTasks", {"status": "TASK_STATE_WORKING"})
+    assert refused["error"]["code"] == -32602
+    assert accepted["result"]["tasks"] == []
+
+
+async def test_a_stream_older_than_sse_max_age_ends_early_and_resumes_exactly() -> None:
+    with gateway(echo_token_delay_ms=50.0, sse_max_age=0.3) as server:
+        async with httpx.AsyncClient(timeout=30) as http:
+            params = MessageToDict(send_request(echo_query(30)))
+            body = {"jsonrpc": "2.0", "id": 1, "method": "SendStreamingMessage", "params": params}
+            cut = await read_sse(
+                http, server.url + "/a2a", method="POST", json=body, headers=VERSION
+            )
+            task_id = cut.events[0]["result"]["task"]["id"]
+            last = [i for i in cut.ids if i][-1]
+            sub = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "SubscribeToTask",
+                "params": {"id": task_id},
+            }
+            rest: list[dict[str, Any]] = []
+            for _ in range(50):  # each connection lives 0.3 s: resume until the task's end
+                more = await read_sse(
+                    http,
+                    server.url + "/a2a",
+                    method="POST",
+                    json=sub,
+                    headers={**VERSION, "Last-Event-ID": last},
+                )
+                rest += more.events[1:]
+                last = next((i for i in reversed(more.ids) if i), last)
+                if rest and "statusUpdate" in rest[-1]["result"]:
+                    if (
+                        rest[-1]["result"]["statusUpdate"]["status"]["state"]
+                        == "TASK_STATE_COMPLETED"
+                    ):
+                        break
+    streamed = cut.events[1:] + rest
+    chunks = [e["result"]["artifactUpdate"] for e in streamed if "artifactUpdate" in e["result"]]
+    assert "".join(c["artifact"]["parts"][0]["text"] for c in chunks if not c.get("lastChunk")) == (
+        echo_query(30)
+    )
+    assert cut.events[-1]["result"].get("statusUpdate", {}).get("status", {}).get("state") != (
+        "TASK_STATE_COMPLETED"
+    )  # the first connection really ended before the task did
