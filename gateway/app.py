@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,7 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from gateway.a2a import CARD_PATH, A2ASettings, install_a2a
+from gateway.a2a import A2ASettings, install_a2a
 from gateway.agents import agent_services, register_builtin_agents
 from gateway.auth_failures import install_auth_failure_limit
 from gateway.drain import Drain
@@ -115,9 +114,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.registry = registry
     install_auth_failure_limit(app, settings.auth_failures)  # outside the one answering 401
-    security = settings.security
-    security = dataclasses.replace(security, open_paths=security.open_paths | {CARD_PATH})
-    install_security(app, security)  # first: unauthenticated bodies are never read
+    install_security(app, settings.security)  # first: unauthenticated bodies are never read
     install_webhooks(app, settings.webhooks)
     install_a2a(app, A2ASettings.from_env())
     install_openapi(app)

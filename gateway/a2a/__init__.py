@@ -30,9 +30,12 @@ Choices, and why:
   a task of another key is ``TaskNotFoundError`` and listings hold only the caller's tasks.
   The card is public (it is how a client learns that it needs a key).
 
-Deliberate deviations: our tasks take one message — a message naming an existing task is
-refused (``UnsupportedOperationError``), so ``input-required`` never occurs; there is no
-extended card.
+Deliberate deviations and limits: our tasks take one message — a message naming an existing
+task is refused (``UnsupportedOperationError``), so ``input-required`` never occurs; a blocking
+``SendMessage`` answers when the task has ended (as the spec says; ``returnImmediately`` for at
+once); a push notification is sent once, when the task ends (as our webhooks are), from the
+replica that took the config; ``ListTasks`` scans at most 10,000 tasks; there is no extended
+card.
 """
 
 from __future__ import annotations
@@ -89,8 +92,8 @@ class A2ASettings:
 def install_a2a(app: Starlette, settings: A2ASettings | None = None) -> GatewayRequestHandler:
     """Add the A2A card and endpoint to the gateway ``app`` (after ``install_webhooks``).
 
-    The card's path must be among the security settings' open paths (``create_app`` does it):
-    a client reads the card before it has a key.
+    The card's path is among the security middleware's open paths: a client reads the card
+    before it has a key.
     """
     settings = settings or A2ASettings()
     store, notes = app.state.store, task_notes(app)

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from a2a.server.events import Event
 from a2a.types import Message, Task
-from google.protobuf.json_format import ParseDict
+from google.protobuf.json_format import MessageToJson, ParseDict
 
 from gateway.a2a._project import Projection
 from gateway.protocol import StoredMessage, TaskRecord
@@ -29,8 +29,6 @@ TAIL_WAIT = 1.0
 
 async def remember(notes: TaskNotes, task_id: str, context_id: str, message: Message) -> None:
     """Keep the A2A side of a new task (its context and the user's message) beside it."""
-    from google.protobuf.json_format import MessageToJson
-
     await notes.set(task_id, NOTE, {"contextId": context_id, "message": MessageToJson(message)})
 
 

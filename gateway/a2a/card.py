@@ -7,6 +7,8 @@ in on is used, so the card is right for whoever reads it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.types import (
     AgentCapabilities,
@@ -77,7 +79,7 @@ def build_card(registry: TaskRegistry, url: str, default_agent_type: int, auth: 
 
 def card_endpoint(
     registry: TaskRegistry, path: str, public_url: str | None, default_agent_type: int, auth: bool
-):  # type: ignore[no-untyped-def]
+) -> Callable[[Request], Awaitable[Response]]:
     """The Starlette endpoint serving the card, the endpoint URL taken from the request."""
 
     async def agent_card(request: Request) -> Response:
