@@ -15,6 +15,7 @@ from typing import Any
 from a2a.server.context import ServerCallContext
 from a2a.server.events import Event
 from a2a.server.request_handlers import RequestHandler
+from a2a.server.request_handlers.request_handler import validate_request_params
 from a2a.types import (
     AgentCard,
     CancelTaskRequest,
@@ -129,22 +130,29 @@ class GatewayRequestHandler(RequestHandler):
         if params.configuration.HasField("task_push_notification_config"):
             await self.push.check(push)
         request = _request(context)
-        try:
-            record = await submit(request, agent_request, None)
+        try:  # the messageId is the idempotency key: a retried message is the same task
+            record = await submit(
+                request, agent_request, f"a2a-message:{message.message_id}", key_label="messageId"
+            )
         except ApiError as exc:
             error = InvalidParamsError if exc.status_code == 422 else InternalError
             raise error(message=exc.message) from exc
-        context_id = message.context_id or uuid.uuid4().hex
+        notes = task_notes(request.app)
+        if await notes.get(record.task_id, _log.NOTE):
+            return record  # a retry: the task and its context are those of the first send
+        # Derived from the task, so two concurrent retries record the same context.
+        context_id = message.context_id or uuid.uuid5(uuid.NAMESPACE_URL, record.task_id).hex
         stored = Message()
         stored.CopyFrom(message)
         stored.task_id, stored.context_id = record.task_id, context_id
-        await _log.remember(task_notes(request.app), record.task_id, context_id, stored)
+        await _log.remember(notes, record.task_id, context_id, stored)
         if params.configuration.HasField("task_push_notification_config"):
             push.task_id = record.task_id
             await self.push.create(record.task_id, push)
         return record
 
     # -- the methods ------------------------------------------------------------------------
+    @validate_request_params
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
         """``GetTask``: the task folded from its log."""
         record = await self.record(context, params.id)
@@ -153,6 +161,7 @@ class GatewayRequestHandler(RequestHandler):
             raise InvalidParamsError(message="historyLength must not be negative")
         return await self._snapshot(context, record, length)
 
+    @validate_request_params
     async def on_list_tasks(
         self, params: ListTasksRequest, context: ServerCallContext
     ) -> ListTasksResponse:
@@ -162,6 +171,7 @@ class GatewayRequestHandler(RequestHandler):
             request.app.state.store, task_notes(request.app), key_name(request), params
         )
 
+    @validate_request_params
     async def on_cancel_task(
         self, params: CancelTaskRequest, context: ServerCallContext
     ) -> Task | None:
@@ -176,6 +186,7 @@ class GatewayRequestHandler(RequestHandler):
             raise TaskNotFoundError from exc
         return await self._snapshot(context, record)
 
+    @validate_request_params
     async def on_message_send(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> Task | Message:
@@ -253,6 +264,7 @@ class GatewayRequestHandler(RequestHandler):
                 yield event
 
     # -- push notifications -----------------------------------------------------------------
+    @validate_request_params
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
@@ -261,6 +273,7 @@ class GatewayRequestHandler(RequestHandler):
         await self.push.check(params)
         return await self.push.create(record.task_id, params)
 
+    @validate_request_params
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
@@ -271,6 +284,7 @@ class GatewayRequestHandler(RequestHandler):
                 return config
         raise TaskNotFoundError(message=f"no push notification config {params.id!r}")
 
+    @validate_request_params
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
@@ -280,6 +294,7 @@ class GatewayRequestHandler(RequestHandler):
             configs=await self.push.configs(record.task_id)
         )
 
+    @validate_request_params
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 from a2a.client import Client, ClientConfig, create_client
-from a2a.types import Message, Part, Role, SendMessageConfiguration, SendMessageRequest
+from a2a.types import Message, Part, Role, SendMessageConfiguration, SendMessageRequest, Task
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,6 +38,12 @@ def send_request(text: str, *, immediately: bool = False, **fields: Any) -> Send
         message=message(text, **fields),
         configuration=SendMessageConfiguration(return_immediately=immediately),
     )
+
+
+async def sent_task(client: Client, request: SendMessageRequest) -> Task:
+    """Send ``request`` (without streaming); the task it answers."""
+    events = [event async for event in client.send_message(request)]
+    return events[0].task
 
 
 @contextlib.asynccontextmanager

@@ -32,7 +32,7 @@ from google.protobuf.json_format import MessageToDict
 
 from gateway.security import SecuritySettings, parse_api_keys
 from gateway.webhooks import WebhookSettings
-from tests.gateway.a2a.support import VERSION, receiver, rpc, sdk_client, send_request
+from tests.gateway.a2a.support import VERSION, receiver, rpc, sdk_client, send_request, sent_task
 from tests.gateway.support import echo_query, gateway, read_sse
 
 pytestmark = pytest.mark.anyio
@@ -296,3 +296,20 @@ async def test_a_stream_older_than_sse_max_age_ends_early_and_resumes_exactly() 
     assert cut.events[-1]["result"].get("statusUpdate", {}).get("status", {}).get("state") != (
         "TASK_STATE_COMPLETED"
     )  # the first connection really ended before the task did
+
+
+async def test_a_retried_message_is_the_same_task_and_a_reused_message_id_is_refused() -> None:
+    with gateway() as server:
+        async with sdk_client(server.url, streaming=False) as (client, _):
+            request = send_request("once only", immediately=True)
+            first = await sent_task(client, request)
+            again = await sent_task(client, request)
+            reused = send_request("something else")
+            reused.message.message_id = request.message.message_id
+            with pytest.raises(InvalidParamsError):
+                [e async for e in client.send_message(reused)]
+            missing = send_request("no id")
+            missing.message.message_id = ""
+            with pytest.raises(InvalidParamsError):
+                [e async for e in client.send_message(missing)]
+    assert (again.id, again.context_id) == (first.id, first.context_id)
