@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
+from gateway.a2a import A2ASettings, install_a2a
 from gateway.agents import agent_services, register_builtin_agents
 from gateway.auth_failures import install_auth_failure_limit
 from gateway.drain import Drain
@@ -117,6 +118,7 @@ def create_app(
     install_auth_failure_limit(app, settings.auth_failures)  # outside the one answering 401
     install_security(app, settings.security)  # first: unauthenticated bodies are never read
     install_webhooks(app, settings.webhooks)
+    install_a2a(app, A2ASettings.from_env())
     install_openapi(app)
     return app
 

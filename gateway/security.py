@@ -60,7 +60,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/.well-known/agent-card.json"}
+)
+"""Paths served without a key: health, metrics, the OpenAPI document and the A2A agent card
+(a client reads the card to learn that it needs a key)."""
 _TASK_PATH = re.compile(r"^/api/tasks/([^/]+)(?:/.*)?$")  # the task and all below it
 _NOT_FOUND = "no task with that id (unknown or expired)"
 
