@@ -154,8 +154,9 @@ async def query_agent_stream_incr(request: Request) -> Response:
 
     def render(message: dict[str, Any]) -> bytes:
         return b"".join(
-            _frame(gpt_packet(record, response, projector))
+            _frame(gpt_packet(record, shown, event))
             for response in responses.project(message)
+            for shown, event in projector.events(response)
         )
 
     return CompatStream(request, record, render, _frame(heartbeat_packet(record)))  # type: ignore[return-value]
