@@ -13,7 +13,8 @@ the bare frame ``data:heartbeat`` on ``/AutoAgent``, a heartbeat packet on the U
 What is sent is genie-backend's own projection of the task's messages (``_joyagent``): a
 ``resultMap`` on every response, model text as ``tool_thought``, the answer as the ``result``,
 ``eventData`` task ids and orders as its ``BaseAgentResponseHandler`` gives them (in ReAct mode a
-``task`` message does not start a new task id: the UI supports only one). Deliberate addition
+``task`` message does not start a new task id: the UI supports only one; in deep-think each step
+gets one plan item and its answer is shown once, see ``EventProjector``). Deliberate addition
 (JoyAgent has no error events): a task that fails or is cancelled ends with a ``result``
 message whose text says so, and the UI packet is ``finished`` with ``status: "failed"`` and
 ``errorMsg``, so the UI stops waiting.
