@@ -18,7 +18,10 @@ What genie-backend sends, and its UI relies on (``joyagent-compat.md``), reprodu
 - the ``tool_result`` of a tool that printed its own message (code, search, report) is not
   sent: genie-backend sends ``tool_result`` only for other tools (``ReactImplAgent.act``);
 - ``messageOrder`` counts 1, 2, 3 … per ``taskId:messageType`` for its stream types and is 1
-  on every other packet (``BaseAgentResponseHandler`` / ``EventResult``).
+  on every other packet (``BaseAgentResponseHandler`` / ``EventResult``);
+- a ``plan`` carries ``stages``, which genie-backend's ``Plan`` lacks but the UI groups the plan
+  box by (one heading per stage, the steps numbered under it): ours are one stage, the plan's
+  title (the steps themselves when it has none), so the box reads "title: 1. … 2. …".
 
 Deliberate addition: a task that fails or is cancelled ends with a ``result`` message whose
 text says so, and ``ext`` carries its status (JoyAgent has no error events).
@@ -73,6 +76,13 @@ def _terminal(message: dict[str, Any]) -> dict[str, Any]:
         "resultMap": {"taskSummary": text, "fileList": []},
         "ext": ext,
     }
+
+
+def _stages(plan: dict[str, Any]) -> list[str]:
+    """The stage of each step: the plan's title, else the step itself (never an empty name)."""
+    steps = [str(step) for step in plan.get("steps") or ()]
+    title = str(plan.get("title") or "").strip()
+    return [title] * len(steps) if title else steps
 
 
 class AgentResponses:
@@ -170,8 +180,7 @@ class AgentResponses:
         result_map["agentType"] = self._agent_type
         response["resultMap"] = result_map
         if isinstance(response.get("plan"), dict):
-            plan = response["plan"]
-            response["plan"] = {"stages": [""] * len(plan.get("steps") or ()), **plan}
+            response["plan"] = {"stages": _stages(response["plan"]), **response["plan"]}
         response["finish"] = bool(message.get("finish"))
         if message.get("ext"):
             response["ext"] = message["ext"]
@@ -179,14 +188,33 @@ class AgentResponses:
 
 
 class EventProjector:
-    """Turns AgentResponses into ``eventData`` as genie-backend's response handler does."""
+    """Turns AgentResponses into ``eventData`` as genie-backend's response handler does.
+
+    Where our messages differ from genie-backend's, what the UI shows is kept as on JoyAgent
+    (deep-think only; ReAct has no plan and no step summary):
+
+    - a ``plan`` update before the first step's ``task`` updates the plan box (a top-level
+      ``plan`` event, as the first plan), since it belongs to no step yet; genie-backend's
+      first plan already has the first step in progress;
+    - genie-backend moves the plan on once between steps (``Plan.stepPlan``: this step
+      completed, the next in progress), an item at the end of the step's group that names the
+      step completed. Ours sends two updates there, the completion and then the start of the
+      next step, which would make a second item in the finished step's group. So an update
+      that leaves the plan between steps (a step completed, one not started, none in progress)
+      is held until the next response: an update that starts the next step takes its place
+      (one item; the plan box shows the step in progress), anything else sends it first;
+    - a step's answer streams live as its thought (``AgentResponses``); its ``task_summary``,
+      whose text that settled thought (same ``messageId``) already shows, keeps only its
+      files, so the answer appears once, as genie-backend's executor shows it once.
+    """
 
     def __init__(self, react_mode: bool) -> None:
         self._react_mode = react_mode
         self._task_id: str | None = None
         self._task_order = 1
-        self._plan_seen = False
         self._orders: dict[str, int] = {}
+        self._held: dict[str, Any] | None = None  # a plan update between two steps
+        self._thought: tuple[str, str] | None = None  # the last settled thought: (id, text)
 
     def _order(self, key: str) -> int:
         self._orders[key] = self._orders.get(key, 0) + 1
@@ -198,6 +226,39 @@ class EventProjector:
         order, self._task_order = self._task_order, self._task_order + 1
         return self._task_id, order
 
+    def events(self, response: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The ``(AgentResponse, EventMessage)`` pairs to send for one AgentResponse, in order
+        (none while a plan update is held, two when a held one goes first)."""
+        sent = []
+        held, self._held = self._held, None
+        if held is not None and response["messageType"] != "plan":
+            sent.append((held, self.event(held)))
+        if self._between_steps(response):
+            self._held = response
+            return sent
+        shown = self._shown(response)
+        sent.append((shown, self.event(shown)))
+        return sent
+
+    def _between_steps(self, response: dict[str, Any]) -> bool:
+        plan = response.get("plan")
+        if response["messageType"] != "plan" or self._task_id is None or self._react_mode:
+            return False
+        status = plan.get("stepStatus") if isinstance(plan, dict) else None
+        status = status if isinstance(status, list) else []
+        return "in_progress" not in status and {"completed", "not_started"} <= set(status)
+
+    def _shown(self, response: dict[str, Any]) -> dict[str, Any]:
+        """``response`` as the UI shows it: a summary's text already shown as its thought
+        is not repeated."""
+        kind, message_id = response["messageType"], response["messageId"]
+        if kind == "tool_thought" and response["isFinal"]:
+            self._thought = (message_id, str(response.get("toolThought", "")))
+        elif kind == "task_summary" and self._thought == (message_id, response.get("taskSummary")):
+            result_map = {**response["resultMap"], "taskSummary": ""}
+            return {**response, "taskSummary": "", "resultMap": result_map}
+        return response
+
     def event(self, response: dict[str, Any]) -> dict[str, Any]:
         """The ``EventMessage`` of one AgentResponse."""
         kind = response["messageType"]
@@ -206,8 +267,7 @@ class EventProjector:
         if kind == "plan_thought" and not self._react_mode:
             event.update(messageType=kind, messageOrder=self._order(kind), resultMap=response)
             return event
-        if kind == "plan" and not self._plan_seen and not self._react_mode:
-            self._plan_seen = True
+        if kind == "plan" and self._task_id is None and not self._react_mode:
             event.update(messageType="plan", messageOrder=1, resultMap=response["plan"])
             return event
         task_id, task_order = self._task(renew=kind == "task" and not self._react_mode)
@@ -247,14 +307,10 @@ def heartbeat_packet(record: TaskRecord) -> dict[str, Any]:
 
 
 def gpt_packet(
-    record: TaskRecord, response: dict[str, Any], projector: EventProjector
+    record: TaskRecord, response: dict[str, Any], event: dict[str, Any]
 ) -> dict[str, Any]:
-    """The UI's ``GptProcessResult`` packet of one AgentResponse."""
-    result_map = {
-        "agentType": str(record.agent_type),
-        "multiAgent": {},
-        "eventData": projector.event(response),
-    }
+    """The UI's ``GptProcessResult`` packet of one AgentResponse and its ``eventData``."""
+    result_map = {"agentType": str(record.agent_type), "multiAgent": {}, "eventData": event}
     if not response["finish"]:
         return _packet(record, resultMap=result_map)
     failed = bool(response.get("ext", {}).get("status"))

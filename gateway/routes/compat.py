@@ -13,7 +13,8 @@ the bare frame ``data:heartbeat`` on ``/AutoAgent``, a heartbeat packet on the U
 What is sent is genie-backend's own projection of the task's messages (``_joyagent``): a
 ``resultMap`` on every response, model text as ``tool_thought``, the answer as the ``result``,
 ``eventData`` task ids and orders as its ``BaseAgentResponseHandler`` gives them (in ReAct mode a
-``task`` message does not start a new task id: the UI supports only one). Deliberate addition
+``task`` message does not start a new task id: the UI supports only one; in deep-think each step
+gets one plan item and its answer is shown once, see ``EventProjector``). Deliberate addition
 (JoyAgent has no error events): a task that fails or is cancelled ends with a ``result``
 message whose text says so, and the UI packet is ``finished`` with ``status: "failed"`` and
 ``errorMsg``, so the UI stops waiting.
@@ -154,8 +155,9 @@ async def query_agent_stream_incr(request: Request) -> Response:
 
     def render(message: dict[str, Any]) -> bytes:
         return b"".join(
-            _frame(gpt_packet(record, response, projector))
+            _frame(gpt_packet(record, shown, event))
             for response in responses.project(message)
+            for shown, event in projector.events(response)
         )
 
     return CompatStream(request, record, render, _frame(heartbeat_packet(record)))  # type: ignore[return-value]

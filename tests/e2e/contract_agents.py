@@ -17,7 +17,7 @@ import anyio
 from gateway.printer import Printer
 from gateway.tasks import TaskContext, TaskRegistry
 
-__all__ = ["ANSWER", "SUMMARY", "register_contract_agents"]
+__all__ = ["ANSWER", "STEP_ANSWER", "SUMMARY", "register_contract_agents"]
 
 WORD_DELAY = 0.04
 THOUGHT = "I will look the word up before I answer."

@@ -25,7 +25,7 @@ from playwright.sync_api import Browser, Page, expect
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.tasks import TaskRegistry
-from tests.e2e.contract_agents import ANSWER, SUMMARY, register_contract_agents
+from tests.e2e.contract_agents import ANSWER, STEP_ANSWER, SUMMARY, register_contract_agents
 from tests.gateway.agents.support import gateway_settings, running_upstreams
 from tests.helpers import free_port, serve_app, wait_http_ok
 
@@ -41,6 +41,9 @@ QUERIES = {
     "search": f"search for photosynthesis {PACE}",
 }
 TOOL_ITEMS = {"code": ("正在执行代码",), "search": ("正在搜索", "正在总结")}  # its item says
+TWO_STEPS = f"calculate 17 * 23 then search for photosynthesis {PACE}"  # the plan has two steps
+DONE = "已完成"  # a plan item: "completed" and the step's name
+PLAN_BOX = 'div[class="w-full px-12 py-8 rounded-[12px] mt-[24px] bg-[#F2F3F7]"]'
 
 # Sampled in the page every 50 ms: the text length of every "思考过程" (thought) box, of the
 # planner's thought box (deep-think), and whether the answer is shown yet.
@@ -147,6 +150,26 @@ class Run:
     def answer(self) -> str:
         return str(self.page.evaluate("window.__answer().innerText"))
 
+    @property
+    def plan_box(self) -> dict[str, list[str]]:
+        """The "任务计划" (task plan) box: its headings (the stages) and its numbered steps."""
+        script = """((selector) => {
+            const box = document.querySelector(selector);
+            const texts = (css) => [...(box ? box.querySelectorAll(css) : [])]
+                .map((e) => e.innerText);
+            return {headings: texts('div[class^="h-[22px]"]'),
+                    steps: texts('div[class="leading-[22px]"]')};
+        })"""
+        return dict(self.page.evaluate(script, PLAN_BOX))
+
+    @property
+    def step_groups(self) -> list[dict[str, Any]]:
+        """Each plan step's group: its title (``task``) and the text of each of its items."""
+        script = """[...document.querySelectorAll('div[class="font-[500]"]')].map((title) => ({
+            task: title.innerText,
+            items: [...title.parentElement.children].slice(1).map((item) => item.innerText)}))"""
+        return list(self.page.evaluate(script))
+
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
@@ -185,6 +208,26 @@ def ask(page: Page, joyagent: JoyAgent, query: str, *, deep_think: bool) -> Run:
     (task,) = listed.json()["tasks"]
     assert task["requestId"] == request_id, "the UI's requestId names the task"
     return Run(page, errors, task, page.evaluate("window.__samples"))
+
+
+def native_messages(joyagent: JoyAgent, task_id: str) -> list[dict[str, Any]]:
+    """The task's messages, read from the native API page by page."""
+    messages: list[dict[str, Any]] = []
+    after = 0
+    with httpx.Client(base_url=joyagent.gateway_url, timeout=5) as client:
+        for _ in range(100):
+            page = client.get(f"/api/tasks/{task_id}", params={"after": after, "limit": 1000})
+            batch = page.json()["messages"]
+            if not batch:
+                return messages
+            messages += batch
+            after = page.json()["nextAfter"]
+    raise AssertionError("the task's log did not end")
+
+
+def lines(text: str) -> list[str]:
+    """The lines of an item's text, whitespace collapsed."""
+    return [" ".join(line.split()) for line in text.splitlines()]
 
 
 def partial_lengths(lengths: list[int]) -> set[int]:
@@ -234,6 +277,35 @@ def test_deep_think_mode_renders_plan_steps_and_summary_without_crashing(
     assert len(partial_lengths(plan)) >= 2, f"the planner's thought grew while written: {plan}"
     summary = last_thought_lengths(run)
     assert len(partial_lengths(summary)) >= 2, f"the summary grew while written: {summary}"
+    box = run.plan_box
+    assert box["headings"] and all(h.strip() for h in box["headings"]), f"no empty bullet: {box}"
+
+
+def test_deep_think_shows_the_plan_and_each_step_answer_and_plan_item_once_in_its_step(
+    page: Page, joyagent: JoyAgent
+) -> None:
+    run = ask(page, joyagent, TWO_STEPS, deep_think=True)
+
+    assert_what_a_person_sees(run, "code")
+    messages = native_messages(joyagent, run.task["taskId"])
+    plan = next(m["plan"] for m in messages if m["messageType"] == "plan")
+    answers = [
+        " ".join(m["taskSummary"].split())
+        for m in messages
+        if m["messageType"] == "task_summary" and m["isFinal"]
+    ]
+    assert len(plan["steps"]) == len(answers) == 2
+    box = run.plan_box
+    assert box["headings"] == [plan["title"]], f"one heading, the plan's title: {box}"
+    assert box["steps"] == [f"{i}.{step}" for i, step in enumerate(plan["steps"], 1)]
+    groups = run.step_groups
+    assert [g["task"] for g in groups] == plan["steps"]
+    for group, answer in zip(groups, answers, strict=True):
+        items = group["items"]
+        assert [item for item in items if item.startswith(DONE)] == [f"{DONE}\n{group['task']}"], (
+            f"one plan item in a step, naming that step: {items}"
+        )
+        assert sum(answer in lines(item) for item in items) == 1, f"{answer!r} once: {items}"
 
 
 def test_react_thought_box_grows_while_the_model_writes(page: Page, joyagent: JoyAgent) -> None:
@@ -266,7 +338,7 @@ def test_live_plan_turns_grow_their_thoughts_and_the_step_summary_is_shown(
 
     assert run.errors == [] and run.task["status"] == "COMPLETED"
     assert run.answer == run.task["result"] == SUMMARY
-    assert "The step is done" in run.text, "the step's task_summary item"
+    assert run.text.count(STEP_ANSWER) == 1, "the step's answer, once: as its settled thought"
     plan = [s["plan"] for s in run.samples]
     assert len(partial_lengths(plan)) >= 2, f"the planner's thought grew while written: {plan}"
     for index in range(3):  # the step's thought, the step's answer, the summary

@@ -6,6 +6,7 @@ uses); ``/AutoAgent`` with raw httpx lines, to check the framing byte for byte.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,12 +90,13 @@ def test_plan_mode_packets_match_joyagent_field_by_field(
     assert all(
         "taskId" not in e and e["resultMap"]["messageType"] == "plan_thought" for e in thoughts
     )
-    plan = events[len(thoughts)]
-    assert plan["messageType"] == "plan" and plan["messageOrder"] == 1
-    assert set(plan["resultMap"]) == {"title", "stages", "steps", "stepStatus", "notes"}
-    assert len(plan["resultMap"]["steps"]) == 3
+    plans = list(itertools.takewhile(lambda e: "taskId" not in e, events[len(thoughts) :]))
+    for plan in plans:
+        assert plan["messageType"] == "plan" and plan["messageOrder"] == 1
+        assert set(plan["resultMap"]) == {"title", "stages", "steps", "stepStatus", "notes"}
+        assert len(plan["resultMap"]["steps"]) == 3
 
-    later = events[len(thoughts) + 1 :]
+    later = events[len(thoughts) + len(plans) :]
     assert all(e["messageType"] == "task" for e in later)
     starts = [i for i, e in enumerate(later) if e["resultMap"]["messageType"] == "task"]
     assert len(starts) == 3
@@ -135,21 +137,61 @@ def test_every_plan_mode_response_carries_a_result_map_with_the_agent_type(
         assert response["resultMap"]["agentType"] == 3, response["messageType"]
 
 
-def test_a_task_summary_carries_its_summary_and_file_list_in_its_result_map(
+def test_the_plan_names_one_stage_per_step_so_the_ui_plan_box_has_no_empty_heading(
     plan_run: NodeRun,
 ) -> None:
-    summaries = [
-        e["resultMap"]
-        for e in later_events(plan_run)
-        if e["resultMap"]["messageType"] == "task_summary"
-    ]
+    events = [p["resultMap"]["eventData"] for p in plan_run.results]
+    plans = [e["resultMap"] for e in events if e["messageType"] == "plan"]
+    plans += [e["resultMap"]["plan"] for e in later_events(plan_run) if "plan" in e["resultMap"]]
+
+    title = plans[0]["title"]
+    assert title.strip() and len(plans) >= 2
+    for plan in plans:  # the UI groups the steps under their stage: here all under the title
+        assert plan["stages"] == [title] * len(plan["steps"])
+
+
+def test_a_step_answer_reaches_the_ui_once_as_its_thought_and_its_summary_keeps_the_files(
+    plan_run: NodeRun,
+) -> None:
+    events = later_events(plan_run)
+    shown = merge_like_the_ui(plan_run.results)  # the settled thoughts, as the UI holds them
+    summaries = [e for e in events if e["resultMap"]["messageType"] == "task_summary"]
 
     assert len(summaries) == 3, "one per plan step"
     for summary in summaries:
-        assert summary["isFinal"] is True
-        assert set(summary["resultMap"]) == {"taskSummary", "fileList", "agentType"}
-        assert summary["resultMap"]["taskSummary"] == summary["taskSummary"] != ""
-        assert isinstance(summary["resultMap"]["fileList"], list)
+        response = summary["resultMap"]
+        answer = shown[(summary["taskId"], summary["messageId"])]  # its text, streamed
+        assert answer.strip(), "the step's answer was streamed as its thought"
+        assert set(response["resultMap"]) == {"taskSummary", "fileList", "agentType"}
+        assert response["resultMap"]["taskSummary"] == response["taskSummary"] == ""
+        assert isinstance(response["resultMap"]["fileList"], list)
+    texts = [*shown.values(), *(e["resultMap"].get("taskSummary") for e in events)]
+    for summary in summaries:
+        answer = shown[(summary["taskId"], summary["messageId"])]
+        assert texts.count(answer) == 1, f"shown once: {answer!r}"
+
+
+def test_each_step_group_gets_one_plan_item_and_the_next_step_starts_in_the_plan_box(
+    plan_run: NodeRun,
+) -> None:
+    events = [p["resultMap"]["eventData"] for p in plan_run.results]
+    first = next(i for i, e in enumerate(events) if "taskId" in e)
+    top = [e["resultMap"]["stepStatus"] for e in events[:first] if e["messageType"] == "plan"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for event in events[first:]:
+        groups.setdefault(event["taskId"], []).append(event["resultMap"])
+
+    assert top == [["not_started"] * 3, ["in_progress", "not_started", "not_started"]]
+    assert events[first]["resultMap"]["messageType"] == "task", "no group before the first step"
+    steps = [
+        ["completed", "in_progress", "not_started"],
+        ["completed", "completed", "in_progress"],
+        ["completed", "completed", "completed"],
+    ]
+    assert len(groups) == 3
+    for group, status in zip(groups.values(), steps, strict=True):
+        plans = [r["plan"]["stepStatus"] for r in group if r["messageType"] == "plan"]
+        assert plans == [status], "one plan item: this step done (and the next started)"
 
 
 def test_plan_mode_message_orders_count_per_task_and_stream_type(plan_run: NodeRun) -> None:

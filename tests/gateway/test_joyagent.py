@@ -90,7 +90,12 @@ def test_ui_packets_count_message_orders_per_task_and_stream_type() -> None:
     record = TaskRecord(task_id="task-1", request_id="req-1", agent_type=5, query="q")
     responses, projector = AgentResponses(agent_type=5), EventProjector(react_mode=True)
     messages = contract_turns("agent_stream")[1:]
-    packets = [gpt_packet(record, r, projector) for m in messages for r in responses.project(m)]
+    packets = [
+        gpt_packet(record, shown, event)
+        for m in messages
+        for r in responses.project(m)
+        for shown, event in projector.events(r)
+    ]
 
     events = [p["resultMap"]["eventData"] for p in packets]
     assert [(e["resultMap"]["messageType"], e["messageOrder"]) for e in events] == [
@@ -123,3 +128,53 @@ def test_a_streamed_deep_search_ends_with_an_empty_answer_as_genie_tool_sends_it
     assert "".join(r["resultMap"]["answer"] for r in live) == "Light energy.", "the UI's text"
     assert live[-1]["isFinal"] and live[-1]["resultMap"]["answer"] == ""
     assert compacted[0]["resultMap"]["answer"] == "Light energy.", "a final frame read alone"
+
+
+def plan_update(message_id: str, *status: str) -> dict[str, Any]:
+    plan = {"title": "Two steps", "steps": ["a", "b"], "stepStatus": list(status), "notes": []}
+    return {"messageId": message_id, "messageType": "plan", "isFinal": True, "plan": plan}
+
+
+def ui_events(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The deep-think UI's eventData of ``messages``, as the UI endpoint sends them."""
+    responses, projector = AgentResponses(agent_type=3), EventProjector(react_mode=False)
+    return [e for m in messages for r in responses.project(m) for _, e in projector.events(r)]
+
+
+def test_a_plan_update_between_steps_gives_way_to_the_next_start_or_goes_first() -> None:
+    task = {"messageId": "t", "messageType": "task", "isFinal": True, "task": "a"}
+    start = [plan_update("p0", "not_started", "not_started"), plan_update("p1", "in_progress")]
+    start[1]["plan"]["stepStatus"].append("not_started")
+    done = plan_update("p2", "completed", "not_started")
+    failed = {"messageId": "x", "messageType": "error", "finish": True, "error": {"code": "c"}}
+
+    moved_on = ui_events([*start, task, done, plan_update("p3", "completed", "in_progress")])
+    stopped = ui_events([*start, task, done, failed])
+
+    assert [("taskId" in e, e["messageId"]) for e in moved_on] == [
+        (False, "p0"),
+        (False, "p1"),  # before any step: the plan box, not an item of a step
+        (True, "t"),
+        (True, "p3"),  # one item in the finished step: the update that starts the next one
+    ]
+    assert [e["messageId"] for e in stopped] == ["p0", "p1", "t", "p2", "x"], "never lost"
+    assert stopped[-1]["resultMap"]["messageType"] == "result"
+
+
+def test_a_step_summary_read_without_its_streamed_thought_keeps_its_text() -> None:
+    summary = {"messageId": "s", "messageType": "task_summary", "isFinal": True}
+    events = ui_events([{**summary, "taskSummary": "It is 42."}])
+
+    (event,) = events
+    assert event["resultMap"]["resultMap"]["taskSummary"] == "It is 42."
+
+
+@pytest.mark.parametrize("title", ["Two steps", " "])
+def test_every_step_of_a_plan_has_a_stage_the_ui_can_show_as_a_heading(title: str) -> None:
+    message = plan_update("p", "not_started", "not_started")
+    message["plan"]["title"] = title
+
+    (response,) = AgentResponses(agent_type=3).project(message)
+
+    stages = response["plan"]["stages"]
+    assert stages == (["Two steps"] * 2 if title.strip() else ["a", "b"]), "never empty"
