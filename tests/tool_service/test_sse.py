@@ -69,6 +69,41 @@ def test_heartbeats_are_sent_while_the_tool_is_silent(
     assert events[-1] == "[DONE]"
 
 
+def test_heartbeats_keep_their_pace_while_the_tool_streams_as_genie_tool_does(
+    make_service: ServiceFactory, fake_llm: FakeLLM
+) -> None:
+    # genie-tool's EventSourceResponse pings every interval, data or not; so do we.
+    fake_llm.reply = Reply(chunks=CHUNKS, delay=0.1)  # a chunk every 0.1 s, about 1.1 s
+    with make_service(HEARTBEAT_INTERVAL="0.25") as service:
+        events = _report(service)
+    data = [i for i, e in enumerate(events) if isinstance(e, dict)]
+    assert "heartbeat" in events[data[0] : data[-1]]
+    assert events[-1] == "[DONE]"
+
+
+def test_the_stream_is_framed_as_data_lines_ending_in_one_newline_pair(
+    make_service: ServiceFactory, fake_llm: FakeLLM
+) -> None:
+    fake_llm.reply = Reply(chunks=CHUNKS[:3], first_delay=0.5)
+    body = {"requestId": "bytes", "task": "write", "fileName": "out"}
+    with (
+        make_service(HEARTBEAT_INTERVAL="0.2") as service,
+        service.client.stream("POST", "/v1/tool/report", json=body) as response,
+    ):
+        raw = response.read()
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache, no-transform"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert b"\r" not in raw
+    events = raw.split(b"\n\n")
+    assert events[-1] == b""  # the body ends with a blank line
+    assert b"data: heartbeat" in events
+    assert events[-2] == b"data: [DONE]"
+    for event in events[:-1]:
+        assert event.startswith(b"data: ") and b"\n" not in event, event
+        assert event in (b"data: heartbeat", b"data: [DONE]") or event.startswith(b"data: {")
+
+
 def test_a_tool_error_ends_with_an_error_frame_then_done(
     service: Service, fake_llm: FakeLLM
 ) -> None:
