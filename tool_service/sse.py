@@ -1,8 +1,8 @@
 """JoyAgent-style SSE for the tools: framing, stream modes, heartbeats and the tool response.
 
-Wire format (genie-tool): ``data: <json>\\n\\n`` per frame, ``data: heartbeat\\n\\n`` after every
-``heartbeat_interval`` seconds of silence, and ``data: [DONE]\\n\\n`` at the end. A tool that fails
-sends an error frame ``{"requestId", "error": {"code", "message"}, "isFinal": true}`` before
+Wire format (genie-tool): ``data: <json>\\n\\n`` per frame, ``data: heartbeat\\n\\n`` every
+``heartbeat_interval`` seconds (data or not), and ``data: [DONE]\\n\\n`` at the end. A tool that
+fails sends an error frame ``{"requestId", "error": {"code", "message"}, "isFinal": true}`` before
 ``[DONE]``; the stream never just closes. With ``stream: false`` the same frames are produced but
 only the last one is answered, as plain JSON (or ``{"error": ...}`` with the error's HTTP status).
 
