@@ -4,6 +4,12 @@
 socket, so the client sees a truncated body (deliberate, and uvicorn logs one error line).
 ``stall`` sends the same frames and then goes silent, keeping the connection open for
 ``stall_seconds`` (or until the client leaves), and then cuts.
+
+Why not sse-starlette's ``EventSourceResponse`` (which tool_service uses): it always ends a
+stream whose generator returns with the closing chunk, so ``cut`` would arrive as a complete
+response; the only way to truncate is to raise from the generator, which uvicorn logs as
+"Exception in ASGI application" with a full traceback for every injected fault. And the same
+paced, faultable body is also the non-streamed ``application/json`` answer, which is no SSE.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ __all__ = [
     "Resolver",
     "checked_address",
     "guarded_client",
+    "listed_client",
     "refusal",
     "resolve",
 ]
@@ -164,3 +165,18 @@ def guarded_client(
     if timeout is not None:
         options["timeout"] = timeout
     return httpx2.AsyncClient(transport=GuardedTransport(), **options)
+
+
+def listed_client(
+    headers: dict[str, str] | None = None,
+    timeout: httpx2.Timeout | None = None,
+    auth: httpx2.Auth | None = None,
+) -> httpx2.AsyncClient:
+    """A plain ``httpx2`` client for the MCP SDK's transports (its client factory signature), for
+    targets an operator listed in ``MCP_ALLOWED_SERVERS``: no address check, proxies from the
+    environment honoured (httpx2's default). Written here so the bridge does not import the
+    SDK's private ``mcp.shared._httpx_utils``; the SDK always passes a timeout."""
+    options: dict[str, Any] = {"headers": headers, "auth": auth}
+    if timeout is not None:
+        options["timeout"] = timeout
+    return httpx2.AsyncClient(**options)

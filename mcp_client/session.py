@@ -25,12 +25,11 @@ from anyio.abc import TaskStatus
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS
 from pydantic import ValidationError
 
-from mcp_client.addresses import guarded_client
+from mcp_client.addresses import guarded_client, listed_client
 from mcp_client.errors import (
     ConnectionLost,
     McpClientError,
@@ -75,7 +74,7 @@ class PooledSession:
             raise ValueError("a session needs a concrete transport, not auto")
         self.target = target
         # Guarded: every HTTP request checks its target address and connects to it.
-        self._client_factory = guarded_client if guard_addresses else create_mcp_http_client
+        self._client_factory = guarded_client if guard_addresses else listed_client
         self.in_flight = 0
         self.last_used = 0.0
         self.server_name: str | None = None

@@ -1,23 +1,32 @@
 """JoyAgent-style SSE for the tools: framing, stream modes, heartbeats and the tool response.
 
-Wire format (genie-tool): ``data: <json>\\n\\n`` per frame, ``data: heartbeat\\n\\n`` after every
-``heartbeat_interval`` seconds of silence, and ``data: [DONE]\\n\\n`` at the end. A tool that fails
-sends an error frame ``{"requestId", "error": {"code", "message"}, "isFinal": true}`` before
+Wire format (genie-tool): ``data: <json>\\n\\n`` per frame, ``data: heartbeat\\n\\n`` every
+``heartbeat_interval`` seconds (data or not), and ``data: [DONE]\\n\\n`` at the end. A tool that
+fails sends an error frame ``{"requestId", "error": {"code", "message"}, "isFinal": true}`` before
 ``[DONE]``; the stream never just closes. With ``stream: false`` the same frames are produced but
 only the last one is answered, as plain JSON (or ``{"error": ...}`` with the error's HTTP status).
+
+The stream is sse-starlette's ``EventSourceResponse``, as in genie-tool itself: the heartbeat is
+its ping (every ``heartbeat_interval`` seconds), ``sep="\\n"`` keeps the framing above, a send
+that takes longer than ``SEND_TIMEOUT`` drops the client, and a client that goes away cancels
+the tool. Importing sse-starlette replaces uvicorn's ``Server.handle_exit`` (its way of seeing
+a shutdown): on SIGTERM an open stream gets ``SHUTDOWN_GRACE`` seconds to end on its own, as
+uvicorn's graceful shutdown gave it before, and is then cut.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable
 from contextlib import aclosing
 from typing import Any, Literal
 
 import anyio
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -28,9 +37,9 @@ __all__ = ["Frame", "StreamMode", "ToolResponse", "batch_text", "encode_frame"]
 logger = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
-HEARTBEAT = b"data: heartbeat\n\n"
 DONE = b"data: [DONE]\n\n"
 SEND_TIMEOUT = 30.0
+SHUTDOWN_GRACE = 9.0  # below the 10 s uvicorn gives a graceful shutdown (gateway.cli)
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
@@ -105,49 +114,53 @@ class ToolResponse(Response):
         self.request_id = request_id
         self.stream = stream
         self.heartbeat_interval = heartbeat_interval
+        self.error: ToolServiceError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stream:
+            await self._send_stream(scope, receive, send)
+            return
         async with anyio.create_task_group() as group:
             group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
             try:
-                if self.stream:
-                    await self._send_stream(send, group.cancel_scope)
-                else:
-                    await self._send_json(send)
+                await self._send_json(send)
             finally:
                 group.cancel_scope.cancel()
 
-    async def _run(self, emit: Callable[[Frame], Awaitable[None]]) -> ToolServiceError | None:
-        """Feed every frame to ``emit``; turn a failure into one error frame and return it."""
+    async def _outcome(self) -> AsyncGenerator[Frame, None]:
+        """The tool's frames, and one error frame if it fails (the error kept in ``error``)."""
         try:
             async with aclosing(self.frames) as frames:
                 async for frame in frames:
-                    await emit(frame)
+                    yield frame
         except ToolServiceError as exc:
             logger.info("tool request %s failed: %s", self.request_id, exc.message)
-            await emit(error_frame(self.request_id, exc))
-            return exc
+            self.error = exc
         except Exception:
             logger.exception("tool request %s crashed", self.request_id)
-            error = ToolServiceError("internal error")
-            await emit(error_frame(self.request_id, error))
-            return error
-        return None
+            self.error = ToolServiceError("internal error")
+        if self.error is not None:
+            yield error_frame(self.request_id, self.error)
+
+    async def _events(self) -> AsyncGenerator[bytes, None]:
+        """The SSE body: every frame as ``data: <json>``, then ``[DONE]``."""
+        async with aclosing(self._outcome()) as outcome:
+            async for frame in outcome:
+                yield encode_frame(frame)
+        yield DONE
 
     async def _send_json(self, send: Send) -> None:
-        last: list[Frame] = []
-
-        async def keep(frame: Frame) -> None:
-            last[:] = [frame]
-
-        error = await self._run(keep)
+        last: Frame | None = None
+        async with aclosing(self._outcome()) as outcome:
+            async for frame in outcome:
+                last = frame
         status = 200
-        if error is not None:
-            status = error.status_code
-            frame: Frame = {"error": error.to_dict()}
-        else:
-            frame = last[0] if last else {"requestId": self.request_id, "isFinal": True}
-        body = orjson.dumps(frame)
+        if self.error is not None:
+            status = self.error.status_code
+            last = {"error": self.error.to_dict()}
+        elif last is None:
+            last = {"requestId": self.request_id, "isFinal": True}
+        body = orjson.dumps(last)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -155,38 +168,21 @@ class ToolResponse(Response):
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _send_stream(self, send: Send, connection: anyio.CancelScope) -> None:
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
-        headers += [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        lock = anyio.Lock()
-        last_write = time.monotonic()
-
-        async def write(chunk: bytes) -> None:
-            nonlocal last_write
-            async with lock:
-                with anyio.move_on_after(SEND_TIMEOUT) as slow:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if slow.cancelled_caught:
-                    # A client that cannot take data within the limit is treated as gone.
-                    logger.warning("dropping slow client of request %s", self.request_id)
-                    connection.cancel()
-                last_write = time.monotonic()
-
-        async def heartbeat() -> None:
-            while True:
-                await anyio.sleep(max(0.0, last_write + self.heartbeat_interval - time.monotonic()))
-                if time.monotonic() - last_write >= self.heartbeat_interval:
-                    await write(HEARTBEAT)
-
-        async def emit(frame: Frame) -> None:
-            await write(encode_frame(frame))
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(heartbeat)
-            await self._run(emit)
-            group.cancel_scope.cancel()
-        await send({"type": "http.response.body", "body": DONE, "more_body": False})
+    async def _send_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = EventSourceResponse(
+            self._events(),
+            headers=SSE_HEADERS,
+            ping=self.heartbeat_interval,
+            ping_message_factory=lambda: ServerSentEvent(data="heartbeat", sep="\n"),
+            sep="\n",
+            send_timeout=SEND_TIMEOUT,
+            shutdown_grace_period=SHUTDOWN_GRACE,
+        )
+        try:
+            await response(scope, receive, send)
+        except SendTimeoutError:
+            # A client that cannot take data within the limit is treated as gone.
+            logger.warning("dropped slow client of request %s", self.request_id)
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

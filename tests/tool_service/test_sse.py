@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
+from tests.helpers import free_port, wait_http_ok
 from tests.tool_service.fake_llm import FakeLLM, Reply
 from tests.tool_service.support import Service, ServiceFactory
 from tool_service.sse import StreamMode, batch_text
@@ -67,6 +75,77 @@ def test_heartbeats_are_sent_while_the_tool_is_silent(
     first_data = next(i for i, e in enumerate(events) if isinstance(e, dict))
     assert events[:first_data].count("heartbeat") >= 2
     assert events[-1] == "[DONE]"
+
+
+def test_heartbeats_keep_their_pace_while_the_tool_streams_as_genie_tool_does(
+    make_service: ServiceFactory, fake_llm: FakeLLM
+) -> None:
+    # genie-tool's EventSourceResponse pings every interval, data or not; so do we.
+    fake_llm.reply = Reply(chunks=CHUNKS, delay=0.1)  # a chunk every 0.1 s, about 1.1 s
+    with make_service(HEARTBEAT_INTERVAL="0.25") as service:
+        events = _report(service)
+    data = [i for i, e in enumerate(events) if isinstance(e, dict)]
+    assert "heartbeat" in events[data[0] : data[-1]]
+    assert events[-1] == "[DONE]"
+
+
+def test_the_stream_is_framed_as_data_lines_ending_in_one_newline_pair(
+    make_service: ServiceFactory, fake_llm: FakeLLM
+) -> None:
+    fake_llm.reply = Reply(chunks=CHUNKS[:3], first_delay=0.5)
+    body = {"requestId": "bytes", "task": "write", "fileName": "out"}
+    with (
+        make_service(HEARTBEAT_INTERVAL="0.2") as service,
+        service.client.stream("POST", "/v1/tool/report", json=body) as response,
+    ):
+        raw = response.read()
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache, no-transform"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert b"\r" not in raw
+    events = raw.split(b"\n\n")
+    assert events[-1] == b""  # the body ends with a blank line
+    assert b"data: heartbeat" in events
+    assert events[-2] == b"data: [DONE]"
+    for event in events[:-1]:
+        assert event.startswith(b"data: ") and b"\n" not in event, event
+        assert event in (b"data: heartbeat", b"data: [DONE]") or event.startswith(b"data: {")
+
+
+def test_a_stream_in_flight_when_the_service_is_stopped_still_ends_with_done(
+    fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    fake_llm.reply = Reply(chunks=CHUNKS, delay=0.15)  # about 1.8 s of streaming
+    port = free_port()
+    env = {
+        **os.environ,
+        "LLM_BASE_URL": fake_llm.url,
+        "LLM_API_KEY": "sk-test-key",
+        "LLM_MODEL": "fake-model",
+        "FILE_ROOT": str(tmp_path / "files"),
+        "SANDBOX_ROOT": str(tmp_path / "sandboxes"),
+    }
+    command = [sys.executable, "-m", "gateway.cli", "serve", "tool_service", "--port", str(port)]
+    process = subprocess.Popen(command, env=env)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/health", proc=process)
+        events: list = []
+        body = {"requestId": "stop", "task": "write", "fileName": "out"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20.0) as client:
+            with client.stream("POST", "/v1/tool/report", json=body) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: {") and not events:
+                        process.send_signal(signal.SIGTERM)  # mid-stream
+                    if line.startswith("data: "):
+                        data = line.removeprefix("data: ")
+                        events.append(data if data[0] != "{" else orjson.loads(data))
+        assert events[-1] == "[DONE]"
+        assert events[-2]["isFinal"] is True
+        assert _deltas(events) == CHUNKS
+        assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def test_a_tool_error_ends_with_an_error_frame_then_done(
