@@ -41,7 +41,7 @@ import pytest
 from gateway.protocol import PAYLOAD_FIELDS
 from gateway.upstream.sse import SSEDecoder
 from tests.e2e.recording_proxy import Exchange, RecordingProxy, recording_proxy
-from tests.helpers import free_port, spawn_service, wait_http_ok
+from tests.helpers import free_port, running_process, spawn_service
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1200)]
 
@@ -82,18 +82,11 @@ def model_server(gguf: Path) -> Iterator[str]:
     args += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
     # One thread: on a small shared CPU, llama.cpp's spinning worker threads slow it down
     args += ["--n_ctx", "4096", "--n_threads", "1", "--verbose", "false"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(url + "/v1/models", timeout=MODEL_LOAD_TIMEOUT, proc=proc)
+    health = url + "/v1/models"
+    quiet = subprocess.DEVNULL
+    with running_process(args, health, env=env, timeout=MODEL_LOAD_TIMEOUT, stdout=quiet):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @dataclass

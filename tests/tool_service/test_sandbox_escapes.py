@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from tests.helpers import free_port, wait_http_ok
+from tests.helpers import free_port, running_process
 from tests.tool_service.support import Service, sandbox_processes
 from tool_service import Settings
 
@@ -102,22 +101,15 @@ def _host(uid: int | None) -> Iterator[Hosted]:
             "env": env,
         }
         argv = [sys.executable, str(AS_USER), json.dumps(config)]
-    process = subprocess.Popen(argv, env={**env, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ok(url + "/health", proc=process)
-        service = Hosted(url, Settings.from_env(env), base)
-        try:
-            yield service
-        finally:
-            service.client.close()
+        with running_process(argv, url + "/health", env={**env, "PYTHONPATH": str(ROOT)}):
+            service = Hosted(url, Settings.from_env(env), base)
+            try:
+                yield service
+            finally:
+                service.client.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
         shutil.rmtree(base, ignore_errors=True)
 
 
