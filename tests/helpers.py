@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,15 @@ class ThreadedServer:
     def stop(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
+
+
+@contextlib.asynccontextmanager
+async def client_of(
+    server: ThreadedServer, timeout: float = 20.0
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An async client on ``server``'s base URL, closed when the block ends."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=timeout) as client:
+        yield client
 
 
 @contextlib.contextmanager
