@@ -73,14 +73,9 @@ class Printer:
         self, message_type: str, payload: Any, message_id: str | None, is_final: bool, **extra: Any
     ) -> dict[str, Any]:
         """The message body (without ``seq`` and ``finish``, which the log adds)."""
-        field = PAYLOAD_FIELDS.get(message_type)
-        if field is None:
-            raise ValueError(f"unknown messageType {message_type!r}")
+        field = _payload_field(message_type)
         body = {
-            "taskId": self.task_id,
-            "requestId": self.request_id,
-            "messageId": message_id or uuid.uuid4().hex,
-            "messageType": message_type,
+            **self._head(message_id or uuid.uuid4().hex, message_type),
             "messageTime": now_ms(),
             "isFinal": is_final,
             field: payload,
@@ -132,22 +127,23 @@ class Printer:
     def _delta_template(self, message_id: str, message_type: str) -> bytes:
         """The JSON of a text delta of ``message_id`` with ``%d`` for the time, ``%s`` for the
         text (the fields in the order :meth:`body` puts them)."""
-        field = PAYLOAD_FIELDS.get(message_type)
-        if field is None:
-            raise ValueError(f"unknown messageType {message_type!r}")
-        fields = {
-            "taskId": self.task_id,
-            "requestId": self.request_id,
-            "messageId": message_id,
-            "messageType": message_type,
-        }
-        head = orjson.dumps(fields)[:-1].replace(b"%", b"%%")
+        field = _payload_field(message_type)
+        head = orjson.dumps(self._head(message_id, message_type))[:-1].replace(b"%", b"%%")
         template = b'%s,"messageTime":%%d,"isFinal":false,%s:%%s,"finish":false}' % (
             head,
             orjson.dumps(field),
         )
         self._delta_templates[message_id] = template
         return template
+
+    def _head(self, message_id: str, message_type: str) -> dict[str, Any]:
+        """The fields every message body opens with, in their order."""
+        return {
+            "taskId": self.task_id,
+            "requestId": self.request_id,
+            "messageId": message_id,
+            "messageType": message_type,
+        }
 
     def _sent(self, message: StoredMessage, body: dict[str, Any], payload: Any) -> None:
         if body["messageType"] == "agent_stream" and isinstance(payload, str):
@@ -176,3 +172,11 @@ class Printer:
     def partial_answer(self) -> str:
         """The streamed answer so far (kept as the result of a task that did not complete)."""
         return "".join("".join(parts) for parts in self._answers.values())
+
+
+def _payload_field(message_type: str) -> str:
+    """The field a message of ``message_type`` carries its payload in (DESIGN §3)."""
+    field = PAYLOAD_FIELDS.get(message_type)
+    if field is None:
+        raise ValueError(f"unknown messageType {message_type!r}")
+    return field

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,15 @@ class ThreadedServer:
         self.thread.join(timeout)
 
 
+@contextlib.asynccontextmanager
+async def client_of(
+    server: ThreadedServer, timeout: float = 20.0
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An async client on ``server``'s base URL, closed when the block ends."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=timeout) as client:
+        yield client
+
+
 @contextlib.contextmanager
 def serve_app(app: Any, port: int | None = None, http: str = "auto") -> Iterator[ThreadedServer]:
     """Run ``app`` under uvicorn (``http``: its HTTP protocol) on a free port for the block."""
@@ -87,6 +96,39 @@ def wait_http_ok(
     raise TimeoutError(f"{url} did not answer in {timeout}s: {last!r}")
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate ``proc`` and wait for it; kill it when it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def running_process(
+    argv: list[str],
+    health_url: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20.0,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` for the duration of the block, entered once ``health_url`` answers 2xx.
+
+    ``stdout``/``stderr`` go to :class:`subprocess.Popen` (``subprocess.DEVNULL`` to drop them).
+    On exit the process is stopped (:func:`stop_process`), also when it never became healthy.
+    """
+    proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
+    try:
+        wait_http_ok(health_url, timeout=timeout, proc=proc)
+        yield proc
+    finally:
+        stop_process(proc)
+
+
 @contextlib.contextmanager
 def spawn_service(
     service: str, env: Mapping[str, str] | None = None, health: str = "/healthz"
@@ -94,21 +136,10 @@ def spawn_service(
     """Start ``agent-gateway serve <service>`` as a child process; yield its base URL."""
     port = free_port()
     full_env = {**os.environ, **(env or {}), "HOST": "127.0.0.1", "PORT": str(port)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", service, "--port", str(port)],
-        env=full_env,
-    )
+    argv = [sys.executable, "-m", "gateway.cli", "serve", service, "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(url + health, proc=proc)
+    with running_process(argv, url + health, env=full_env):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 NODE_DIR = os.path.join(os.path.dirname(__file__), "node")

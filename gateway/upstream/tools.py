@@ -75,11 +75,7 @@ class ToolServiceClient(OwnedHttp):
                 **self._settings.service_headers,
             },
         )
-        try:
-            with deadline.limit():
-                response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise from_httpx(exc, what) from exc
+        response = await self._send(request, deadline, what)
         try:
             async with aclosing(_frames(response, deadline, what)) as frames:
                 async for frame in frames:
@@ -88,6 +84,14 @@ class ToolServiceClient(OwnedHttp):
             raise from_httpx(exc, what) from exc
         finally:
             await aclose_quietly(response)
+
+    async def _send(self, request: httpx.Request, deadline: Deadline, what: str) -> httpx.Response:
+        """Send ``request`` (the response streamed) within ``deadline``; httpx errors converted."""
+        try:
+            with deadline.limit():
+                return await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, what) from exc
 
     @asynccontextmanager
     async def open_file(self, request_id: str, name: str) -> AsyncIterator[ToolFile]:
@@ -105,11 +109,7 @@ class ToolServiceClient(OwnedHttp):
             f"{self._base}/v1/file_tool/download/{tail}",
             headers={"accept-encoding": "identity", **self._settings.service_headers},
         )
-        try:
-            with deadline.limit():
-                response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise from_httpx(exc, what) from exc
+        response = await self._send(request, deadline, what)
         try:
             if response.status_code >= 400:
                 with deadline.limit():

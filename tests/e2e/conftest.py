@@ -7,6 +7,7 @@ model is llm_stub, writing at a watchable pace, and its tool service is unreacha
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -94,18 +95,26 @@ def stack() -> Iterator[Stack]:
                 yield Stack(gateway.url, proxy, frontend.url)
 
 
-@pytest.fixture
-def page(browser: Browser, stack: Stack) -> Iterator[Page]:
-    """A fresh page (own context) on the frontend, with the echo agent selected."""
+@contextlib.contextmanager
+def open_page(browser: Browser, url: str, timeout: float = 15_000) -> Iterator[Page]:
+    """A fresh page (own context) at ``url``, once it says it is ready; closed after the block,
+    which fails if the page raised an uncaught error."""
     context = browser.new_context()
     page = context.new_page()
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(timeout)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(stack.frontend_url + "/?agentType=0")
+    page.goto(url)
     page.wait_for_selector("body[data-ready=true]")
     try:
         yield page
     finally:
         context.close()
     assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+    """A fresh page (own context) on the frontend, with the echo agent selected."""
+    with open_page(browser, stack.frontend_url + "/?agentType=0") as page:
+        yield page

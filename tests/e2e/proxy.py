@@ -8,42 +8,20 @@ response contains ``marker``, right after the marker's last byte — determinist
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from tests.helpers import free_port
+from tests.e2e.loop_thread import LoopThreadServer
 
 
-class CuttableProxy:
+class CuttableProxy(LoopThreadServer):
     """Forwards ``127.0.0.1:<port>`` to ``127.0.0.1:<target_port>``."""
 
     def __init__(self, target_port: int, cut_once_after: bytes | None = None) -> None:
-        self.port = free_port()
+        super().__init__()
         self.target_port = target_port
         self.marker = cut_once_after
         self.cuts = 0
         self.connections = 0
         self._open: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("proxy did not start")
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
     def cut(self) -> int:
         """Abort every open connection now; returns how many were cut."""
@@ -61,15 +39,8 @@ class CuttableProxy:
             writer.transport.abort()
         return len(writers) // 2  # each connection holds a client and a server side
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve())
-        finally:
-            self._loop.close()
-
     async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+        assert self._stop is not None
         server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
         self._ready.set()
         async with server:
@@ -82,10 +53,7 @@ class CuttableProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
-        handler = asyncio.current_task()
-        if handler is not None:
-            self._handlers.add(handler)
-            handler.add_done_callback(self._handlers.discard)
+        self._track_handler()
         try:
             server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -135,14 +103,6 @@ class CuttableProxy:
                 writer.transport.abort()
 
 
-@contextmanager
-def cuttable_proxy(
-    target_port: int, cut_once_after: bytes | None = None
-) -> Iterator[CuttableProxy]:
-    """Run a :class:`CuttableProxy` for the duration of the block."""
-    proxy = CuttableProxy(target_port, cut_once_after)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+def cuttable_proxy(target_port: int, cut_once_after: bytes | None = None) -> CuttableProxy:
+    """A :class:`CuttableProxy`, running for the ``with`` block it is used in."""
+    return CuttableProxy(target_port, cut_once_after)

@@ -15,17 +15,15 @@ Two deliberate changes, both to make a real model usable in a test:
   character is written in two TCP writes cut in the middle of that character's bytes, with a
   short pause between them so the gateway reads them apart. ``splits`` counts them.
 
-Runs its own event loop in a thread, like :class:`tests.e2e.proxy.CuttableProxy`.
+Runs its own event loop in a thread (:class:`tests.e2e.loop_thread.LoopThreadServer`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +31,7 @@ import httpx
 import orjson
 
 from gateway.upstream.sse import SSEDecoder
-from tests.helpers import free_port
+from tests.e2e.loop_thread import LoopThreadServer
 
 SPLIT_PAUSE = 0.005
 """Seconds between the two halves of a split event: long enough for the gateway to read the
@@ -81,23 +79,18 @@ class Exchange:
         return next((event for event in self.events if event.text.strip()), None)
 
 
-class RecordingProxy:
+class RecordingProxy(LoopThreadServer):
     """Forwards ``127.0.0.1:<port>`` to the model server at ``target`` (a base URL)."""
 
     def __init__(
         self, target: str, *, pin: Mapping[str, Any] | None = None, split_utf8: bool = True
     ) -> None:
-        self.port = free_port()
+        super().__init__()
         self.target = target.rstrip("/")
         self.pin = dict(pin or {})
         self.split_utf8 = split_utf8
         self.splits = 0
         self.exchanges: list[Exchange] = []
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
     def url(self) -> str:
@@ -108,25 +101,8 @@ class RecordingProxy:
         """The chat completion exchanges so far, in order."""
         return [e for e in list(self.exchanges) if e.path.endswith("/chat/completions")]
 
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the recording proxy did not start")
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve())
-        finally:
-            self._loop.close()
-
     async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+        assert self._stop is not None
         timeout = httpx.Timeout(300.0, connect=5.0)
         async with httpx.AsyncClient(timeout=timeout) as client:
             server = await asyncio.start_server(
@@ -144,10 +120,7 @@ class RecordingProxy:
     async def _handle(
         self, client: httpx.AsyncClient, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        handler = asyncio.current_task()
-        if handler is not None:
-            self._handlers.add(handler)
-            handler.add_done_callback(self._handlers.discard)
+        self._track_handler()
         sock = writer.get_extra_info("socket")
         if sock is not None:  # each write goes out at once: the split halves stay apart
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -262,14 +235,8 @@ async def _read_request(
     return method, path, headers, body
 
 
-@contextlib.contextmanager
 def recording_proxy(
     target: str, *, pin: Mapping[str, Any] | None = None, split_utf8: bool = True
-) -> Iterator[RecordingProxy]:
-    """Run a :class:`RecordingProxy` to ``target`` for the duration of the block."""
-    proxy = RecordingProxy(target, pin=pin, split_utf8=split_utf8)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+) -> RecordingProxy:
+    """A :class:`RecordingProxy` to ``target``, running for the ``with`` block it is used in."""
+    return RecordingProxy(target, pin=pin, split_utf8=split_utf8)

@@ -13,8 +13,11 @@ STATUS = "#status"
 WORDS_40 = " ".join(f"word{i:02d}" for i in range(40))
 
 
-def ask(page: Page, query: str) -> str:
-    """Type ``query``, send it, and return the task id once the page follows it."""
+def ask(page: Page, query: str, agent_type: str | None = None) -> str:
+    """Type ``query``, send it (to ``agent_type`` when given), and return the task id once the
+    page follows it."""
+    if agent_type is not None:
+        page.select_option("#agent-type", agent_type)
     page.fill("#query", query)
     page.click("#send")
     page.wait_for_function("document.body.dataset.taskId")
@@ -37,6 +40,16 @@ def snapshot(stack: Stack, task_id: str) -> dict[str, object]:
     response.raise_for_status()
     body: dict[str, object] = response.json()
     return body
+
+
+def completed_answer(page: Page, stack: Stack, task_id: str, timeout: float = 15_000) -> str:
+    """Wait until the task completes; its result as the gateway holds it, which the page shows
+    as the answer."""
+    wait_for_status(page, "COMPLETED", timeout=timeout)
+    result = snapshot(stack, task_id)["result"]
+    assert isinstance(result, str)
+    expect(page.locator("#answer")).to_have_text(result)
+    return result
 
 
 def test_a_query_typed_into_the_page_renders_plan_task_and_final_answer(
@@ -106,20 +119,17 @@ def test_cancel_from_the_page_stops_the_task(page: Page, stack: Stack) -> None:
 def test_a_react_answer_grows_on_the_page_while_the_model_writes_it(
     page: Page, stack: Stack
 ) -> None:
-    page.select_option("#agent-type", "5")
-    task_id = ask(page, "tell me something nice about rivers and the sea")
+    task_id = ask(page, "tell me something nice about rivers and the sea", agent_type="5")
 
     # Text shows as soon as the model writes it, provisionally, before its turn has ended.
     page.wait_for_function(
         "(document.querySelector('#answer .writing')?.textContent || '').split(' ').length >= 3"
     )
     early = page.evaluate("document.querySelector('#answer .writing').textContent")
-    wait_for_status(page, "COMPLETED")
 
-    result = snapshot(stack, task_id)["result"]
-    assert isinstance(result, str) and result.startswith("You asked: tell me something nice")
+    result = completed_answer(page, stack, task_id)
+    assert result.startswith("You asked: tell me something nice")
     assert result.startswith(early) and len(early) < len(result)
-    expect(page.locator("#answer")).to_have_text(result)
     expect(page.locator("#answer .answer-part")).to_have_count(1)
     expect(page.locator(".writing")).to_have_count(0)
     expect(page.locator("#tasks .thought")).to_have_count(0)
@@ -129,13 +139,10 @@ def test_a_react_answer_grows_on_the_page_while_the_model_writes_it(
 def test_a_react_thought_settles_into_the_tool_work_and_never_stays_as_the_answer(
     page: Page, stack: Stack
 ) -> None:
-    page.select_option("#agent-type", "5")
-    task_id = ask(page, "compute 17 * 23")
+    task_id = ask(page, "compute 17 * 23", agent_type="5")
 
-    wait_for_status(page, "COMPLETED")
-    result = snapshot(stack, task_id)["result"]
-    assert isinstance(result, str) and result.startswith("Done: Error: tool code_interpreter")
-    expect(page.locator("#answer")).to_have_text(result)
+    result = completed_answer(page, stack, task_id)
+    assert result.startswith("Done: Error: tool code_interpreter")
     thought = page.locator("#tasks .task .thought")
     expect(thought).to_have_count(1)
     expect(thought).to_have_text("I will use code_interpreter to work on: compute 17 * 23")
@@ -148,13 +155,10 @@ def test_a_react_thought_settles_into_the_tool_work_and_never_stays_as_the_answe
 def test_in_deep_think_each_steps_turns_settle_in_its_card_and_the_summary_is_the_answer(
     page: Page, stack: Stack
 ) -> None:
-    page.select_option("#agent-type", "3")
-    task_id = ask(page, "compute 17 * 23")
+    task_id = ask(page, "compute 17 * 23", agent_type="3")
 
-    wait_for_status(page, "COMPLETED", timeout=30_000)
-    result = snapshot(stack, task_id)["result"]
-    assert isinstance(result, str) and result.startswith("## Summary: compute 17 * 23")
-    expect(page.locator("#answer")).to_have_text(result)
+    result = completed_answer(page, stack, task_id, timeout=30_000)
+    assert result.startswith("## Summary: compute 17 * 23")
     card = page.locator("#tasks .task")
     expect(card).to_have_count(1)
     expect(card.locator(".thought")).to_have_text(

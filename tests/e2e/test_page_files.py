@@ -23,6 +23,7 @@ from gateway.settings import Settings
 from gateway.upstream import UpstreamSettings
 from llm_stub import create_app as create_stub
 from llm_stub.settings import Knobs, StubSettings
+from tests.e2e.conftest import open_page
 from tests.e2e.test_page import ask, wait_for_status
 from tests.helpers import free_port, serve_app
 from tool_service import Settings as ToolSettings
@@ -73,15 +74,8 @@ def file_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileStack]:
 
 @pytest.fixture
 def react_page(browser: Browser, file_stack: FileStack) -> Iterator[Page]:
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(file_stack.frontend_url + "/?agentType=5")
-    page.wait_for_selector("body[data-ready=true]")
-    try:
+    with open_page(browser, file_stack.frontend_url + "/?agentType=5", timeout=20_000) as page:
         yield page
-    finally:
-        context.close()
 
 
 def test_the_page_links_a_written_file_to_the_gateway_and_the_browser_gets_its_bytes(

@@ -41,7 +41,7 @@ import pytest
 from gateway.protocol import PAYLOAD_FIELDS
 from gateway.upstream.sse import SSEDecoder
 from tests.e2e.recording_proxy import Exchange, RecordingProxy, recording_proxy
-from tests.helpers import free_port, spawn_service, wait_http_ok
+from tests.helpers import free_port, running_process, spawn_service
 
 pytestmark = [pytest.mark.real_model, pytest.mark.timeout(1200)]
 
@@ -82,18 +82,11 @@ def model_server(gguf: Path) -> Iterator[str]:
     args += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
     # One thread: on a small shared CPU, llama.cpp's spinning worker threads slow it down
     args += ["--n_ctx", "4096", "--n_threads", "1", "--verbose", "false"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(url + "/v1/models", timeout=MODEL_LOAD_TIMEOUT, proc=proc)
+    health = url + "/v1/models"
+    quiet = subprocess.DEVNULL
+    with running_process(args, health, env=env, timeout=MODEL_LOAD_TIMEOUT, stdout=quiet):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @dataclass
@@ -217,6 +210,15 @@ def check_answer_streamed(run: Run, answer: list[Frame], turn: Exchange, delta_t
     assert run.task["result"] == turn.text
 
 
+def check_answer_streamed_live(run: Run, delta_type: str) -> None:
+    """The answer of the last turn streamed (:func:`check_answer_streamed`), and its first
+    visible token reached the client within the budget of the model sending it."""
+    answer, turn = run.answer(), run.turns[-1]
+    check_answer_streamed(run, answer, turn, delta_type)
+    lag = first_visible_lag_ms(run, answer, turn)
+    assert lag <= FIRST_TOKEN_BUDGET_MS, f"first answer token {lag:.1f} ms after the model's"
+
+
 def test_a_react_task_on_a_real_model_completes_and_its_answer_streams_live(
     stack: Stack,
 ) -> None:
@@ -225,10 +227,7 @@ def test_a_react_task_on_a_real_model_completes_and_its_answer_streams_live(
     assert run.task["status"] == "COMPLETED", run.task
     assert run.task["result"].strip(), "the task completed with an empty result"
     assert run.turns, "the gateway never called the model"
-    answer = run.answer()
-    check_answer_streamed(run, answer, run.turns[-1], "tool_thought")
-    lag = first_visible_lag_ms(run, answer, run.turns[-1])
-    assert lag <= FIRST_TOKEN_BUDGET_MS, f"first answer token {lag:.1f} ms after the model's"
+    check_answer_streamed_live(run, "tool_thought")
 
 
 def test_a_plan_and_execute_task_on_a_real_model_completes_and_its_summary_streams_live(
@@ -240,10 +239,7 @@ def test_a_plan_and_execute_task_on_a_real_model_completes_and_its_summary_strea
     assert run.task["result"].strip(), "the task completed with an empty result"
     types = run.types()
     assert "plan" in types and "task" in types, types
-    summary = run.answer()
-    check_answer_streamed(run, summary, run.turns[-1], "agent_stream")
-    lag = first_visible_lag_ms(run, summary, run.turns[-1])
-    assert lag <= FIRST_TOKEN_BUDGET_MS, f"first summary token {lag:.1f} ms after the model's"
+    check_answer_streamed_live(run, "agent_stream")  # the summary is the answer
 
 
 def test_multi_byte_text_cut_inside_a_character_on_the_wire_arrives_intact(

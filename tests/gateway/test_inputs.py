@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -24,19 +24,13 @@ from gateway.protocol import parse_decimal
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSettings
 from tests.gateway.support import gateway, read_sse
-from tests.helpers import ThreadedServer, serve_app
+from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
 
 ECHO = {"query": "a b c", "agentType": 0}
 UNICODE_DIGITS = ["%C2%B2", "%D9%A3", "%EF%BC%95", "1%C2%B9", "9" * 5000]
 """``²``, Arabic-Indic ``٣``, fullwidth five, ``1¹``, and more digits than ``int()`` reads."""
-
-
-@contextlib.asynccontextmanager
-async def client_of(server: ThreadedServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
-        yield client
 
 
 def assert_error(answer: httpx.Response, status: int, code: str) -> None:

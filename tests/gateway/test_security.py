@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from gateway.app import create_app
 from gateway.security import RateLimiter, SecuritySettings, install_security, parse_api_keys
 from gateway.settings import Settings
 from tests.gateway.support import read_sse
-from tests.helpers import ThreadedServer, serve_app
+from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
 
@@ -47,12 +46,6 @@ def secured(
     install_security(app, security)
     with serve_app(app) as server:
         yield server
-
-
-@contextlib.asynccontextmanager
-async def client_of(server: ThreadedServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
-        yield client
 
 
 def with_keys(**fields: Any) -> SecuritySettings:

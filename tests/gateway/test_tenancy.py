@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -23,7 +23,7 @@ from gateway.app import create_app
 from gateway.security import SecuritySettings, install_security, parse_api_keys
 from gateway.settings import Settings
 from gateway.tasks import TaskRegistry
-from tests.helpers import ThreadedServer, serve_app
+from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
 
@@ -59,12 +59,6 @@ def gateway(
     install_security(app, SecuritySettings(api_keys=parse_api_keys(api_keys)))
     with serve_app(app) as server:
         yield server
-
-
-@contextlib.asynccontextmanager
-async def client_of(server: ThreadedServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
-        yield client
 
 
 async def compat_frames(response: httpx.Response, stop_after: int | None = None) -> list[Any]:

@@ -11,7 +11,7 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -34,7 +34,7 @@ from gateway.webhooks import (
     parse_secret,
     sign,
 )
-from tests.helpers import ThreadedServer, serve_app
+from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
 
@@ -125,12 +125,6 @@ def hooked(
     install_webhooks(app, webhooks, resolve)
     with serve_app(app) as server:
         yield server
-
-
-@contextlib.asynccontextmanager
-async def client_of(server: ThreadedServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
-        yield client
 
 
 async def settled(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:

@@ -15,6 +15,18 @@ from tool_service import Settings
 
 ServiceFactory = Callable[..., contextlib.AbstractContextManager["Service"]]
 
+TABLE_CSV = "a,b\n1,2\n3,4\n"
+"""A small table to upload as ``in.csv`` for :data:`SUM_TABLE`."""
+
+SUM_TABLE = (
+    "import csv\n"
+    "rows = list(csv.DictReader(open('in.csv')))\n"
+    "total = sum(int(r['a']) + int(r['b']) for r in rows)\n"
+    "open('out.md', 'w').write(f'# Total\\n{total}\\n')\n"
+    "print('total', total)\n"
+)
+"""Code that reads ``in.csv``, prints ``total 10`` and writes ``out.md`` (``# Total\\n10\\n``)."""
+
 
 class Service:
     """A running tool service and an HTTP client for it."""
@@ -23,6 +35,12 @@ class Service:
         self.url = url
         self.settings = settings
         self.client = httpx.Client(base_url=url, timeout=httpx.Timeout(20.0))
+
+    def upload(self, request_id: str, name: str, content: str) -> None:
+        """Upload the file ``name`` for the runs of ``request_id``; the service must accept it."""
+        body = {"requestId": request_id, "fileName": name, "content": content}
+        response = self.client.post("/v1/file_tool/upload_file", json=body)
+        assert response.status_code == 200, response.text
 
     def stream(self, path: str, body: dict[str, Any]) -> list[Any]:
         """POST ``body``; read the SSE answer to its end: JSON frames, ``heartbeat``, ``[DONE]``."""

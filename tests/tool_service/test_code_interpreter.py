@@ -7,7 +7,7 @@ import time
 import httpx
 
 from tests.tool_service.fake_llm import FakeLLM, Reply
-from tests.tool_service.support import Service, sandbox_processes
+from tests.tool_service.support import SUM_TABLE, TABLE_CSV, Service, sandbox_processes
 
 
 def _run(service: Service, code: str, **extra: object) -> list:
@@ -99,19 +99,8 @@ def test_stream_false_timeout_is_a_json_error(service: Service) -> None:
 
 
 def test_files_written_by_the_code_are_listed_and_downloadable(service: Service) -> None:
-    upload = service.client.post(
-        "/v1/file_tool/upload_file",
-        json={"requestId": "files", "fileName": "in.csv", "content": "a,b\n1,2\n3,4\n"},
-    )
-    assert upload.status_code == 200
-    code = (
-        "import csv\n"
-        "rows = list(csv.DictReader(open('in.csv')))\n"
-        "total = sum(int(r['a']) + int(r['b']) for r in rows)\n"
-        "open('out.md', 'w').write(f'# Total\\n{total}\\n')\n"
-        "print('total', total)\n"
-    )
-    events = _run(service, code, requestId="files", fileNames=["in.csv"])
+    service.upload("files", "in.csv", TABLE_CSV)
+    events = _run(service, SUM_TABLE, requestId="files", fileNames=["in.csv"])
     final = events[-2]
     assert final["codeOutput"] == "total 10\n"
     assert [info["fileName"] for info in final["fileInfo"]] == ["out.md"]

@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
-from tests.helpers import free_port, wait_http_ok
-from tests.tool_service.support import Service, sandbox_processes
+from tests.helpers import free_port, running_process
+from tests.tool_service.support import SUM_TABLE, TABLE_CSV, Service, sandbox_processes
 from tool_service import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,22 +101,15 @@ def _host(uid: int | None) -> Iterator[Hosted]:
             "env": env,
         }
         argv = [sys.executable, str(AS_USER), json.dumps(config)]
-    process = subprocess.Popen(argv, env={**env, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ok(url + "/health", proc=process)
-        service = Hosted(url, Settings.from_env(env), base)
-        try:
-            yield service
-        finally:
-            service.client.close()
+        with running_process(argv, url + "/health", env={**env, "PYTHONPATH": str(ROOT)}):
+            service = Hosted(url, Settings.from_env(env), base)
+            try:
+                yield service
+            finally:
+                service.client.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -161,11 +153,7 @@ def test_sandboxed_code_cannot_read_etc_shadow_or_list_root(hosted: Hosted) -> N
 
 
 def test_sandboxed_code_cannot_read_another_requests_uploaded_file(hosted: Hosted) -> None:
-    upload = hosted.client.post(
-        "/v1/file_tool/upload_file",
-        json={"requestId": "victim", "fileName": "secret.txt", "content": "victim-data-7f3a"},
-    )
-    assert upload.status_code == 200
+    hosted.upload("victim", "secret.txt", "victim-data-7f3a")
     victim = hosted.settings.file_root / "victim" / "secret.txt"
     code = (
         "import os\n"
@@ -350,19 +338,8 @@ def test_a_fork_bomb_is_contained_while_the_service_keeps_answering(hosted: Host
 def test_a_normal_run_prints_reads_its_input_and_returns_the_file_it_wrote(
     hosted: Hosted,
 ) -> None:
-    upload = hosted.client.post(
-        "/v1/file_tool/upload_file",
-        json={"requestId": "normal", "fileName": "in.csv", "content": "a,b\n1,2\n3,4\n"},
-    )
-    assert upload.status_code == 200
-    code = (
-        "import csv\n"
-        "rows = list(csv.DictReader(open('in.csv')))\n"
-        "total = sum(int(r['a']) + int(r['b']) for r in rows)\n"
-        "open('out.md', 'w').write(f'# Total\\n{total}\\n')\n"
-        "print('total', total)\n"
-        "import os; print('uid', os.getuid())\n"
-    )
+    hosted.upload("normal", "in.csv", TABLE_CSV)
+    code = SUM_TABLE + "import os; print('uid', os.getuid())\n"
     final = hosted.final(code, request_id="normal", fileNames=["in.csv"])
     lines = final["codeOutput"].splitlines()
     assert lines[0] == "total 10"

@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.security import SecuritySettings, install_security, parse_api_keys
 from gateway.settings import Settings, SettingsError
 from tests.gateway.agents.support import Upstreams, gateway_settings
-from tests.helpers import ThreadedServer, free_port, serve_app
+from tests.helpers import ThreadedServer, client_of, free_port, serve_app
 
 pytestmark = pytest.mark.anyio
 
@@ -43,12 +43,6 @@ def gateway(upstreams: Upstreams, api_keys: str = "alice:ka,bob:kb") -> Iterator
     install_security(app, SecuritySettings(api_keys=parse_api_keys(api_keys)))
     with serve_app(app, port) as server:
         yield server
-
-
-@contextlib.asynccontextmanager
-async def client_of(server: ThreadedServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        yield client
 
 
 async def run_to_end(
@@ -91,7 +85,7 @@ async def test_a_file_a_tool_wrote_is_linked_at_the_gateway_and_downloads_byte_f
     upstreams: Upstreams, agent_type: int
 ) -> None:
     with gateway(upstreams) as server:
-        async with client_of(server) as client:
+        async with client_of(server, timeout=30) as client:
             task_id, messages = await run_to_end(client, REPORT, agent_type)
             report = final_of(messages, "markdown")["resultMap"]
             [info] = report["fileInfo"]
@@ -128,7 +122,7 @@ async def test_another_key_gets_404_on_a_task_file_and_the_owner_gets_its_bytes(
 ) -> None:
     data = bytes(range(256)) * 64 + b"\r\n\x00end"
     with gateway(upstreams) as server:
-        async with client_of(server) as client:
+        async with client_of(server, timeout=30) as client:
             created = await client.post(
                 "/api/tasks", json={"query": "hi", "agentType": 0}, headers=ALICE
             )
@@ -156,7 +150,7 @@ async def test_a_file_name_that_is_not_one_plain_name_is_a_400(
     upstreams: Upstreams, raw_name: str
 ) -> None:
     with gateway(upstreams, api_keys="") as server:
-        async with client_of(server) as client:
+        async with client_of(server, timeout=30) as client:
             created = await client.post("/api/tasks", json={"query": "hi", "agentType": 0})
             task_id = created.json()["taskId"]
             base = f"{server.url}/api/tasks/{task_id}"
@@ -174,7 +168,7 @@ async def test_a_file_the_task_does_not_have_and_a_task_that_does_not_exist_are_
     upstreams: Upstreams,
 ) -> None:
     with gateway(upstreams, api_keys="") as server:
-        async with client_of(server) as client:
+        async with client_of(server, timeout=30) as client:
             created = await client.post("/api/tasks", json={"query": "hi", "agentType": 0})
             task_id = created.json()["taskId"]
             missing_file = await client.get(f"/api/tasks/{task_id}/files/missing.txt")
@@ -191,7 +185,7 @@ async def test_a_preview_shows_html_only_sandboxed_and_unknown_types_as_attachme
 ) -> None:
     page = b"<html><script>fetch('/api/tasks')</script><p>report</p></html>"
     with gateway(upstreams, api_keys="") as server:
-        async with client_of(server) as client:
+        async with client_of(server, timeout=30) as client:
             created = await client.post("/api/tasks", json={"query": "hi", "agentType": 0})
             task_id = created.json()["taskId"]
             await upload(upstreams, task_id, "report.html", page)
@@ -232,7 +226,7 @@ async def test_a_tool_service_that_cannot_be_reached_is_a_502_not_a_hang(
 ) -> None:
     unreachable = dataclasses.replace(upstreams.settings, tool_service_url="http://127.0.0.1:9")
     with gateway(dataclasses.replace(upstreams, settings=unreachable), api_keys="") as server:
-        async with client_of(server) as client:
+        async with client_of(server, timeout=30) as client:
             created = await client.post("/api/tasks", json={"query": "hi", "agentType": 0})
             task_id = created.json()["taskId"]
             with anyio.fail_after(20):
@@ -266,7 +260,7 @@ async def test_a_file_streams_through_the_gateway_without_waiting_for_its_end(
     with serve_app(held_file_service(release, seen)) as held:
         settings = dataclasses.replace(upstreams.settings, tool_service_url=held.url)
         with gateway(dataclasses.replace(upstreams, settings=settings), api_keys="") as server:
-            async with client_of(server) as client:
+            async with client_of(server, timeout=30) as client:
                 created = await client.post("/api/tasks", json={"query": "hi", "agentType": 0})
                 url = f"/api/tasks/{created.json()['taskId']}/files/big.bin"
                 with anyio.fail_after(20):
