@@ -52,7 +52,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway._env import env_number
-from gateway.protocol import TaskRecord, now_ms, parse_decimal
+from gateway.protocol import TaskRecord, now_ms, parse_decimal, task_snapshot
 from gateway.security import TaskNotes, task_notes
 from gateway.ssrf import (
     Resolver,
@@ -157,14 +157,12 @@ def _retry_after(raw: str | None) -> float | None:
 
 
 def _payload(record: TaskRecord) -> bytes:
-    from gateway.routes.tasks import snapshot  # routes import settings, which imports us
-
     stamp = datetime.datetime.fromtimestamp((record.ended_at or now_ms()) / 1000, datetime.UTC)
     return orjson.dumps(
         {
             "type": f"task.{record.status.value.lower()}",
             "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "data": snapshot(record),
+            "data": task_snapshot(record),
         }
     )
 

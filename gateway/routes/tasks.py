@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 from starlette.requests import Request
@@ -10,6 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.protocol import AgentRequest, TaskRecord, TaskStatus, parse_decimal
+from gateway.protocol import task_links as links
+from gateway.protocol import task_snapshot as snapshot
 from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
@@ -24,15 +26,6 @@ MAX_LIST_LIMIT = 200
 def _manager(request: Request) -> TaskManager:
     manager: TaskManager = request.app.state.manager
     return manager
-
-
-def links(task_id: str) -> dict[str, str]:
-    base = f"/api/tasks/{task_id}"
-    return {"self": base, "events": base + "/events", "cancel": base + "/cancel"}
-
-
-def snapshot(record: TaskRecord) -> dict[str, Any]:
-    return {**record.to_json(), "links": links(record.task_id)}
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
@@ -131,7 +124,7 @@ async def create_task(request: Request) -> Response:
             manager.store,
             record.task_id,
             0,
-            request.app.state.settings,
+            request.app.state.stream_settings,
             request.app.state.metrics,
             headers={"X-Task-Id": record.task_id},
             on_disconnect=on_disconnect,
@@ -169,7 +162,7 @@ async def task_events(request: Request) -> Response:
         manager.store,
         record.task_id,
         after,
-        request.app.state.settings,
+        request.app.state.stream_settings,
         request.app.state.metrics,
         draining=request.app.state.draining,
     )

@@ -6,6 +6,7 @@ from gateway.tasks.context import (
     TaskContext,
     TaskFailure,
     TaskRegistry,
+    TaskSettings,
 )
 from gateway.tasks.manager import QueueFull, TaskManager, UnknownAgentType
 
@@ -17,5 +18,6 @@ __all__ = [
     "TaskFailure",
     "TaskManager",
     "TaskRegistry",
+    "TaskSettings",
     "UnknownAgentType",
 ]

@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gateway.printer import Printer
 from gateway.protocol import AgentRequest, TaskRecord
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskSettings:
+    """What the task manager reads of the environment; ``app`` builds it (DESIGN §9).
+
+    ``max_running`` tasks run at once in this process, ``max_queued`` may wait; a task gets
+    ``task_timeout`` seconds and ``task_retry`` more attempts after its runner vanished. Leases
+    last ``lease_ttl`` s and are renewed every ``lease_renew_interval`` s; the sweeper looks for
+    lapsed ones every ``sweep_interval`` s. A cancel waits up to ``cancel_wait`` s for the
+    owner's confirmation, a shutdown ``shutdown_grace`` s for running tasks. ``replica_id``
+    names this process as the owner of its leases.
+    """
+
+    replica_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
+    max_running: int = 16
+    max_queued: int = 1000
+    task_timeout: float = 1800.0
+    task_retry: int = 0
+    shutdown_grace: float = 5.0
+    lease_ttl: float = 10.0
+    lease_renew_interval: float = 1.0
+    sweep_interval: float = 2.0
+    cancel_wait: float = 10.0
 
 
 class TaskFailure(Exception):
