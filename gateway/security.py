@@ -12,7 +12,8 @@
    the rate (a shared limit would cost a Redis round trip per request).
 4. With auth on, the key's name goes to the route as ``request.state.api_key_name``
    (:func:`key_name`); tasks belong to the name that created them: another name gets 404 on
-   ``/api/tasks/{id}/...`` and does not see them in listings. Keys that share a name share
+   ``/api/tasks/{id}/...``; listings are the store's, asked for that name's tasks only
+   (``list_tasks(owned_by=…)`` in the route), so a page is never short. Keys that share a name share
    their tasks (key rotation).
 5. The body is counted as it streams (chunked bodies included): over the limit → 413.
 
@@ -322,7 +323,7 @@ class SecurityMiddleware:
                     return
         if name is not None:
             scope = {**scope, "state": {**scope.get("state", {}), _KEY_NAME: name}}
-            send, refusal = await _scope_to_owner(app, scope, send, name)
+            refusal = await _refuse_others_task(app, path, name)
             if refusal is not None:
                 await _answer(send, *refusal)
                 return
@@ -392,81 +393,21 @@ def _authenticate(
     return name, None
 
 
-async def _scope_to_owner(
-    app: Starlette, scope: Scope, send: Send, name: str
-) -> tuple[Send, tuple[Message, Message] | None]:
-    """Scope one authenticated request to the tasks of ``name`` (submissions: see
-    :func:`scoped_key` and :func:`record_owner`, used by the routes)."""
-    notes = task_notes(app)
-    path, method = scope["path"], scope["method"]
-    match = _TASK_PATH.match(path)
-    if match is not None:
-        owner = await notes.get(match.group(1), "owner")
-        if owner.get("name") != name:  # the same answer as for an unknown id: no oracle
-            return send, error_response(404, "not_found", _NOT_FOUND)
-        return send, None
-    if method == "GET" and path == "/api/tasks":
-        return _ListingFilter(send, notes, name), None
-    return send, None
+async def _refuse_others_task(
+    app: Starlette, path: str, name: str
+) -> tuple[Message, Message] | None:
+    """A 404 for a request to one task (``/api/tasks/{id}/...``) that ``name`` does not own.
 
-
-def created_task_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The id of the task a successful submission answered (``X-Task-Id`` or ``Location``)."""
-    for key, value in headers:
-        if key.lower() == b"x-task-id":
-            return value.decode("latin-1")
-    for key, value in headers:
-        if key.lower() == b"location" and value.startswith(b"/api/tasks/"):
-            return value[len(b"/api/tasks/") :].decode("latin-1")
-    return None
-
-
-class _ListingFilter:
-    """Buffers a ``GET /api/tasks`` answer and drops the tasks ``name`` does not own.
-
-    A page may then hold fewer than ``limit`` tasks; ``nextCursor`` stays valid. In batch
-    mode (``?ids=``) the tasks of others are reported ``missing``, as unknown ids are.
+    Listings are scoped by the route, which asks the store for ``name``'s tasks only;
+    submissions by :func:`scoped_key` and :func:`record_owner`, used by the routes.
     """
-
-    def __init__(self, send: Send, notes: TaskNotes, name: str) -> None:
-        self._send, self._notes, self._name = send, notes, name
-        self._start: Message | None = None
-        self._chunks: list[bytes] = []
-        self._passthrough = False
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            if message["status"] != 200:
-                self._passthrough = True
-                await self._send(message)
-            else:
-                self._start = message
-            return
-        if self._passthrough or self._start is None or message["type"] != "http.response.body":
-            await self._send(message)
-            return
-        self._chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = await self._filter(b"".join(self._chunks))
-        headers = [(k, v) for k, v in self._start["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", b"%d" % len(body)))
-        await self._send({**self._start, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body})
-
-    async def _filter(self, raw: bytes) -> bytes:
-        page = orjson.loads(raw)
-        tasks = page.get("tasks") or []
-        owners = await self._notes.get_many([t["taskId"] for t in tasks], "owner")
-        mine = [t for t, o in zip(tasks, owners, strict=True) if o.get("name") == self._name]
-        page["tasks"] = mine
-        if "missing" in page:
-            kept = {t["taskId"] for t in mine}
-            page["missing"] = [
-                *page["missing"],
-                *(t["taskId"] for t in tasks if t["taskId"] not in kept),
-            ]
-        return orjson.dumps(page)
+    match = _TASK_PATH.match(path)
+    if match is None:
+        return None
+    owner = await task_notes(app).get(match.group(1), "owner")
+    if owner.get("name") != name:  # the same answer as for an unknown id: no oracle
+        return error_response(404, "not_found", _NOT_FOUND)
+    return None
 
 
 # -- installation ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from gateway.protocol import task_snapshot as snapshot
 from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
-from gateway.security import key_name, record_owner, scoped_key
+from gateway.security import key_name, record_owner, scoped_key, task_notes
 from gateway.store import IdempotencyKeyReused, TaskNotFound
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
 
@@ -209,6 +209,10 @@ async def list_tasks(request: Request) -> Response:
         if not ids or len(ids) > MAX_LIST_LIMIT:
             raise ApiError(400, "bad_request", f"ids must list 1 to {MAX_LIST_LIMIT} task ids")
         records = await store.get_many(ids)
+        name = key_name(request)
+        if name is not None:  # another key's tasks are reported missing, as unknown ids are
+            owners = await task_notes(request.app).get_many([r.task_id for r in records], "owner")
+            records = [r for r, o in zip(records, owners, strict=True) if o.get("name") == name]
         found = {r.task_id for r in records}
         return json_response(
             {"tasks": [snapshot(r) for r in records], "missing": [i for i in ids if i not in found]}
@@ -222,7 +226,9 @@ async def list_tasks(request: Request) -> Response:
             raise ApiError(400, "bad_request", f"status must be one of {allowed}") from exc
     limit = _int_param(params.get("limit"), "limit", 50, 1, MAX_LIST_LIMIT)
     try:
-        records, cursor = await store.list_tasks(status, limit, params.get("cursor") or None)
+        records, cursor = await store.list_tasks(
+            status, limit, params.get("cursor") or None, owned_by=key_name(request)
+        )
     except ValueError as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
     return json_response({"tasks": [snapshot(r) for r in records], "nextCursor": cursor})

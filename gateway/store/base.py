@@ -151,9 +151,18 @@ class StreamStore(abc.ABC):
 
     @abc.abstractmethod
     async def list_tasks(
-        self, status: TaskStatus | None, limit: int, cursor: str | None
+        self,
+        status: TaskStatus | None,
+        limit: int,
+        cursor: str | None,
+        *,
+        owned_by: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
-        """Newest first; returns a page and the cursor of the next page (``None`` at the end)."""
+        """Newest first; returns a page and the cursor of the next page (``None`` at the end).
+
+        With ``owned_by``, only the tasks whose ``owner`` note (see :meth:`annotate`) names
+        it: the page is filled with those, so it holds ``limit`` tasks unless it is the last.
+        """
 
     @abc.abstractmethod
     async def count(self, status: TaskStatus) -> int:
