@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from gateway.errors import GatewayError
+
 __all__ = ["DEV_ORDER", "SERVICES", "DevConfig", "ServiceSpec", "run_dev", "service_env"]
 
 
@@ -109,7 +111,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-class DevFailure(Exception):
+class DevFailure(GatewayError):
     """The system could not be started or kept running."""
 
 

@@ -35,14 +35,15 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._env import env_number
+from gateway.errors import error_response
 from gateway.protocol import parse_decimal
 from gateway.store import StreamStore
 
@@ -51,7 +52,6 @@ __all__ = [
     "SecurityMiddleware",
     "SecuritySettings",
     "TaskNotes",
-    "error_response",
     "install_security",
     "key_name",
     "record_owner",
@@ -257,24 +257,6 @@ class RateLimiter:
 
 
 # -- the middleware ----------------------------------------------------------------------------
-def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> tuple[Message, Message]:
-    """The ASGI messages of a ``{"error": {"code", "message"}}`` answer."""
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    return (
-        {"type": "http.response.start", "status": status, "headers": raw},
-        {"type": "http.response.body", "body": body},
-    )
-
-
-async def _answer(send: Send, *messages: Message) -> None:
-    for message in messages:
-        await send(message)
-
-
 class _BodyTooLarge(Exception):
     """The streamed body passed the limit (raised from ``receive`` into the app)."""
 
@@ -303,29 +285,28 @@ class SecurityMiddleware:
         limit = settings.max_body_bytes or app.state.settings.max_body_bytes
         refusal = _check_sizes(scope, headers, settings, limit)
         if refusal is not None:
-            await _answer(send, *refusal)
+            await refusal(scope, receive, send)
             return
         name: str | None = None
         if path not in settings.open_paths:
             if settings.auth_enabled:
                 name, refusal = _authenticate(headers, settings)
                 if refusal is not None:
-                    await _answer(send, *refusal)
+                    await refusal(scope, receive, send)
                     return
             if policy.limiter is not None:
                 client = scope.get("client")
                 wait = policy.limiter.acquire(name or (client[0] if client else "unknown"))
                 if wait > 0:
                     retry = {"Retry-After": str(max(1, math.ceil(wait)))}
-                    await _answer(
-                        send, *error_response(429, "rate_limited", "too many requests", retry)
-                    )
+                    refused = error_response(429, "rate_limited", "too many requests", retry)
+                    await refused(scope, receive, send)
                     return
         if name is not None:
             scope = {**scope, "state": {**scope.get("state", {}), _KEY_NAME: name}}
             refusal = await _refuse_others_task(app, path, name)
             if refusal is not None:
-                await _answer(send, *refusal)
+                await refusal(scope, receive, send)
                 return
         if "content-length" not in headers and "transfer-encoding" not in headers:
             # No body (a GET, an SSE stream): nothing to limit, no wrappers on every frame.
@@ -357,14 +338,13 @@ class SecurityMiddleware:
             if started:
                 logger.info("request body over %d bytes after the response started", limit)
                 return
-            await _answer(
-                send, *error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
-            )
+            refused = error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
+            await refused(scope, receive, send)
 
 
 def _check_sizes(
     scope: Scope, headers: Headers, settings: SecuritySettings, limit: int
-) -> tuple[Message, Message] | None:
+) -> Response | None:
     raw_path = scope.get("raw_path") or scope["path"].encode()
     if len(raw_path) + len(scope.get("query_string", b"")) > settings.max_url_bytes:
         return error_response(
@@ -381,7 +361,7 @@ def _check_sizes(
 
 def _authenticate(
     headers: Headers, settings: SecuritySettings
-) -> tuple[str | None, tuple[Message, Message] | None]:
+) -> tuple[str | None, Response | None]:
     scheme, _, key = headers.get("authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         challenge = {"WWW-Authenticate": 'Bearer realm="agent-gateway"'}
@@ -393,9 +373,7 @@ def _authenticate(
     return name, None
 
 
-async def _refuse_others_task(
-    app: Starlette, path: str, name: str
-) -> tuple[Message, Message] | None:
+async def _refuse_others_task(app: Starlette, path: str, name: str) -> Response | None:
     """A 404 for a request to one task (``/api/tasks/{id}/...``) that ``name`` does not own.
 
     Listings are scoped by the route, which asks the store for ``name``'s tasks only;

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from gateway._env import env_number
 from gateway.auth_failures import AuthFailureSettings
+from gateway.errors import GatewayError
 from gateway.routes.sse import StreamSettings
 from gateway.security import SecuritySettings
 from gateway.tasks import TaskSettings
@@ -18,8 +19,10 @@ from gateway.upstream import UpstreamSettings
 from gateway.webhooks import WebhookSettings
 
 
-class SettingsError(ValueError):
+class SettingsError(GatewayError, ValueError):
     """An environment variable has a value the gateway cannot use."""
+
+    code = "invalid_settings"
 
 
 def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:

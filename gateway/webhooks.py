@@ -52,6 +52,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway._env import env_number
+from gateway.errors import error_response
 from gateway.protocol import TaskRecord, now_ms, parse_decimal, task_snapshot
 from gateway.security import TaskNotes, task_notes
 from gateway.ssrf import (
@@ -353,8 +354,7 @@ async def webhook_status(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     record = await request.app.state.store.get(task_id)
     if record is None or not record.request.get("callbackUrl"):
-        error = {"code": "not_found", "message": "no task with a callbackUrl has that id"}
-        return Response(orjson.dumps({"error": error}), 404, media_type="application/json")
+        return error_response(404, "not_found", "no task with a callbackUrl has that id")
     dispatcher: WebhookDispatcher = request.app.state.webhooks
     state = await dispatcher.delivery(task_id)
     answer = {"taskId": task_id, "callbackUrl": record.request["callbackUrl"], **state}

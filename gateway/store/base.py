@@ -22,11 +22,12 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import GatewayError
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
 from gateway.store._log import LocalLog
 
 
-class StoreError(Exception):
+class StoreError(GatewayError):
     """Root of the store's errors."""
 
     code = "store_error"
@@ -36,30 +37,35 @@ class StoreUnavailable(StoreError):
     """The backing store cannot be reached."""
 
     code = "store_unavailable"
+    status_code = 503
 
 
 class TaskNotFound(StoreError):
     """No task with that id (never existed, or expired)."""
 
     code = "not_found"
+    status_code = 404
 
 
 class TaskEnded(StoreError):
     """The task's log is closed: its ``finish`` message is written (or this writer lost it)."""
 
     code = "task_ended"
+    status_code = 409
 
 
 class IllegalTransition(StoreError):
     """A status change the lifecycle does not allow."""
 
     code = "illegal_transition"
+    status_code = 409
 
 
 class IdempotencyKeyReused(StoreError):
     """The idempotency key already names a task created for a different request."""
 
     code = "idempotency_key_reused"
+    status_code = 422
 
 
 def request_digest(record: TaskRecord) -> str:

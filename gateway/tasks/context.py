@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.printer import Printer
 from gateway.protocol import AgentRequest, TaskRecord
 
@@ -36,8 +37,9 @@ class TaskSettings:
     cancel_wait: float = 10.0
 
 
-class TaskFailure(Exception):
-    """Raised by a handler to end its task FAILED with a specific ``code``."""
+class TaskFailure(GatewayError):
+    """Raised by a handler to end its task FAILED with a specific ``code`` (a task's error,
+    written to its log; its ``status_code`` stays the root's)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.printer import Printer
 from gateway.protocol import (
     AgentRequest,
@@ -49,16 +50,22 @@ QUEUE_COUNT_AGE = 0.25
 """Seconds a count of the queued tasks is reused while the queue is far from full."""
 
 
-class QueueFull(Exception):
+class QueueFull(GatewayError):
     """Too many tasks wait; the caller should retry after ``retry_after`` seconds."""
+
+    code = "queue_full"
+    status_code = 429
 
     def __init__(self, retry_after: int) -> None:
         super().__init__("the task queue is full")
         self.retry_after = retry_after
 
 
-class UnknownAgentType(ValueError):
+class UnknownAgentType(GatewayError, ValueError):
     """No handler is registered for the requested ``agentType``."""
+
+    code = "invalid_request"
+    status_code = 422
 
 
 class TaskManager:
