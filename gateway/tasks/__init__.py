@@ -3,12 +3,14 @@
 from gateway.tasks.context import (
     CompletionCallback,
     Handler,
+    QueueFull,
     TaskContext,
     TaskFailure,
     TaskRegistry,
     TaskSettings,
+    UnknownAgentType,
 )
-from gateway.tasks.manager import QueueFull, TaskManager, UnknownAgentType
+from gateway.tasks.manager import TaskManager
 
 __all__ = [
     "CompletionCallback",

@@ -1,4 +1,5 @@
-"""What a task handler receives, and the registry of handlers by ``agentType``."""
+"""The tasks' vocabulary: what a handler receives, the registry of handlers by ``agentType``,
+the manager's settings and the errors of submitting and running a task."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ class TaskSettings:
     lease_renew_interval: float = 1.0
     sweep_interval: float = 2.0
     cancel_wait: float = 10.0
+
+
+class QueueFull(GatewayError):
+    """Too many tasks wait; the caller should retry after ``retry_after`` seconds."""
+
+    code = "queue_full"
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the task queue is full")
+        self.retry_after = retry_after
+
+
+class UnknownAgentType(GatewayError, ValueError):
+    """No handler is registered for the requested ``agentType``."""
+
+    code = "invalid_request"
+    status_code = 422
 
 
 class TaskFailure(GatewayError):

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.errors import GatewayError
 from gateway.printer import Printer
 from gateway.protocol import (
     AgentRequest,
@@ -27,7 +26,7 @@ from gateway.protocol import (
 )
 from gateway.store import LeaseState, StreamStore, TaskEnded, TaskNotFound
 from gateway.tasks._runner import Collaborators, RunningTask, run_task
-from gateway.tasks.context import TaskRegistry, TaskSettings
+from gateway.tasks.context import QueueFull, TaskRegistry, TaskSettings, UnknownAgentType
 
 logger = logging.getLogger(__name__)
 
@@ -48,24 +47,6 @@ TAKE_BATCH = 64
 
 QUEUE_COUNT_AGE = 0.25
 """Seconds a count of the queued tasks is reused while the queue is far from full."""
-
-
-class QueueFull(GatewayError):
-    """Too many tasks wait; the caller should retry after ``retry_after`` seconds."""
-
-    code = "queue_full"
-    status_code = 429
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("the task queue is full")
-        self.retry_after = retry_after
-
-
-class UnknownAgentType(GatewayError, ValueError):
-    """No handler is registered for the requested ``agentType``."""
-
-    code = "invalid_request"
-    status_code = 422
 
 
 class TaskManager:
