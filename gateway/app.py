@@ -78,7 +78,9 @@ def create_app(
             async with agent_services(
                 settings.upstream, public_url=settings.public_url
             ) as services:
-                manager = TaskManager(store, registry, settings, services, metrics.on_append)
+                manager = TaskManager(
+                    store, registry, settings.task_settings(), services, metrics.on_append
+                )
                 app.state.manager = manager
                 runner = asyncio.create_task(manager.run(), name="task-manager")
                 try:
@@ -111,6 +113,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.stream_settings = settings.stream_settings()
     app.state.draining = Drain()
     app.state.store = store
     app.state.metrics = metrics

@@ -34,7 +34,8 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._env import env_int, env_number
-from gateway.security import OPEN_PATHS, error_response
+from gateway.errors import error_response
+from gateway.security import OPEN_PATHS
 
 __all__ = [
     "AuthFailureSettings",
@@ -137,8 +138,8 @@ class FailedAuthMiddleware:
         if wait > 0:
             retry = {"Retry-After": str(max(1, math.ceil(wait)))}
             message = "too many failed authentications from this address; retry later"
-            for answer in error_response(429, "too_many_failed_auth", message, retry):
-                await send(answer)
+            refused = error_response(429, "too_many_failed_auth", message, retry)
+            await refused(scope, receive, send)
             return
         if not any(name == b"authorization" for name, _ in scope["headers"]):
             await self.app(scope, receive, send)

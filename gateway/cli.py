@@ -10,25 +10,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """Where a service's app factory lives and which port it listens on by default."""
-
-    factory: str
-    port: int
-    health: str
-
-
-SERVICES: dict[str, ServiceSpec] = {
-    "gateway": ServiceSpec("gateway.app:create_app", 8080, "/healthz"),
-    "tool_service": ServiceSpec("tool_service.app:create_app", 1601, "/health"),
-    "mcp_client": ServiceSpec("mcp_client.app:create_app", 8188, "/health"),
-    "llm_stub": ServiceSpec("llm_stub.app:create_app", 8000, "/health"),
-    "frontend_stub": ServiceSpec("frontend_stub.app:create_app", 3000, "/health"),
-}
+from gateway.devserver import DEV_ORDER, SERVICES, DevConfig, run_dev
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,8 +39,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from gateway.devserver import DEV_ORDER, DevConfig, run_dev
-
     ports: dict[str, int] = {}
     for offset, name in enumerate(DEV_ORDER_BY_OFFSET):
         explicit = getattr(args, f"{name}_port")

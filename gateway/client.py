@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from gateway._terminal import WRITING, TerminalRenderer
+from gateway.errors import GatewayError
 from gateway.upstream.sse import SSEDecoder
 
 __all__ = ["EXIT_CODES", "WRITING", "RunOptions", "TaskFollower", "TerminalRenderer", "run_task"]
@@ -49,7 +50,7 @@ class RunOptions:
     read_timeout: float = 60.0  # several heartbeats: a silent connection is a dead one
 
 
-class RequestRefused(Exception):
+class RequestRefused(GatewayError):
     """The gateway answered with a 4xx: retrying would not help."""
 
 

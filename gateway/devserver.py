@@ -22,9 +22,27 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from gateway.cli import SERVICES
+from gateway.errors import GatewayError
 
-__all__ = ["DEV_ORDER", "DevConfig", "run_dev", "service_env"]
+__all__ = ["DEV_ORDER", "SERVICES", "DevConfig", "ServiceSpec", "run_dev", "service_env"]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Where a service's app factory lives and which port it listens on by default."""
+
+    factory: str
+    port: int
+    health: str
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    "gateway": ServiceSpec("gateway.app:create_app", 8080, "/healthz"),
+    "tool_service": ServiceSpec("tool_service.app:create_app", 1601, "/health"),
+    "mcp_client": ServiceSpec("mcp_client.app:create_app", 8188, "/health"),
+    "llm_stub": ServiceSpec("llm_stub.app:create_app", 8000, "/health"),
+    "frontend_stub": ServiceSpec("frontend_stub.app:create_app", 3000, "/health"),
+}
 
 #: Start order (dependencies first); they are stopped in the reverse order.
 DEV_ORDER = ("llm_stub", "tool_service", "mcp_client", "gateway", "frontend_stub")
@@ -93,7 +111,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-class DevFailure(Exception):
+class DevFailure(GatewayError):
     """The system could not be started or kept running."""
 
 

@@ -12,7 +12,8 @@
    the rate (a shared limit would cost a Redis round trip per request).
 4. With auth on, the key's name goes to the route as ``request.state.api_key_name``
    (:func:`key_name`); tasks belong to the name that created them: another name gets 404 on
-   ``/api/tasks/{id}/...`` and does not see them in listings. Keys that share a name share
+   ``/api/tasks/{id}/...``; listings are the store's, asked for that name's tasks only
+   (``list_tasks(owned_by=…)`` in the route), so a page is never short. Keys that share a name share
    their tasks (key rotation).
 5. The body is counted as it streams (chunked bodies included): over the limit → 413.
 
@@ -34,14 +35,15 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._env import env_number
+from gateway.errors import error_response
 from gateway.protocol import parse_decimal
 from gateway.store import StreamStore
 
@@ -50,7 +52,6 @@ __all__ = [
     "SecurityMiddleware",
     "SecuritySettings",
     "TaskNotes",
-    "error_response",
     "install_security",
     "key_name",
     "record_owner",
@@ -256,24 +257,6 @@ class RateLimiter:
 
 
 # -- the middleware ----------------------------------------------------------------------------
-def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> tuple[Message, Message]:
-    """The ASGI messages of a ``{"error": {"code", "message"}}`` answer."""
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    return (
-        {"type": "http.response.start", "status": status, "headers": raw},
-        {"type": "http.response.body", "body": body},
-    )
-
-
-async def _answer(send: Send, *messages: Message) -> None:
-    for message in messages:
-        await send(message)
-
-
 class _BodyTooLarge(Exception):
     """The streamed body passed the limit (raised from ``receive`` into the app)."""
 
@@ -302,29 +285,28 @@ class SecurityMiddleware:
         limit = settings.max_body_bytes or app.state.settings.max_body_bytes
         refusal = _check_sizes(scope, headers, settings, limit)
         if refusal is not None:
-            await _answer(send, *refusal)
+            await refusal(scope, receive, send)
             return
         name: str | None = None
         if path not in settings.open_paths:
             if settings.auth_enabled:
                 name, refusal = _authenticate(headers, settings)
                 if refusal is not None:
-                    await _answer(send, *refusal)
+                    await refusal(scope, receive, send)
                     return
             if policy.limiter is not None:
                 client = scope.get("client")
                 wait = policy.limiter.acquire(name or (client[0] if client else "unknown"))
                 if wait > 0:
                     retry = {"Retry-After": str(max(1, math.ceil(wait)))}
-                    await _answer(
-                        send, *error_response(429, "rate_limited", "too many requests", retry)
-                    )
+                    refused = error_response(429, "rate_limited", "too many requests", retry)
+                    await refused(scope, receive, send)
                     return
         if name is not None:
             scope = {**scope, "state": {**scope.get("state", {}), _KEY_NAME: name}}
-            send, refusal = await _scope_to_owner(app, scope, send, name)
+            refusal = await _refuse_others_task(app, path, name)
             if refusal is not None:
-                await _answer(send, *refusal)
+                await refusal(scope, receive, send)
                 return
         if "content-length" not in headers and "transfer-encoding" not in headers:
             # No body (a GET, an SSE stream): nothing to limit, no wrappers on every frame.
@@ -356,14 +338,13 @@ class SecurityMiddleware:
             if started:
                 logger.info("request body over %d bytes after the response started", limit)
                 return
-            await _answer(
-                send, *error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
-            )
+            refused = error_response(413, "body_too_large", f"the body exceeds {limit} bytes")
+            await refused(scope, receive, send)
 
 
 def _check_sizes(
     scope: Scope, headers: Headers, settings: SecuritySettings, limit: int
-) -> tuple[Message, Message] | None:
+) -> Response | None:
     raw_path = scope.get("raw_path") or scope["path"].encode()
     if len(raw_path) + len(scope.get("query_string", b"")) > settings.max_url_bytes:
         return error_response(
@@ -380,7 +361,7 @@ def _check_sizes(
 
 def _authenticate(
     headers: Headers, settings: SecuritySettings
-) -> tuple[str | None, tuple[Message, Message] | None]:
+) -> tuple[str | None, Response | None]:
     scheme, _, key = headers.get("authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         challenge = {"WWW-Authenticate": 'Bearer realm="agent-gateway"'}
@@ -392,81 +373,19 @@ def _authenticate(
     return name, None
 
 
-async def _scope_to_owner(
-    app: Starlette, scope: Scope, send: Send, name: str
-) -> tuple[Send, tuple[Message, Message] | None]:
-    """Scope one authenticated request to the tasks of ``name`` (submissions: see
-    :func:`scoped_key` and :func:`record_owner`, used by the routes)."""
-    notes = task_notes(app)
-    path, method = scope["path"], scope["method"]
-    match = _TASK_PATH.match(path)
-    if match is not None:
-        owner = await notes.get(match.group(1), "owner")
-        if owner.get("name") != name:  # the same answer as for an unknown id: no oracle
-            return send, error_response(404, "not_found", _NOT_FOUND)
-        return send, None
-    if method == "GET" and path == "/api/tasks":
-        return _ListingFilter(send, notes, name), None
-    return send, None
+async def _refuse_others_task(app: Starlette, path: str, name: str) -> Response | None:
+    """A 404 for a request to one task (``/api/tasks/{id}/...``) that ``name`` does not own.
 
-
-def created_task_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The id of the task a successful submission answered (``X-Task-Id`` or ``Location``)."""
-    for key, value in headers:
-        if key.lower() == b"x-task-id":
-            return value.decode("latin-1")
-    for key, value in headers:
-        if key.lower() == b"location" and value.startswith(b"/api/tasks/"):
-            return value[len(b"/api/tasks/") :].decode("latin-1")
-    return None
-
-
-class _ListingFilter:
-    """Buffers a ``GET /api/tasks`` answer and drops the tasks ``name`` does not own.
-
-    A page may then hold fewer than ``limit`` tasks; ``nextCursor`` stays valid. In batch
-    mode (``?ids=``) the tasks of others are reported ``missing``, as unknown ids are.
+    Listings are scoped by the route, which asks the store for ``name``'s tasks only;
+    submissions by :func:`scoped_key` and :func:`record_owner`, used by the routes.
     """
-
-    def __init__(self, send: Send, notes: TaskNotes, name: str) -> None:
-        self._send, self._notes, self._name = send, notes, name
-        self._start: Message | None = None
-        self._chunks: list[bytes] = []
-        self._passthrough = False
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            if message["status"] != 200:
-                self._passthrough = True
-                await self._send(message)
-            else:
-                self._start = message
-            return
-        if self._passthrough or self._start is None or message["type"] != "http.response.body":
-            await self._send(message)
-            return
-        self._chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = await self._filter(b"".join(self._chunks))
-        headers = [(k, v) for k, v in self._start["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", b"%d" % len(body)))
-        await self._send({**self._start, "headers": headers})
-        await self._send({"type": "http.response.body", "body": body})
-
-    async def _filter(self, raw: bytes) -> bytes:
-        page = orjson.loads(raw)
-        tasks = page.get("tasks") or []
-        owners = await self._notes.get_many([t["taskId"] for t in tasks], "owner")
-        mine = [t for t, o in zip(tasks, owners, strict=True) if o.get("name") == self._name]
-        page["tasks"] = mine
-        if "missing" in page:
-            kept = {t["taskId"] for t in mine}
-            page["missing"] = [
-                *page["missing"],
-                *(t["taskId"] for t in tasks if t["taskId"] not in kept),
-            ]
-        return orjson.dumps(page)
+    match = _TASK_PATH.match(path)
+    if match is None:
+        return None
+    owner = await task_notes(app).get(match.group(1), "owner")
+    if owner.get("name") != name:  # the same answer as for an unknown id: no oracle
+        return error_response(404, "not_found", _NOT_FOUND)
+    return None
 
 
 # -- installation ------------------------------------------------------------------------------

@@ -11,13 +11,18 @@ from urllib.parse import urlsplit
 
 from gateway._env import env_number
 from gateway.auth_failures import AuthFailureSettings
+from gateway.errors import GatewayError
+from gateway.routes.sse import StreamSettings
 from gateway.security import SecuritySettings
+from gateway.tasks import TaskSettings
 from gateway.upstream import UpstreamSettings
 from gateway.webhooks import WebhookSettings
 
 
-class SettingsError(ValueError):
+class SettingsError(GatewayError, ValueError):
     """An environment variable has a value the gateway cannot use."""
+
+    code = "invalid_settings"
 
 
 def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
@@ -129,4 +134,30 @@ class Settings:
             security=SecuritySettings.from_env(env),
             auth_failures=AuthFailureSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
+        )
+
+    def task_settings(self) -> TaskSettings:
+        """The task manager's part of these settings."""
+        return TaskSettings(
+            replica_id=self.replica_id,
+            max_running=self.max_running,
+            max_queued=self.max_queued,
+            task_timeout=self.task_timeout,
+            task_retry=self.task_retry,
+            shutdown_grace=self.shutdown_grace,
+            lease_ttl=self.lease_ttl,
+            lease_renew_interval=self.lease_renew_interval,
+            sweep_interval=self.sweep_interval,
+            cancel_wait=self.cancel_wait,
+        )
+
+    def stream_settings(self) -> StreamSettings:
+        """The SSE routes' part of these settings."""
+        return StreamSettings(
+            heartbeat_interval=self.heartbeat_interval,
+            sse_max_age=self.sse_max_age,
+            sse_retry_ms=self.sse_retry_ms,
+            send_timeout=self.send_timeout,
+            cancel_wait=self.cancel_wait,
+            compat_heartbeat_interval=self.compat_heartbeat_interval,
         )

@@ -31,6 +31,8 @@ from typing import Any
 
 import httpx
 
+from gateway.errors import GatewayError
+
 __all__ = [
     "Resolver",
     "Target",
@@ -55,10 +57,11 @@ _JUDGED_BY_IPV4_ONLY = (_NAT64,)  # the standard library calls all of ::/8 reser
 _ALWAYS_REFUSED = (_NAT64_LOCAL, _IPV4_COMPATIBLE, _TEREDO)
 
 
-class TargetRefused(Exception):
+class TargetRefused(GatewayError):
     """The callback URL is not one the gateway will call (bad scheme, non-public address)."""
 
     code = "invalid_request"
+    status_code = 422
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:

@@ -52,7 +52,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway._env import env_number
-from gateway.protocol import TaskRecord, now_ms, parse_decimal
+from gateway.errors import error_response
+from gateway.protocol import TaskRecord, now_ms, parse_decimal, task_snapshot
 from gateway.security import TaskNotes, task_notes
 from gateway.ssrf import (
     Resolver,
@@ -157,14 +158,12 @@ def _retry_after(raw: str | None) -> float | None:
 
 
 def _payload(record: TaskRecord) -> bytes:
-    from gateway.routes.tasks import snapshot  # routes import settings, which imports us
-
     stamp = datetime.datetime.fromtimestamp((record.ended_at or now_ms()) / 1000, datetime.UTC)
     return orjson.dumps(
         {
             "type": f"task.{record.status.value.lower()}",
             "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "data": snapshot(record),
+            "data": task_snapshot(record),
         }
     )
 
@@ -355,8 +354,7 @@ async def webhook_status(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     record = await request.app.state.store.get(task_id)
     if record is None or not record.request.get("callbackUrl"):
-        error = {"code": "not_found", "message": "no task with a callbackUrl has that id"}
-        return Response(orjson.dumps({"error": error}), 404, media_type="application/json")
+        return error_response(404, "not_found", "no task with a callbackUrl has that id")
     dispatcher: WebhookDispatcher = request.app.state.webhooks
     state = await dispatcher.delivery(task_id)
     answer = {"taskId": task_id, "callbackUrl": record.request["callbackUrl"], **state}

@@ -1,8 +1,8 @@
 """``ListTasks`` over the store's index: filters, exact totals and page tokens.
 
-The store lists newest first by an opaque cursor and knows nothing of owners or A2A
-contexts, so the listing scans the index (at most ``SCAN_LIMIT`` tasks, a bound on the cost
-of one call), keeps the caller's tasks that pass the filters, and pages through them by
+The store lists the caller's tasks newest first by an opaque cursor and knows nothing of A2A
+contexts, so the listing scans the index (at most ``SCAN_LIMIT`` of the caller's tasks, a
+bound on the cost of one call), keeps those that pass the filters, and pages through them by
 offset: the page token is the offset, which stays exact while no task is created.
 """
 
@@ -25,11 +25,13 @@ MAX_PAGE = 100
 _BY_STATE = {state: status for status, state in STATES.items()}
 
 
-async def _scan(store: StreamStore, status: TaskStatus | None) -> list[TaskRecord]:
+async def _scan(
+    store: StreamStore, status: TaskStatus | None, owner: str | None
+) -> list[TaskRecord]:
     records: list[TaskRecord] = []
     cursor: str | None = None
     while len(records) < SCAN_LIMIT:
-        page, cursor = await store.list_tasks(status, SCAN_BATCH, cursor)
+        page, cursor = await store.list_tasks(status, SCAN_BATCH, cursor, owned_by=owner)
         records.extend(page)
         if cursor is None:
             break
@@ -60,10 +62,7 @@ async def list_tasks(
         status = _BY_STATE.get(params.status)
         if status is None:  # a state our tasks never take: nothing matches
             return ListTasksResponse(page_size=size, total_size=0)
-    records = await _scan(store, status)
-    if owner is not None:
-        owners = await notes.get_many([r.task_id for r in records], "owner")
-        records = [r for r, o in zip(records, owners, strict=True) if o.get("name") == owner]
+    records = await _scan(store, status, owner)
     if params.context_id:
         contexts = await notes.get_many([r.task_id for r in records], _log.NOTE)
         records = [

@@ -49,6 +49,7 @@ from gateway.a2a._listing import list_tasks
 from gateway.a2a.push import PushConfigs
 from gateway.protocol import AgentRequest, TaskRecord
 from gateway.routes.errors import ApiError
+from gateway.routes.sse import StreamSettings
 from gateway.routes.tasks import submit
 from gateway.security import key_name, task_notes
 from gateway.store import TaskNotFound
@@ -211,7 +212,7 @@ class GatewayRequestHandler(RequestHandler):
         """``(id, event)`` of ``record`` after ``after`` (see :func:`_log.events`), until the task
         ends, the replica drains or the connection is ``SSE_MAX_AGE`` old."""
         app = _request(context).app
-        settings = app.state.settings
+        settings: StreamSettings = app.state.stream_settings
         draining = app.state.draining
         clock = asyncio.get_running_loop().time
         deadline = clock() + settings.sse_max_age

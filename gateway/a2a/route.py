@@ -99,7 +99,7 @@ class JsonRpcEndpoint:
             first = await anext(stream)
         except A2AError as exc:
             return JSONResponse(build_error_response(request_id, exc))
-        retry = request.app.state.settings.sse_retry_ms
+        retry = request.app.state.stream_settings.sse_retry_ms
         return StreamingResponse(_frames(request_id, first, stream, retry), headers=SSE_HEADERS)
 
     @validate_version(constants.PROTOCOL_VERSION_1_0)

@@ -20,6 +20,8 @@ from gateway.protocol.tasks import (
     is_legal_transition,
     new_task_id,
     now_ms,
+    task_links,
+    task_snapshot,
 )
 
 __all__ = [
@@ -41,4 +43,6 @@ __all__ = [
     "now_ms",
     "parse_decimal",
     "stamp_seq",
+    "task_links",
+    "task_snapshot",
 ]

@@ -103,3 +103,14 @@ class TaskRecord:
             "lastSeq": self.last_seq,
             "result": self.result,
         }
+
+
+def task_links(task_id: str) -> dict[str, str]:
+    """Where a task's snapshot, its events and its cancel are served (the native API)."""
+    base = f"/api/tasks/{task_id}"
+    return {"self": base, "events": base + "/events", "cancel": base + "/cancel"}
+
+
+def task_snapshot(record: TaskRecord) -> dict[str, Any]:
+    """The public snapshot with its links: what the API answers and a webhook carries."""
+    return {**record.to_json(), "links": task_links(record.task_id)}

@@ -95,13 +95,13 @@ class CompatStream(LogStream):
             state.store,
             record.task_id,
             0,
-            state.settings,
+            state.stream_settings,
             state.metrics,
             headers={"X-Task-Id": record.task_id},
         )
         self.to_frame = render
         self.heartbeat = heartbeat
-        self.interval: float = state.settings.compat_heartbeat_interval
+        self.interval: float = state.stream_settings.compat_heartbeat_interval
 
     async def _pump(self, send: Send) -> None:
         clock = self._loop.time

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.errors import GatewayError, error_response
 from gateway.protocol import parse_decimal
 from gateway.store import UNREACHABLE
 
@@ -30,8 +31,8 @@ _HTTP_CODES = {
 }
 
 
-class ApiError(Exception):
-    """An error answered to the client as JSON."""
+class ApiError(GatewayError):
+    """An error answered to the client as JSON, with the status and code given per raise."""
 
     def __init__(
         self,
@@ -47,17 +48,15 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_response(
-    status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> Response:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status_code, headers=headers, media_type="application/json")
-
-
-async def handle_api_error(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, ApiError):
+async def handle_gateway_error(request: Request, exc: Exception) -> Response:
+    """A :class:`GatewayError` that reached the app answers its own status and code; one of
+    5xx is logged and answered as an internal error (no detail leaks)."""
+    if not isinstance(exc, GatewayError):
         raise exc
-    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    if exc.status_code >= 500 and not isinstance(exc, ApiError):
+        return await handle_unexpected(request, exc)
+    headers = exc.headers if isinstance(exc, ApiError) else None
+    return error_response(exc.status_code, exc.code, str(exc), headers)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -83,7 +82,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
-    ApiError: handle_api_error,
+    GatewayError: handle_gateway_error,
     HTTPException: handle_http_exception,
     **dict.fromkeys(UNREACHABLE, handle_store_unreachable),
     Exception: handle_unexpected,

@@ -7,7 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.routes.errors import error_response, json_response
+from gateway.errors import error_response
+from gateway.routes.errors import json_response
 from gateway.store import StoreUnavailable
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
@@ -20,7 +21,6 @@ from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import StoredMessage
 from gateway.routes._direct import direct_cycle, write_chunk
-from gateway.settings import Settings
 from gateway.store import StreamStore, TaskNotFound
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,24 @@ class _DisconnectWatch:
             coro.close()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """What the SSE routes read of the environment; ``app`` builds it (DESIGN §9).
+
+    A heartbeat comment every ``heartbeat_interval`` s (``compat_heartbeat_interval`` on the
+    compat routes); a stream ends after ``sse_max_age`` s (the client resumes); ``retry:`` is
+    ``sse_retry_ms``; a client that takes ``send_timeout`` s over one write is dropped; a
+    cancel on disconnect waits up to ``cancel_wait`` s.
+    """
+
+    heartbeat_interval: float = 15.0
+    sse_max_age: float = 3600.0
+    sse_retry_ms: int = 3000
+    send_timeout: float = 10.0
+    cancel_wait: float = 10.0
+    compat_heartbeat_interval: float = 10.0
+
+
 class LogStream:
     """An ASGI response streaming ``task_id``'s log after ``after`` until its ``finish``.
 
@@ -206,7 +224,7 @@ class LogStream:
         store: StreamStore,
         task_id: str,
         after: int,
-        settings: Settings,
+        settings: StreamSettings,
         metrics: GatewayMetrics,
         headers: Mapping[str, str] | None = None,
         on_disconnect: Callable[[], Awaitable[None]] | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 from starlette.requests import Request
@@ -10,10 +10,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.protocol import AgentRequest, TaskRecord, TaskStatus, parse_decimal
+from gateway.protocol import task_links as links
+from gateway.protocol import task_snapshot as snapshot
 from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
-from gateway.security import key_name, record_owner, scoped_key
+from gateway.security import key_name, record_owner, scoped_key, task_notes
 from gateway.store import IdempotencyKeyReused, TaskNotFound
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
 
@@ -24,15 +26,6 @@ MAX_LIST_LIMIT = 200
 def _manager(request: Request) -> TaskManager:
     manager: TaskManager = request.app.state.manager
     return manager
-
-
-def links(task_id: str) -> dict[str, str]:
-    base = f"/api/tasks/{task_id}"
-    return {"self": base, "events": base + "/events", "cancel": base + "/cancel"}
-
-
-def snapshot(record: TaskRecord) -> dict[str, Any]:
-    return {**record.to_json(), "links": links(record.task_id)}
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
@@ -131,7 +124,7 @@ async def create_task(request: Request) -> Response:
             manager.store,
             record.task_id,
             0,
-            request.app.state.settings,
+            request.app.state.stream_settings,
             request.app.state.metrics,
             headers={"X-Task-Id": record.task_id},
             on_disconnect=on_disconnect,
@@ -169,7 +162,7 @@ async def task_events(request: Request) -> Response:
         manager.store,
         record.task_id,
         after,
-        request.app.state.settings,
+        request.app.state.stream_settings,
         request.app.state.metrics,
         draining=request.app.state.draining,
     )
@@ -216,6 +209,10 @@ async def list_tasks(request: Request) -> Response:
         if not ids or len(ids) > MAX_LIST_LIMIT:
             raise ApiError(400, "bad_request", f"ids must list 1 to {MAX_LIST_LIMIT} task ids")
         records = await store.get_many(ids)
+        name = key_name(request)
+        if name is not None:  # another key's tasks are reported missing, as unknown ids are
+            owners = await task_notes(request.app).get_many([r.task_id for r in records], "owner")
+            records = [r for r, o in zip(records, owners, strict=True) if o.get("name") == name]
         found = {r.task_id for r in records}
         return json_response(
             {"tasks": [snapshot(r) for r in records], "missing": [i for i in ids if i not in found]}
@@ -229,7 +226,9 @@ async def list_tasks(request: Request) -> Response:
             raise ApiError(400, "bad_request", f"status must be one of {allowed}") from exc
     limit = _int_param(params.get("limit"), "limit", 50, 1, MAX_LIST_LIMIT)
     try:
-        records, cursor = await store.list_tasks(status, limit, params.get("cursor") or None)
+        records, cursor = await store.list_tasks(
+            status, limit, params.get("cursor") or None, owned_by=key_name(request)
+        )
     except ValueError as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc
     return json_response({"tasks": [snapshot(r) for r in records], "nextCursor": cursor})

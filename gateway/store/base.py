@@ -22,11 +22,12 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import GatewayError
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
 from gateway.store._log import LocalLog
 
 
-class StoreError(Exception):
+class StoreError(GatewayError):
     """Root of the store's errors."""
 
     code = "store_error"
@@ -36,30 +37,35 @@ class StoreUnavailable(StoreError):
     """The backing store cannot be reached."""
 
     code = "store_unavailable"
+    status_code = 503
 
 
 class TaskNotFound(StoreError):
     """No task with that id (never existed, or expired)."""
 
     code = "not_found"
+    status_code = 404
 
 
 class TaskEnded(StoreError):
     """The task's log is closed: its ``finish`` message is written (or this writer lost it)."""
 
     code = "task_ended"
+    status_code = 409
 
 
 class IllegalTransition(StoreError):
     """A status change the lifecycle does not allow."""
 
     code = "illegal_transition"
+    status_code = 409
 
 
 class IdempotencyKeyReused(StoreError):
     """The idempotency key already names a task created for a different request."""
 
     code = "idempotency_key_reused"
+    status_code = 422
 
 
 def request_digest(record: TaskRecord) -> str:
@@ -151,9 +157,18 @@ class StreamStore(abc.ABC):
 
     @abc.abstractmethod
     async def list_tasks(
-        self, status: TaskStatus | None, limit: int, cursor: str | None
+        self,
+        status: TaskStatus | None,
+        limit: int,
+        cursor: str | None,
+        *,
+        owned_by: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
-        """Newest first; returns a page and the cursor of the next page (``None`` at the end)."""
+        """Newest first; returns a page and the cursor of the next page (``None`` at the end).
+
+        With ``owned_by``, only the tasks whose ``owner`` note (see :meth:`annotate`) names
+        it: the page is filled with those, so it holds ``limit`` tasks unless it is the last.
+        """
 
     @abc.abstractmethod
     async def count(self, status: TaskStatus) -> int:

@@ -131,7 +131,12 @@ class MemoryStore(StreamStore):
         return entry.record if entry else None
 
     async def list_tasks(
-        self, status: TaskStatus | None, limit: int, cursor: str | None
+        self,
+        status: TaskStatus | None,
+        limit: int,
+        cursor: str | None,
+        *,
+        owned_by: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         entries = sorted(
             (e for e in list(self._tasks.values()) if self._live(e.record.task_id)),
@@ -140,6 +145,10 @@ class MemoryStore(StreamStore):
         )
         if status is not None:
             entries = [e for e in entries if e.record.status is status]
+        if owned_by is not None:
+            ids = [e.record.task_id for e in entries]
+            owners = await self.annotations(ids, "owner")
+            entries = [e for e, o in zip(entries, owners, strict=True) if o.get("name") == owned_by]
         if cursor is not None:
             after = decode_cursor(cursor)
             entries = [e for e in entries if (e.score, e.record.task_id) < after]

@@ -298,7 +298,12 @@ class RedisStore(StreamStore):
         return [r for r in await self._get_all(list(task_ids)) if r is not None]
 
     async def list_tasks(
-        self, status: TaskStatus | None, limit: int, cursor: str | None
+        self,
+        status: TaskStatus | None,
+        limit: int,
+        cursor: str | None,
+        *,
+        owned_by: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         await self._indexes_settled()
         key = self._k.index(status) if status is not None else self._k.all
@@ -312,11 +317,12 @@ class RedisStore(StreamStore):
             if not rows:
                 break
             records = await self._get_all([m for _, m in rows])
+            owners = await self._owners([m for _, m in rows], owned_by)
             stale = []
-            for (score, member), rec in zip(rows, records, strict=True):
+            for (score, member), rec, owner in zip(rows, records, owners, strict=True):
                 if rec is None:
                     stale.append(member)
-                elif status is None or rec.status is status:
+                elif (status is None or rec.status is status) and owner == owned_by:
                     found.append((score, rec))
             if stale:
                 await self._commands([("ZREM", key, *stale)])
@@ -325,6 +331,13 @@ class RedisStore(StreamStore):
         more = len(found) > limit
         next_cursor = encode_cursor(page[-1][0], page[-1][1].task_id) if more else None
         return [rec for _, rec in page], next_cursor
+
+    async def _owners(self, task_ids: list[str], owned_by: str | None) -> list[str | None]:
+        """The owner names of ``task_ids`` when a listing asks for ``owned_by`` (else ``None``
+        each, which matches a listing that does not ask)."""
+        if owned_by is None:
+            return [None] * len(task_ids)
+        return [note.get("name") for note in await self.annotations(task_ids, "owner")]
 
     async def _get_all(self, task_ids: list[str]) -> list[TaskRecord | None]:
         if not task_ids:

@@ -3,11 +3,14 @@
 from gateway.tasks.context import (
     CompletionCallback,
     Handler,
+    QueueFull,
     TaskContext,
     TaskFailure,
     TaskRegistry,
+    TaskSettings,
+    UnknownAgentType,
 )
-from gateway.tasks.manager import QueueFull, TaskManager, UnknownAgentType
+from gateway.tasks.manager import TaskManager
 
 __all__ = [
     "CompletionCallback",
@@ -17,5 +20,6 @@ __all__ = [
     "TaskFailure",
     "TaskManager",
     "TaskRegistry",
+    "TaskSettings",
     "UnknownAgentType",
 ]

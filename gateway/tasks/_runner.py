@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
 
 from gateway.printer import Printer
-from gateway.protocol import AgentRequest, ErrorCode, TaskError, TaskRecord, TaskStatus
-from gateway.store import TaskEnded, TaskNotFound
-from gateway.tasks.context import Registration, TaskContext, TaskFailure
-
-if TYPE_CHECKING:
-    from gateway.tasks.manager import TaskManager
+from gateway.protocol import (
+    AgentRequest,
+    ErrorCode,
+    StoredMessage,
+    TaskError,
+    TaskRecord,
+    TaskStatus,
+)
+from gateway.store import StreamStore, TaskEnded, TaskNotFound
+from gateway.tasks.context import Registration, TaskContext, TaskFailure, TaskRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +52,44 @@ def _error_for(exc: BaseException) -> TaskError:
     return TaskError(ErrorCode.INTERNAL, "the task failed with an internal error")
 
 
-async def run_task(manager: TaskManager, task_id: str, claimed: TaskRecord | None = None) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Collaborators:
+    """What running a task uses, each named: the manager builds one and hands it down, so the
+    runner never sees the manager itself.
+
+    ``owner`` and ``lease_ms`` claim the task; ``running`` is where the manager finds it to
+    stop it; ``hand_over`` passes a task this process gives up to another replica;
+    ``on_append`` is told of every message the task's printer appends.
+    """
+
+    store: StreamStore
+    registry: TaskRegistry
+    services: Mapping[str, Any]
+    owner: str
+    lease_ms: int
+    task_timeout: float
+    running: MutableMapping[str, RunningTask]
+    hand_over: Callable[[str], Awaitable[bool]]
+    on_append: Callable[[StoredMessage], None] | None = None
+
+
+async def run_task(
+    task_id: str, claimed: TaskRecord | None = None, *, using: Collaborators
+) -> None:
     """Claim ``task_id`` (unless it was created ``claimed``), run its handler under the total
     timeout, and end its log."""
-    store = manager.store
-    record = claimed or await store.claim(task_id, manager.owner, manager.lease_ms)
+    store = using.store
+    record = claimed or await store.claim(task_id, using.owner, using.lease_ms)
     if record is None:
         return  # cancelled while queued, or another worker has it
-    registration = manager.registry.get(record.agent_type)
-    printer = Printer(store, task_id, record.request_id, manager.append_observer)
+    registration = using.registry.get(record.agent_type)
+    printer = Printer(store, task_id, record.request_id, using.on_append)
     running = RunningTask()
-    manager.running[task_id] = running
+    using.running[task_id] = running
     try:
-        status, error = await _run_handler(manager, record, registration, printer, running)
+        status, error = await _run_handler(using, record, registration, printer, running)
         if status is TaskStatus.PENDING:  # handed over to another replica
-            if not await manager.hand_over(task_id):
+            if not await using.hand_over(task_id):
                 await _finish(printer, TaskStatus.FAILED, _interrupted(), registration)
         else:
             await _finish(printer, status, error, registration)
@@ -71,12 +100,12 @@ async def run_task(manager: TaskManager, task_id: str, claimed: TaskRecord | Non
         await _finish(printer, TaskStatus.FAILED, _interrupted(), registration)
         raise
     finally:
-        manager.running.pop(task_id, None)
+        using.running.pop(task_id, None)
         running.done.set_result(None)
 
 
 async def _run_handler(
-    manager: TaskManager,
+    using: Collaborators,
     record: TaskRecord,
     registration: Registration | None,
     printer: Printer,
@@ -91,7 +120,7 @@ async def _run_handler(
             request=AgentRequest.model_validate(record.request),
             printer=printer,
             cancelled=running.cancelled,
-            services=manager.services,
+            services=using.services,
         )
     except (TaskEnded, asyncio.CancelledError):
         raise
@@ -101,7 +130,7 @@ async def _run_handler(
     running.handler_task = asyncio.ensure_future(registration.handler(ctx))
     if running.reason is not None:  # a stop that raced the start
         running.handler_task.cancel()
-    return await _supervise(running, manager.settings.task_timeout)
+    return await _supervise(running, using.task_timeout)
 
 
 def _interrupted() -> TaskError:

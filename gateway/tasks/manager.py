@@ -24,10 +24,9 @@ from gateway.protocol import (
     new_task_id,
     now_ms,
 )
-from gateway.settings import Settings
 from gateway.store import LeaseState, StreamStore, TaskEnded, TaskNotFound
-from gateway.tasks._runner import RunningTask, run_task
-from gateway.tasks.context import TaskRegistry
+from gateway.tasks._runner import Collaborators, RunningTask, run_task
+from gateway.tasks.context import QueueFull, TaskRegistry, TaskSettings, UnknownAgentType
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +49,6 @@ QUEUE_COUNT_AGE = 0.25
 """Seconds a count of the queued tasks is reused while the queue is far from full."""
 
 
-class QueueFull(Exception):
-    """Too many tasks wait; the caller should retry after ``retry_after`` seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("the task queue is full")
-        self.retry_after = retry_after
-
-
-class UnknownAgentType(ValueError):
-    """No handler is registered for the requested ``agentType``."""
-
-
 class TaskManager:
     """Owns the intake, the task runners, the lease renewer and the sweeper of one process."""
 
@@ -69,7 +56,7 @@ class TaskManager:
         self,
         store: StreamStore,
         registry: TaskRegistry,
-        settings: Settings,
+        settings: TaskSettings,
         services: Mapping[str, Any] | None = None,
         on_append: Callable[[StoredMessage], None] | None = None,
     ) -> None:
@@ -78,7 +65,6 @@ class TaskManager:
         self.settings = settings
         self.services: Mapping[str, Any] = services or {}
         self.owner = f"{settings.replica_id}"
-        self._on_append = on_append
         self.running: dict[str, RunningTask] = {}
         self._group: asyncio.TaskGroup | None = None
         self._intake: asyncio.Task[None] | None = None
@@ -89,6 +75,17 @@ class TaskManager:
         self._queue_seen: tuple[float | None, int, int] = (None, 0, 0)
         self._recount: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._collaborators = Collaborators(
+            store=store,
+            registry=registry,
+            services=self.services,
+            owner=self.owner,
+            lease_ms=self.lease_ms,
+            task_timeout=settings.task_timeout,
+            running=self.running,
+            hand_over=self.hand_over,
+            on_append=on_append,
+        )
 
     @property
     def lease_ms(self) -> int:
@@ -270,7 +267,7 @@ class TaskManager:
                 elif not await self.hand_over(task_id):
                     await self._interrupt(claimed)
                 return
-            await run_task(self, task_id, claimed)
+            await run_task(task_id, claimed, using=self._collaborators)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -395,11 +392,6 @@ class TaskManager:
         pending = [*self._runners, *([self._intake] if self._intake else [])]
         if pending:
             await asyncio.wait(pending, timeout=10)
-
-    @property
-    def append_observer(self) -> Callable[[StoredMessage], None] | None:
-        """What each appended message is reported to (metrics); given to every Printer."""
-        return self._on_append
 
     def __repr__(self) -> str:
         return f"TaskManager(owner={self.owner!r}, running={len(self.running)})"

@@ -140,6 +140,29 @@ async def test_a_task_is_visible_only_to_the_key_name_that_made_it(store_url: st
     assert batch.json()["missing"] == [task_id]
 
 
+async def test_a_listing_page_holds_limit_tasks_of_the_key_with_others_interleaved(
+    store_url: str | None,
+) -> None:
+    with secured(with_keys(), store_url) as server:
+        async with client_of(server) as client:
+            mine: list[str] = []
+            for _ in range(3):
+                created = await client.post("/api/tasks", json=ECHO, headers=ALICE)
+                mine.append(created.json()["taskId"])
+                await client.post("/api/tasks", json=ECHO, headers=BOB)
+            pages: list[dict[str, Any]] = []
+            cursor: str | None = None
+            for _ in range(4):  # bounded: two pages are expected
+                params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+                page = (await client.get("/api/tasks", params=params, headers=ALICE)).json()
+                pages.append(page)
+                cursor = page["nextCursor"]
+                if cursor is None:
+                    break
+    assert [len(page["tasks"]) for page in pages] == [2, 1]
+    assert [t["taskId"] for page in pages for t in page["tasks"]] == mine[::-1]
+
+
 async def test_a_post_sse_submission_is_owned_too() -> None:
     with secured(with_keys()) as server:
         async with client_of(server) as client:

@@ -15,9 +15,8 @@ from starlette.types import Message
 
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import TaskStatus
-from gateway.routes.sse import LogStream, _DisconnectWatch
+from gateway.routes.sse import LogStream, StreamSettings, _DisconnectWatch
 from gateway.security import SecurityMiddleware
-from gateway.settings import Settings
 from gateway.store import MemoryStore
 from gateway.tasks import TaskContext, TaskRegistry
 from tests.gateway.stores import body, running
@@ -462,7 +461,7 @@ async def test_the_retry_line_rides_on_the_first_chunk_and_the_finish_on_the_las
         await gone.wait()
         return {"type": "http.disconnect"}
 
-    settings = Settings(sse_retry_ms=1234, heartbeat_interval=30.0)
+    settings = StreamSettings(sse_retry_ms=1234, heartbeat_interval=30.0)
     stream = LogStream(store, task_id, 0, settings, GatewayMetrics())
     serving = asyncio.create_task(stream({"type": "http"}, receive, send))
     if live:

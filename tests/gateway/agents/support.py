@@ -139,7 +139,10 @@ async def running_manager(
     registry = TaskRegistry()
     register_builtin_agents(registry)
     manager = TaskManager(
-        store, registry, gateway_settings(services["upstream"], **overrides), services
+        store,
+        registry,
+        gateway_settings(services["upstream"], **overrides).task_settings(),
+        services,
     )
     try:
         async with anyio.create_task_group() as group:
