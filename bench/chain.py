@@ -3,8 +3,8 @@
 Bench a's CPU per token moves by a quarter with the VM's mood, and half of it is the kernel's
 (the frame's write, the upstream's read): a change that saves a few calls per token drowns in
 that. This drives the real objects of the hot path from the upstream chunk to the pushed frame
-— the chat client's ``TextSink`` (SSE, JSON, the assembler; the HTTP chunk framing before it
-is aiohttp's C parser, left out), the relay's ``on_text`` and the ``Printer``, the store's
+— the wire client's connection (``_Connection.data_received``: HTTP chunk parsing), the chat
+sink (SSE, JSON, the assembler), the relay's ``on_text`` and the ``Printer``, the store's
 ``append_now`` and its log, one parked SSE reader (``_Live.push`` with uvicorn's chunk framing)
 — with transports that only count bytes. ``streams`` tasks get their tokens in turn, so the
 working set is a busy gateway's, not one hot task's; the loop turns every ``--turn`` tokens,
@@ -34,13 +34,15 @@ from typing import Any
 import uvloop
 
 from bench.procs import redis_server
-from bench.upstream import PREFIX, SUFFIX
+from bench.upstream import HEAD, PREFIX, SUFFIX, chunk
 from gateway.printer import Printer
 from gateway.protocol import TaskRecord, new_task_id, now_ms
 from gateway.routes.sse import _Live
 from gateway.settings import Settings
 from gateway.store import MemoryStore, RedisStore, StreamStore
-from gateway.upstream.chunks import TextSink
+from gateway.upstream._http import Deadline
+from gateway.upstream._wire import WirePool, _Connection
+from gateway.upstream.openai import _TextSink
 
 
 class _Transport(asyncio.Transport):
@@ -90,12 +92,15 @@ def _cycle(transport: _Transport) -> Any:
 
 
 class _Relay:
-    """One relayed stream: its upstream body's sink, feeding the relay's ``on_text``."""
+    """One relayed stream: its upstream connection, piped into the relay's ``on_text``."""
 
-    def __init__(self, store: StreamStore, task_id: str) -> None:
+    def __init__(self, store: StreamStore, task_id: str, pool: WirePool) -> None:
         self.store = store
         self.task_id = task_id
+        self.upstream = _Transport()
         self.client = _Transport()
+        self.conn = _Connection(pool, ("http", "127.0.0.1", 80))
+        self.conn.connection_made(self.upstream)
         printer = Printer(store, task_id, "req-" + task_id[:8])
         delta_now = printer.text_delta_now
         message_id = uuid.uuid4().hex
@@ -106,12 +111,20 @@ class _Relay:
             if delta_now(message_id, text) is None:
                 raise RuntimeError("the store could not append without waiting")
 
-        self.sink = TextSink(on_text)
-        self.park: asyncio.Future[Any] | None = None
+        self.on_text = on_text
+        self.pipe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """The first piece of the body into the sink (the writer exists then); a reader parked."""
-        self.sink(PREFIX + b"first" + SUFFIX)
+        """The request, the response's head, the body piped to the sink; a reader parked."""
+        sending = asyncio.ensure_future(
+            self.conn.send(b"POST /v1/chat/completions HTTP/1.1\r\n\r\n", Deadline(3600, "LLM"))
+        )
+        await asyncio.sleep(0)
+        self.conn.data_received(HEAD)
+        response = await sending
+        self.pipe = asyncio.ensure_future(response.pipe(_TextSink(self.on_text)))
+        await asyncio.sleep(0)
+        self.conn.data_received(chunk(PREFIX + b"first" + SUFFIX))  # the writer exists now
         log = None
         for _ in range(1000):  # with Redis, once the first message's flush is acknowledged
             await asyncio.sleep(0.005)
@@ -125,8 +138,9 @@ class _Relay:
         self.park = asyncio.ensure_future(log.park(live.push, 3600))
 
     def stop(self) -> None:
-        if self.park is not None:
-            self.park.cancel()
+        for task in (self.pipe, self.park):
+            if task is not None:
+                task.cancel()
 
 
 async def _task(store: StreamStore) -> str:
@@ -141,11 +155,12 @@ async def _task(store: StreamStore) -> str:
 
 async def measure(store: StreamStore, streams: int, tokens: int, turn: int) -> float:
     """µs of CPU per token over ``streams`` times ``tokens`` tokens."""
-    relays = [_Relay(store, await _task(store)) for _ in range(streams)]
+    pool = WirePool(connect_timeout=5, idle_timeout=3600)
+    relays = [_Relay(store, await _task(store), pool) for _ in range(streams)]
     for relay in relays:
         await relay.start()
     await asyncio.sleep(0)  # the last reader parks
-    chunks = [PREFIX + b"tok%d " % i + SUFFIX for i in range(tokens)]
+    chunks = [chunk(PREFIX + b"tok%d " % i + SUFFIX) for i in range(tokens)]
     frames = [r.client.writes for r in relays]
     gc.collect()
     gc.disable()  # a collector pass lands in some runs and not others: measured apart (bench a)
@@ -153,7 +168,7 @@ async def measure(store: StreamStore, streams: int, tokens: int, turn: int) -> f
     n = 0
     for data in chunks:
         for relay in relays:
-            relay.sink(data)
+            relay.conn.data_received(data)
             n += 1
             if n % turn == 0:
                 await asyncio.sleep(0)

@@ -2,9 +2,10 @@
 
 Equivalent to ``agent-gateway serve gateway`` with ``agentType 1`` registered; settings come from
 the environment (``REDIS_URL``, ``MAX_RUNNING`` …) exactly as there. ``--chat-pool N`` gives the
-relay agent a ChatClient over an injected ``aiohttp`` session whose connector allows ``N``
-concurrent upstream streams — a comparison aid. The default, 0, is the gateway's own ChatClient
-(its own session, no connection cap).
+relay agent a ChatClient over an injected ``httpx`` client whose pool allows ``N`` concurrent
+upstream streams (the path a proxy takes; httpx's default pool of 100 would queue the 500-stream
+scenario) — a comparison aid. The default, 0, is the gateway's own ChatClient (its raw HTTP/1.1
+client, no connection cap).
 
     python -m bench.gateway_server --port 8080 [--chat-pool 2000]
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import aiohttp
+import httpx
 import uvicorn
 import uvloop
 
@@ -44,13 +45,16 @@ async def serve(port: int, chat_pool: int) -> None:
     registry = TaskRegistry()
     registry.register(0, make_echo_agent(settings.echo_token_delay_ms), name="echo")
     register_builtin_agents(registry)
-    session: aiohttp.ClientSession | None = None
+    http: httpx.AsyncClient | None = None
     if chat_pool > 0:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=chat_pool), trust_env=True
+        up = settings.upstream
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                up.llm_idle_timeout, connect=up.llm_connect_timeout, pool=up.llm_connect_timeout
+            ),
+            limits=httpx.Limits(max_connections=chat_pool, max_keepalive_connections=chat_pool),
         )
-        chat = ChatClient(settings.upstream, session=session)
-        registry.register(RELAY, _with_chat(chat), name="relay")
+        registry.register(RELAY, _with_chat(ChatClient(up, http=http)), name="relay")
     else:
         registry.register(RELAY, relay_agent, name="relay")
     app = create_app(settings, registry=registry)
@@ -68,8 +72,8 @@ async def serve(port: int, chat_pool: int) -> None:
     try:
         await uvicorn.Server(config).serve()
     finally:
-        if session is not None:
-            await session.close()
+        if http is not None:
+            await http.aclose()
 
 
 def main() -> None:

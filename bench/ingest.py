@@ -1,10 +1,12 @@
-"""Upstream ingest cost: client CPU per streamed chunk for httpx, httpx2 and aiohttp.
+"""Upstream ingest cost: client CPU per streamed chunk for httpx, httpx2, aiohttp and the wire.
 
 Many concurrent paced streams (so every chunk is its own socket read, as in production) from
 ``bench.upstream``; each reader decodes SSE with the gateway's ``SSEDecoder``. Also measured:
-the gateway's whole ``ChatClient`` (on aiohttp), by events (``stream_chat``) and by text
-callback (``stream_text``, the relay's path). ``--runs`` repeats the set, interleaved, and
-prints each reader's median and spread (min to max), for a machine shared with other work.
+the whole ``ChatClient.stream_chat``, over an injected httpx client (the path taken when a proxy
+applies) and over its own raw HTTP/1.1 client (``gateway.upstream._wire``, the default), and
+``ChatClient.stream_text`` (the relay's path) on the wire. ``--runs`` repeats the set and prints
+each reader's median and spread (min to max), for a machine shared with other work. aiohttp is
+a bench-only package here (the ``bench`` extra).
 
     python -m bench.ingest [--streams 200] [--tokens 300] [--tps 100] [--runs 1]
 """
@@ -27,6 +29,8 @@ import uvloop
 
 from bench.procs import raise_fd_limit, self_cpu_seconds, start_python, wait_port
 from gateway.upstream import ChatClient, ContentDelta, SSEDecoder, UpstreamSettings
+from gateway.upstream._http import Deadline
+from gateway.upstream._wire import Target, WirePool
 
 
 def _body(q: str) -> bytes:
@@ -47,8 +51,27 @@ async def via_aiohttp(session: aiohttp.ClientSession, url: str, q: str) -> int:
     decoder, n = SSEDecoder(), 0
     headers = {"content-type": "application/json"}
     async with session.post(url + "/chat/completions", data=_body(q), headers=headers) as response:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.content.iter_any():  # a read per chunk, as available
             n += len(decoder.feed(chunk))
+    return n
+
+
+async def via_text(chat: ChatClient, q: str) -> int:
+    pieces: list[str] = []
+    await chat.stream_text([{"role": "user", "content": q}], pieces.append)
+    return len(pieces)
+
+
+async def via_wire(pool: WirePool, url: str, q: str) -> int:
+    target = Target.parse(url + "/chat/completions")
+    headers = {"content-type": "application/json"}
+    response = await pool.request(target, headers, _body(q), Deadline(600, "LLM"))
+    decoder, n = SSEDecoder(), 0
+    try:
+        while data := await response.read():
+            n += len(decoder.feed(data))
+    finally:
+        await response.aclose()
     return n
 
 
@@ -58,12 +81,6 @@ async def via_chat(chat: ChatClient, q: str) -> int:
         async for event in events:
             n += type(event) is ContentDelta
     return n
-
-
-async def via_text(chat: ChatClient, q: str) -> int:
-    pieces: list[str] = []
-    await chat.stream_text([{"role": "user", "content": q}], pieces.append)
-    return len(pieces)
 
 
 async def measure(name: str, one: Callable[[], Awaitable[int]], streams: int) -> dict[str, Any]:
@@ -93,9 +110,15 @@ async def main_async(streams: int, tokens: int, tps: float) -> list[dict[str, An
             out.append(
                 await measure("aiohttp iter_any", lambda: via_aiohttp(session, url, q), streams)
             )
+        pool = WirePool(connect_timeout=5, idle_timeout=60, max_idle=streams)
+        out.append(await measure("wire read", lambda: via_wire(pool, url, q), streams))
+        pool.close()
+        async with httpx.AsyncClient(limits=httpx.Limits(**limits)) as h1:
+            chat = ChatClient(settings, http=h1)
+            out.append(await measure("ChatClient (httpx)", lambda: via_chat(chat, q), streams))
         async with ChatClient(settings) as chat:
-            out.append(await measure("ChatClient stream_chat", lambda: via_chat(chat, q), streams))
-            out.append(await measure("ChatClient stream_text", lambda: via_text(chat, q), streams))
+            out.append(await measure("ChatClient (wire)", lambda: via_chat(chat, q), streams))
+            out.append(await measure("ChatClient text (wire)", lambda: via_text(chat, q), streams))
         return out
     finally:
         upstream.stop()

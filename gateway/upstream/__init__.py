@@ -1,7 +1,6 @@
 """Clients of the gateway's upstreams: the LLM, the tool service and the MCP client service.
 
-They depend on aiohttp (the LLM's), httpx (the tool service's and the MCP client's), orjson,
-anyio and the standard library only, and raise
+They depend on httpx, httptools, orjson, anyio and the standard library only, and raise
 :class:`UpstreamError` subclasses only (see :mod:`gateway.upstream.errors`).
 
 ```

@@ -1,5 +1,4 @@
-"""The errors of the upstream clients: one small tree, converted from httpx (and aiohttp, in
-:mod:`gateway.upstream.openai`) at the boundary.
+"""The errors of the upstream clients: one small tree, converted from httpx at the boundary.
 
 ```
 UpstreamError(code, message, status_code=None)    root; ``code`` is a task error code

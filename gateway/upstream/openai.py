@@ -1,50 +1,50 @@
 """A client for any OpenAI-compatible ``/chat/completions`` endpoint, streamed or not.
 
-Time limits: connect (``llm_connect_timeout``: TCP, proxy and TLS handshake), idle read — the
-wait for headers and between two chunks (``llm_idle_timeout``) — and total, retries included
-(``llm_total_timeout``).
+Time limits: connect (``llm_connect_timeout``), idle read — the wait for headers and between two
+chunks (``llm_idle_timeout``) — and total, retries included (``llm_total_timeout``).
 
 Retries: with exponential back-off (jittered, capped, ``Retry-After`` honoured), at most
-``llm_max_retries`` times, only on connect errors and timeouts (a connection closed before its
-answer included), 5xx and 429, and only while nothing has been yielded to the caller. After the
-first delta a failure raises: the caller has already shown the partial answer and a silent
-second answer would duplicate it.
+``llm_max_retries`` times, only on connect errors and timeouts, 5xx and 429, and only while
+nothing has been yielded to the caller. After the first delta a failure raises: the caller has
+already shown the partial answer and a silent second answer would duplicate it.
 
-Transport: one ``aiohttp.ClientSession`` per client (or one passed in), keep-alive pooled
-without a connection cap (concurrency is bounded by ``MAX_RUNNING``), proxies from
-``HTTP_PROXY``/``HTTPS_PROXY`` with ``NO_PROXY`` honoured (``trust_env``; an ``https`` URL goes
-through the proxy by ``CONNECT``), TLS verified against the system's CAs (``SSL_CERT_FILE``
-honoured) or ``llm_ca_file``. aiohttp was measured the cheapest client with proxies and TLS per
-streamed chunk (``python -m bench.ingest``).
+Transport: ``stream_chat`` and ``stream_text`` run on the raw HTTP/1.1 client of
+:mod:`gateway.upstream._wire` (the per-token hot path; ``stream_text`` hands text to a callback
+from the connection's reader, without waking a task per chunk), except when a proxy from
+``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` applies to the URL (``NO_PROXY`` honoured) or a
+shared ``httpx`` client was passed in: then it uses httpx, as ``complete`` always does. Both give
+the same events and errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import ssl
+import urllib.request
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from contextlib import aclosing, suppress
-from types import TracebackType
-from typing import Any, Self
+from contextlib import aclosing
+from typing import Any, Protocol, cast
 
-import aiohttp
+import anyio
+import httpx
 import orjson
 
-from gateway.upstream._http import Deadline, status_error
+from gateway.upstream._http import Deadline, OwnedHttp, aclose_quietly, http_error, status_error
+from gateway.upstream._wire import Target, WirePool, WireResponse
 from gateway.upstream.chat import (
     ChatAssembler,
     ChatEvent,
     ChatResult,
+    ContentDelta,
     parse_completion,
 )
-from gateway.upstream.chunks import TextSink, ended, is_done, loads_chunk
 from gateway.upstream.errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamProtocolError,
     UpstreamTimeout,
+    from_httpx,
 )
 from gateway.upstream.settings import UpstreamSettings
 from gateway.upstream.sse import SSEDecoder
@@ -53,8 +53,6 @@ __all__ = ["ChatClient"]
 
 _WHAT = "LLM"
 _MAX_BACKOFF = 8.0
-_DRAIN_GRACE = 0.5  # seconds to read what follows [DONE], so that the connection is kept
-_KEEPALIVE = 5.0  # seconds an idle connection stays reusable (servers commonly close at 5 s)
 
 Messages = Sequence[Mapping[str, Any]]
 Tools = Sequence[Mapping[str, Any]]
@@ -70,45 +68,59 @@ def _is_retryable(exc: UpstreamError) -> bool:
     return False
 
 
-class ChatClient:
+class _Answer(Protocol):
+    """A response whose headers are in: a :class:`WireResponse` or an :class:`_HttpxAnswer`."""
+
+    status_code: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...  # the next body bytes; b"" at the end
+    async def aread(self) -> bytes: ...  # the rest of the body
+    async def finish(self) -> None: ...  # the caller needs no more of the body
+    async def aclose(self) -> None: ...
+
+
+class ChatClient(OwnedHttp):
     """Streams chat completions; use ``async with ChatClient(settings) as chat``.
 
-    ``session`` lets several clients share one ``aiohttp.ClientSession`` (its owner closes it);
-    the time limits and the CA file still come from ``settings``, per request.
+    ``http`` lets several clients share one ``httpx.AsyncClient`` (its owner closes it); the
+    streams then go through it too.
     """
 
     def __init__(
-        self, settings: UpstreamSettings, *, session: aiohttp.ClientSession | None = None
+        self, settings: UpstreamSettings, *, http: httpx.AsyncClient | None = None
     ) -> None:
         self._settings = settings
         self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
-        # made here, not at import: the system's CAs as SSL_CERT_FILE / SSL_CERT_DIR say now
-        self._ssl = ssl.create_default_context(cafile=settings.llm_ca_file or None)
-        self._owns_session = session is None
-        self._session = session
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # made on first use: a session belongs to a running loop
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
-        return self._session
+        context = None
+        if self._url.startswith("https:"):
+            context = ssl.create_default_context(cafile=settings.llm_ca_file or None)
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                settings.llm_idle_timeout,
+                connect=settings.llm_connect_timeout,
+                pool=settings.llm_connect_timeout,
+            ),
+            # Concurrency is bounded by MAX_RUNNING, not by the client's pool (default 100).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            verify=context or True,
+        )
+        self._target = _direct_target(self._url) if http is None else None
+        self._wire: WirePool | None = None
+        if self._target is not None:
+            self._wire = WirePool(
+                connect_timeout=settings.llm_connect_timeout,
+                idle_timeout=settings.llm_idle_timeout,
+                ssl_context=context,
+                what=_WHAT,
+            )
 
     async def aclose(self) -> None:
-        """Close the connections this client opened (not those of a session passed in)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        """Close the connections this client opened."""
+        if self._wire is not None:
+            self._wire.close()
+        await super().aclose()
 
     @property
     def model(self) -> str:
@@ -158,16 +170,16 @@ class ChatClient:
         arrives; return the whole :class:`ChatResult` (tool calls are only assembled).
 
         The same time limits, errors and retries as :meth:`stream_chat` (a retry only while
-        ``on_text`` has not been called). No event object is made per piece of text: the
-        relay's hot path. ``on_text`` must not block; what it raises ends the stream (closing
-        the connection) and is raised here.
+        ``on_text`` has not been called). On the wire client, ``on_text`` runs in the
+        connection's read callback, no task woken per chunk: the relay's hot path. It must not
+        block; what it raises ends the stream (closing the connection) and is raised here.
         A server that answers with one JSON completion gives its text as one piece.
         """
         body = self._body(messages, tools, params, stream=True)
         deadline = Deadline(self._settings.llm_total_timeout, _WHAT)
         attempt = 0
         while True:
-            sink = TextSink(on_text)
+            sink = _TextSink(on_text)
             try:
                 result = await self._text_once(body, headers, deadline, sink)
             except UpstreamError as exc:
@@ -215,11 +227,14 @@ class ChatClient:
         all_headers = {"content-type": "application/json"}
         if sse:
             all_headers["accept"] = "text/event-stream"
-            all_headers["accept-encoding"] = "identity"  # each event as it comes, not deflated
         if self._settings.llm_api_key:
             all_headers["authorization"] = "Bearer " + self._settings.llm_api_key
         all_headers.update((k.lower(), v) for k, v in (headers or {}).items())
         return all_headers
+
+    def _request(self, body: bytes, headers: Mapping[str, str] | None, sse: bool) -> httpx.Request:
+        all_headers = self._headers(headers, sse)
+        return self._http.build_request("POST", self._url, content=body, headers=all_headers)
 
     async def _backoff(self, exc: UpstreamError, attempt: int, deadline: Deadline) -> bool:
         """Sleep before the next attempt and return True, or return False to give up."""
@@ -232,139 +247,203 @@ class ChatClient:
             delay = max(delay, retry_after)
         if delay >= deadline.remaining():
             return False
-        await asyncio.sleep(delay)
+        await anyio.sleep(delay)
         return True
 
-    async def _send(
-        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline, *, sse: bool
-    ) -> aiohttp.ClientResponse:
-        """Send the request; the answer's headers are in, its body is the caller's to close.
-
-        The total deadline is aiohttp's per-request ``total``: one timer for the headers and
-        every read of the body (not a cancel scope per read)."""
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise deadline.expired()
-        up = self._settings
-        timeout = aiohttp.ClientTimeout(
-            total=remaining, connect=up.llm_connect_timeout, sock_read=up.llm_idle_timeout
-        )
-        try:
-            return await self._client().post(
-                self._url,
-                data=body,
-                headers=self._headers(headers, sse),
-                timeout=timeout,
-                ssl=self._ssl,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _error(exc, deadline, answered=False) from exc
+    async def _answer(
+        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
+    ) -> _Answer:
+        """Send the streamed request; the answer's headers are in."""
+        if self._wire is not None and self._target is not None:
+            wire_headers = self._headers(headers, sse=True)
+            wire_headers.setdefault("accept-encoding", "identity")
+            wire_headers.setdefault("user-agent", "agent-gateway")
+            return await self._wire.request(self._target, wire_headers, body, deadline)
+        return await _HttpxAnswer.send(self._http, self._request(body, headers, sse=True), deadline)
 
     async def _stream_once(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
     ) -> AsyncGenerator[ChatEvent, None]:
-        response = await self._send(body, headers, deadline, sse=True)
+        answer = await self._answer(body, headers, deadline)
         try:
-            whole = await _whole_or_stream(response, deadline)
+            whole = await _whole_or_stream(answer)
             if whole is not None:
                 yield whole
                 return
-            decoder, assembler, content = SSEDecoder(), ChatAssembler(), response.content
-            while True:
-                try:
-                    chunk = await content.readany()
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    raise _error(exc, deadline, answered=True) from exc
-                if not chunk:
-                    break
+            decoder, assembler = SSEDecoder(), ChatAssembler()
+            while chunk := await answer.read():
                 for data in decoder.feed_data(chunk):
-                    if is_done(data):
-                        await _drain(response)
+                    if _is_done(data):
+                        await answer.finish()
                         yield assembler.result()
                         return
-                    for event in assembler.feed(loads_chunk(data)):
+                    for event in assembler.feed(_loads(data)):
                         yield event
-            yield ended(assembler)
+            yield _ended(assembler)
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, _WHAT) from exc
         finally:
-            response.close()  # a no-op once the body was read to its end and released
+            await answer.aclose()
 
     async def _text_once(
-        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline, sink: TextSink
+        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline, sink: _TextSink
     ) -> ChatResult:
-        response = await self._send(body, headers, deadline, sse=True)
+        if self._wire is None:  # httpx: its events, passed on
+            async with aclosing(self._stream_once(body, headers, deadline)) as events:
+                async for event in events:
+                    if type(event) is ContentDelta:
+                        sink.text(event.text)
+                    elif type(event) is ChatResult:
+                        return event
+            raise UpstreamProtocolError(f"{_WHAT}: the stream ended without a result")
+        answer = await self._answer(body, headers, deadline)
         try:
-            whole = await _whole_or_stream(response, deadline)
+            whole = await _whole_or_stream(answer)
             if whole is not None:
                 return whole
-            content = response.content
-            try:
-                while chunk := await content.readany():
-                    if sink(chunk):
-                        await _drain(response)
-                        return sink.assembler.result()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _error(exc, deadline, answered=True) from exc
-            return ended(sink.assembler)
+            await cast(WireResponse, answer).pipe(sink)
+            if sink.done:
+                await answer.finish()
+                return sink.assembler.result()
+            return _ended(sink.assembler)
         finally:
-            response.close()
+            await answer.aclose()
 
     async def _complete_once(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
     ) -> ChatResult:
-        response = await self._send(body, headers, deadline, sse=False)
+        request = self._request(body, headers, sse=False)
         try:
-            try:
-                data = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _error(exc, deadline, answered=True) from exc
-            if response.status >= 400:
-                raise status_error(response.status, response.headers, data, _WHAT)
-            return parse_completion(loads_chunk(data))
+            with deadline.limit():
+                response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, _WHAT) from exc
+        if response.status_code >= 400:
+            raise http_error(response, response.content, _WHAT)
+        return parse_completion(_loads(response.content))
+
+
+class _HttpxAnswer:
+    """A streamed ``httpx`` response seen as an :class:`_Answer`; each read within the deadline."""
+
+    def __init__(self, response: httpx.Response, deadline: Deadline) -> None:
+        self.status_code = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+        self._response = response
+        self._chunks: AsyncGenerator[bytes, None] = response.aiter_bytes()  # type: ignore[assignment]
+        self._deadline = deadline
+
+    @classmethod
+    async def send(
+        cls, http: httpx.AsyncClient, request: httpx.Request, deadline: Deadline
+    ) -> _HttpxAnswer:
+        try:
+            with deadline.limit():
+                return cls(await http.send(request, stream=True), deadline)
+        except httpx.HTTPError as exc:
+            raise from_httpx(exc, _WHAT) from exc
+
+    async def read(self) -> bytes:
+        with self._deadline.limit():
+            async for chunk in self._chunks:
+                if chunk:
+                    return chunk
+        return b""
+
+    async def aread(self) -> bytes:
+        with self._deadline.limit():
+            return await self._response.aread()
+
+    async def finish(self) -> None:
+        pass  # closing the response closes an unfinished body's connection
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
         finally:
-            response.close()
+            await aclose_quietly(self._response)
 
 
-async def _whole_or_stream(
-    response: aiohttp.ClientResponse, deadline: Deadline
-) -> ChatResult | None:
+class _TextSink:
+    """Decodes a streamed body as it arrives (``WireResponse.pipe``): every event is assembled,
+    the text deltas also go to ``on_text``. Called once per chunk of the body: a relay's hot
+    path, so the usual chunk (one JSON event) takes no call it can do without."""
+
+    __slots__ = ("_decoder", "_on_text", "_passed", "assembler", "done")
+
+    def __init__(self, on_text: Callable[[str], None]) -> None:
+        self._on_text = on_text
+        self._decoder = SSEDecoder()
+        self.assembler = ChatAssembler()
+        self.done = False  # [DONE] was read
+        self._passed = False
+
+    @property
+    def emitted(self) -> bool:
+        """Whether ``on_text`` was called (a retry would repeat text)."""
+        return self._passed or self.assembler.has_content
+
+    def text(self, text: str) -> None:
+        """Pass on a piece assembled elsewhere (the httpx path's events)."""
+        self._passed = True
+        self._on_text(text)
+
+    def __call__(self, body: bytes) -> bool:
+        for data in self._decoder.feed_data(body):
+            if len(data) < 32 and _is_done(data):
+                self.done = True
+                return True
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                chunk = _loads(data)  # raises, or decodes what invalid UTF-8 hid
+            self.assembler.take(chunk, self._on_text)
+        return False
+
+
+async def _whole_or_stream(answer: _Answer) -> ChatResult | None:
     """Raise for an error status or an unexpected content type; the whole result where the
     server ignored ``stream: true`` and sent one completion; None for an event stream."""
-    if response.status >= 400 or response.content_type == "application/json":
-        try:
-            data = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _error(exc, deadline, answered=True) from exc
-        if response.status >= 400:
-            raise status_error(response.status, response.headers, data, _WHAT)
-        return parse_completion(loads_chunk(data))
-    if response.content_type != "text/event-stream":
-        raise UpstreamProtocolError(f"{_WHAT}: unexpected content type {response.content_type!r}")
+    if answer.status_code >= 400:
+        raise status_error(answer.status_code, answer.headers, await answer.aread(), _WHAT)
+    content_type = answer.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        return parse_completion(_loads(await answer.aread()))
+    if not content_type.startswith("text/event-stream"):
+        raise UpstreamProtocolError(f"{_WHAT}: unexpected content type {content_type!r}")
     return None
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read what follows ``[DONE]`` (the body's end, usually already here) so that the
-    connection goes back to the pool; a body that goes on is closed instead (by the caller)."""
-    if response.content.is_eof():
-        return
-    with suppress(aiohttp.ClientError, TimeoutError):
-        async with asyncio.timeout(_DRAIN_GRACE):
-            await response.content.read()
+def _is_done(data: str | bytes) -> bool:
+    return len(data) < 32 and data.strip() in ("[DONE]", b"[DONE]")
 
 
-def _error(
-    exc: aiohttp.ClientError | TimeoutError, deadline: Deadline, *, answered: bool
-) -> UpstreamError:
-    """The :class:`UpstreamError` for what aiohttp raised; ``answered``: after the headers."""
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeout("connect", f"{_WHAT}: connect timed out ({detail})")
-    if isinstance(exc, aiohttp.ServerTimeoutError):  # sock_read: the headers or the next chunk
-        return UpstreamTimeout("idle", f"{_WHAT}: no data within the idle time limit")
-    if isinstance(exc, TimeoutError):  # aiohttp's per-request total: the deadline
-        return deadline.expired()
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError):
-        return UpstreamConnectError(f"{_WHAT}: cannot connect ({detail})")
-    if not answered:  # closed before the answer (a pooled connection the server dropped …)
-        return UpstreamConnectError(f"{_WHAT}: the connection closed unanswered ({detail})")
-    return UpstreamProtocolError(f"{_WHAT}: connection broke ({detail})")
+def _ended(assembler: ChatAssembler) -> ChatResult:
+    """The result of a body that ended without ``[DONE]``: whole if a choice finished."""
+    if assembler.finish_reason is None:
+        raise UpstreamProtocolError(f"{_WHAT}: the stream ended before [DONE]")
+    return assembler.result()
+
+
+def _direct_target(url: str) -> Target | None:
+    """Where the wire client sends ``url``; None when it is for httpx (a proxy applies, as httpx
+    reads them from the environment, or the scheme is not http/https)."""
+    try:
+        target = Target.parse(url)
+    except ValueError:
+        return None
+    proxies = urllib.request.getproxies()
+    if (proxies.get(target.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+        target.authority
+    ):
+        return None
+    return target
+
+
+def _loads(data: str | bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(data, bytes):  # invalid UTF-8 is replaced, as in decoded SSE text
+            return _loads(data.decode("utf-8", "replace"))
+        raise UpstreamProtocolError(f"{_WHAT}: a chunk is not JSON: {data[:120]!r}") from exc

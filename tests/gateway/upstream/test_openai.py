@@ -8,7 +8,6 @@ from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanage
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import anyio
 import httpx
 import orjson
@@ -49,21 +48,22 @@ FAST = StubSettings(knobs=Knobs(tokens_per_second=0), stall_seconds=30, retry_af
 OpenChat = Callable[[UpstreamSettings], AbstractAsyncContextManager[ChatClient]]
 
 
-@pytest.fixture(params=["own", "shared"])
+@pytest.fixture(params=["wire", "httpx"])
 def open_chat(request: pytest.FixtureRequest) -> OpenChat:
-    """Opens a ChatClient on its own aiohttp session, or on one passed in (left open for its
-    owner)."""
+    """Opens a ChatClient streaming over the raw wire client, or over an injected httpx client."""
 
     @asynccontextmanager
     async def opened(settings: UpstreamSettings) -> AsyncIterator[ChatClient]:
-        if request.param == "own":
+        if request.param == "wire":
             async with ChatClient(settings) as chat:
+                assert chat._wire is not None  # no proxy applies: streams take the wire client
                 yield chat
             return
-        async with aiohttp.ClientSession() as session:
-            async with ChatClient(settings, session=session) as chat:
+        timeout = httpx.Timeout(settings.llm_idle_timeout, connect=settings.llm_connect_timeout)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            async with ChatClient(settings, http=http) as chat:
+                assert chat._wire is None
                 yield chat
-            assert not session.closed
 
     return opened
 

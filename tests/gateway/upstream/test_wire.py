@@ -1,4 +1,4 @@
-"""ChatClient's transport (aiohttp) against raw asyncio servers and a proxy on 127.0.0.1.
+"""The raw HTTP/1.1 client (``gateway.upstream._wire``) against raw asyncio servers on 127.0.0.1.
 
 Each server counts its connections and requests and reports every closed connection, so reuse,
 retries and closes are asserted from the server's side.
@@ -15,7 +15,6 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import orjson
@@ -31,7 +30,9 @@ from gateway.upstream import (
     UpstreamSettings,
     UpstreamTimeout,
 )
-from tests.helpers import self_signed_certificate
+from gateway.upstream._http import Deadline
+from gateway.upstream._wire import HIGH_WATER, Target, WirePool, WireResponse
+from tests.helpers import free_port, self_signed_certificate
 
 pytestmark = pytest.mark.anyio
 
@@ -125,6 +126,26 @@ def answer(data: bytes) -> Handler:
     return handle
 
 
+@pytest.fixture
+async def pool() -> AsyncIterator[WirePool]:
+    opened = WirePool(connect_timeout=5, idle_timeout=5)
+    yield opened
+    opened.close()
+    await asyncio.sleep(0)  # let the aborted transports run connection_lost
+
+
+def target(server: Server, scheme: str = "http") -> Target:
+    return Target.parse(f"{scheme}://127.0.0.1:{server.port}/v1/chat/completions")
+
+
+async def fetch(pool: WirePool, server: Server, seconds: float = 10) -> tuple[int, bytes]:
+    response = await pool.request(target(server), {}, b"{}", Deadline(seconds, "LLM"))
+    try:
+        return response.status_code, await response.aread()
+    finally:
+        await response.aclose()
+
+
 def settings(server: Server, scheme: str = "http", **overrides: Any) -> UpstreamSettings:
     base = UpstreamSettings(
         llm_base_url=f"{scheme}://127.0.0.1:{server.port}/v1",
@@ -141,42 +162,150 @@ async def collect(chat: ChatClient) -> list[Any]:
             return [event async for event in events]
 
 
-HELLO = [ContentDelta("Hel"), ContentDelta("lo"), ChatResult("Hello", (), "stop")]
-
-
 # -- bodies and keep-alive ---------------------------------------------------------------------
 
 
-async def test_a_body_split_anywhere_even_inside_a_character_gives_the_same_events() -> None:
+async def test_a_chunked_body_split_anywhere_is_dechunked(pool: WirePool) -> None:
     async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        wire = SSE_HEAD + chunked(
-            delta("caf\u00e9 "), delta("\u65e5\u672c"), STOP, b"data: [DONE]\n\n"
-        )
+        wire = SSE_HEAD + chunked(b"first ", b"second ", b"third")
+        for i in range(0, len(wire), 7):  # a new segment every 7 bytes, mid-line and mid-size
+            writer.write(wire[i : i + 7])
+            await writer.drain()
+        return True
+
+    async with raw_server(handle) as server:
+        assert await fetch(pool, server) == (200, b"first second third")
+
+
+async def test_a_content_length_body_reuses_the_connection_after_an_early_hint(
+    pool: WirePool,
+) -> None:
+    hint = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+    reply = hint + b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"
+    async with raw_server(answer(reply)) as server:
+        assert await fetch(pool, server) == (200, b"hello")
+        assert await fetch(pool, server) == (200, b"hello")
+        assert (server.connections, server.requests) == (1, 2)
+
+
+async def test_a_body_delimited_by_the_close_ends_there_and_is_not_pooled(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ")
+        await writer.drain()
+        writer.write(b"the close")
+        return False
+
+    async with raw_server(handle) as server:
+        assert await fetch(pool, server) == (200, b"until the close")
+        assert await fetch(pool, server) == (200, b"until the close")
+        assert (server.connections, server.requests) == (2, 2)
+
+
+async def test_a_streamed_chat_reuses_one_connection(pool: WirePool) -> None:
+    async with raw_server(answer(SSE_ANSWER)) as server:
+        async with ChatClient(settings(server)) as chat:
+            first, second = await collect(chat), await collect(chat)
+    assert (
+        first
+        == second
+        == [ContentDelta("Hel"), ContentDelta("lo"), ChatResult("Hello", (), "stop")]
+    )
+    assert (server.connections, server.requests) == (1, 2)
+
+
+async def test_a_large_body_pauses_reading_until_it_is_read(pool: WirePool) -> None:
+    body = bytes(range(256)) * (4 * HIGH_WATER // 256)
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
+    async with raw_server(answer(head + body)) as server:
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
+            with anyio.fail_after(5):
+                while not response._conn._paused:  # the client stops reading at the high water
+                    await anyio.sleep(0.005)
+            assert await response.aread() == body
+        finally:
+            await response.aclose()
+        assert await fetch(pool, server) == (200, body)
+        assert server.connections == 1
+
+
+async def test_a_piped_body_reaches_the_sink_in_order_and_the_connection_is_reused(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        wire = SSE_HEAD + chunked(b"first ", b"second ", b"third")
         for i in range(0, len(wire), 7):  # a new segment every 7 bytes, mid-line and mid-size
             writer.write(wire[i : i + 7])
             await writer.drain()
             await asyncio.sleep(0.001)
         return True
 
+    got: list[bytes] = []
+
+    def sink(data: bytes) -> bool:
+        got.append(data)
+        return False
+
     async with raw_server(handle) as server:
-        async with ChatClient(settings(server)) as chat:
-            events = await collect(chat)
-            texts: list[str] = []
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
             with anyio.fail_after(5):
-                result = await chat.stream_text([{"role": "user", "content": "hi"}], texts.append)
-    assert (
-        "".join(e.text for e in events if isinstance(e, ContentDelta)) == "caf\u00e9 \u65e5\u672c"
-    )
-    assert result == events[-1] and "".join(texts) == result.content
-    assert (server.connections, server.requests) == (1, 2)
+                await response.pipe(sink)
+        finally:
+            await response.aclose()
+        assert b"".join(got) == b"first second third" and len(got) > 1
+        assert await fetch(pool, server) == (200, b"first second third")
+        assert (server.connections, server.requests) == (1, 2)
 
 
-async def test_a_streamed_chat_reuses_one_connection() -> None:
-    async with raw_server(answer(SSE_ANSWER)) as server:
-        async with ChatClient(settings(server)) as chat:
-            first, second = await collect(chat), await collect(chat)
-    assert first == second == HELLO
-    assert (server.connections, server.requests) == (1, 2)
+async def test_a_sink_that_has_enough_ends_the_pipe_and_the_rest_is_drained(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD + chunked(b"one ")[:-5])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"6\r\nenough\r\n" + chunked(b"rest"))
+        return True
+
+    got: list[bytes] = []
+
+    def sink(data: bytes) -> bool:
+        got.append(data)
+        return b"enough" in data
+
+    async with raw_server(handle) as server:
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
+            with anyio.fail_after(5):
+                await response.pipe(sink)
+                assert b"".join(got) == b"one enough"
+                await response.finish()
+        finally:
+            await response.aclose()
+        assert b"rest" not in b"".join(got)
+        assert await fetch(pool, server) == (200, b"one enoughrest")
+        assert server.connections == 1  # drained to its end, the connection went back
+
+
+async def test_what_a_sink_raises_comes_out_of_pipe_and_closes_the_connection(
+    pool: WirePool,
+) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(SSE_HEAD + chunked(b"bad")[:-5])
+        return await until_disconnect(reader)
+
+    def sink(data: bytes) -> bool:
+        raise ValueError(data)
+
+    async with raw_server(handle) as server:
+        response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+        try:
+            with pytest.raises(ValueError, match="bad"), anyio.fail_after(5):
+                await response.pipe(sink)
+        finally:
+            await response.aclose()
+        assert await server.next_close() == 1
 
 
 async def test_a_completion_sent_whole_is_one_piece_of_text() -> None:
@@ -195,43 +324,73 @@ async def test_a_completion_sent_whole_is_one_piece_of_text() -> None:
 # -- connections closed by the server ------------------------------------------------------------
 
 
-async def test_a_pooled_connection_the_server_closed_is_replaced() -> None:
+async def test_a_pooled_connection_the_server_closed_is_replaced(pool: WirePool) -> None:
     async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(SSE_ANSWER)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         return False  # says keep-alive, closes anyway: the idle connection dies in the pool
 
     async with raw_server(handle) as server:
-        async with ChatClient(settings(server, llm_max_retries=0)) as chat:
-            assert await collect(chat) == HELLO
-            assert await server.next_close() == 1
-            assert await collect(chat) == HELLO
-    assert (server.connections, server.requests) == (2, 2)
+        assert await fetch(pool, server) == (200, b"ok")
+        assert await server.next_close() == 1
+        assert await fetch(pool, server) == (200, b"ok")
+        assert (server.connections, server.requests) == (2, 2)
 
 
-async def test_a_request_on_a_connection_closed_unanswered_is_retried() -> None:
+async def test_a_request_on_a_connection_closed_unanswered_is_retried_once_fresh(
+    pool: WirePool,
+) -> None:
     async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         if n == 2:
             return False  # the keep-alive race: closed as the request arrived, no answer
-        writer.write(SSE_ANSWER)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         return True
 
     async with raw_server(handle) as server:
-        async with ChatClient(settings(server)) as chat:
-            assert await collect(chat) == HELLO
-            assert await collect(chat) == HELLO
-    assert (server.connections, server.requests) == (2, 3)
+        assert await fetch(pool, server) == (200, b"ok")
+        assert await fetch(pool, server) == (200, b"ok")
+        assert (server.connections, server.requests) == (2, 3)
 
 
-async def test_a_response_cut_mid_body_raises_a_protocol_error() -> None:
+async def test_a_fresh_connection_closed_unanswered_raises_without_a_retry(
+    pool: WirePool,
+) -> None:
     async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(SSE_HEAD + chunked(delta("Hel"))[:-5] + b"40\r\ndata: {")
         return False
 
     async with raw_server(handle) as server:
-        async with ChatClient(settings(server)) as chat:
-            with pytest.raises(UpstreamProtocolError, match="connection broke"):
-                await collect(chat)
-    assert server.requests == 1  # text was not yet yielded, but a cut is not retried
+        with pytest.raises(UpstreamProtocolError, match="without answering"):
+            await fetch(pool, server)
+        assert (server.connections, server.requests) == (1, 1)
+
+
+async def test_a_response_cut_mid_body_raises_a_protocol_error(pool: WirePool) -> None:
+    async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+        return False
+
+    async with raw_server(handle) as server:
+        with pytest.raises(UpstreamProtocolError, match="closed mid-response"):
+            await fetch(pool, server)
+
+
+async def test_a_malformed_response_raises_a_protocol_error(pool: WirePool) -> None:
+    async with raw_server(answer(b"HTTP/1.1 2x0 OK\r\n\r\n")) as server:
+        with pytest.raises(UpstreamProtocolError, match="bad HTTP response"):
+            await fetch(pool, server)
+
+
+async def test_bytes_after_a_response_keep_its_connection_out_of_the_pool(pool: WirePool) -> None:
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n"
+    async with raw_server(answer(reply)) as server:
+        assert await fetch(pool, server) == (200, b"ok")
+        assert await fetch(pool, server) == (200, b"ok")
+        assert (server.connections, server.requests) == (2, 2)
+
+
+async def test_an_unreachable_server_raises_a_connect_error(pool: WirePool) -> None:
+    url = Target.parse(f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(UpstreamConnectError):
+        await pool.request(url, {}, b"", Deadline(5, "LLM"))
 
 
 # -- time limits ---------------------------------------------------------------------------------
@@ -243,25 +402,28 @@ async def test_a_silent_server_hits_the_idle_limit_before_and_after_the_headers(
             writer.write(SSE_HEAD + chunked(delta("a"))[:-5])  # one chunk, no end
         return await until_disconnect(reader)
 
-    async with raw_server(handle) as server:
-        quick = settings(server, llm_idle_timeout=0.3, llm_max_retries=0)
-        async with ChatClient(quick) as chat:
+    idle = WirePool(connect_timeout=5, idle_timeout=0.3)
+    try:
+        async with raw_server(handle) as server:
             with pytest.raises(UpstreamTimeout) as waiting:
-                await collect(chat)
+                await fetch(idle, server)
             assert await server.next_close() == 1
-            got: list[Any] = []
-            with pytest.raises(UpstreamTimeout) as streaming, anyio.fail_after(5):
-                async with aclosing(chat.stream_chat([{"role": "user", "content": "hi"}])) as s:
-                    async for event in s:
-                        got.append(event)
-                        started = time.monotonic()
-            assert 0.25 <= time.monotonic() - started < 3
-            assert got == [ContentDelta("a")]
+            response = await idle.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+            try:
+                assert await response.read() == delta("a")
+                started = time.monotonic()
+                with pytest.raises(UpstreamTimeout) as streaming:
+                    await response.read()
+                assert 0.25 <= time.monotonic() - started < 3
+            finally:
+                await response.aclose()
             assert await server.next_close() == 2
+    finally:
+        idle.close()
     assert waiting.value.phase == streaming.value.phase == "idle"
 
 
-async def test_a_steady_stream_hits_the_total_limit() -> None:
+async def test_a_steady_stream_hits_the_total_limit(pool: WirePool) -> None:
     async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         writer.write(SSE_HEAD)
         with anyio.move_on_after(10):
@@ -272,16 +434,20 @@ async def test_a_steady_stream_hits_the_total_limit() -> None:
         return False
 
     async with raw_server(handle) as server:
-        async with ChatClient(settings(server, llm_total_timeout=0.5)) as chat:
-            started = time.monotonic()
+        started = time.monotonic()
+        response = await pool.request(target(server), {}, b"{}", Deadline(0.5, "LLM"))
+        try:
             with pytest.raises(UpstreamTimeout) as caught:
-                await collect(chat)
-            assert await server.next_close() == 1
+                while await response.read():
+                    pass
+        finally:
+            await response.aclose()
+        assert await server.next_close() == 1
     assert caught.value.phase == "total"
     assert 0.45 <= time.monotonic() - started < 3
 
 
-# -- error statuses and retries ------------------------------------------------------------------
+# -- error statuses and retries (through ChatClient) --------------------------------------------
 
 
 async def test_a_client_error_carries_the_upstream_message_and_is_not_retried() -> None:
@@ -316,7 +482,7 @@ async def test_a_retry_after_status_is_retried_after_the_time_it_asks(status: by
     assert (server.connections, server.requests) == (1, 2)
 
 
-# -- leaving early ------------------------------------------------------------------------------
+# -- leaving early -------------------------------------------------------------------------------
 
 
 async def test_leaving_a_stream_early_closes_its_connection() -> None:
@@ -337,18 +503,21 @@ async def test_leaving_a_stream_early_closes_its_connection() -> None:
     assert (server.connections, server.requests) == (2, 2)
 
 
-async def test_a_cancelled_reader_closes_its_connection() -> None:
+async def test_a_cancelled_reader_closes_its_connection(pool: WirePool) -> None:
     async def handle(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(SSE_HEAD + chunked(delta("first"))[:-5])
+        writer.write(SSE_HEAD)
         return await until_disconnect(reader)
 
     async with raw_server(handle) as server:
-        async with ChatClient(settings(server)) as chat:
-            got: list[str] = []
-            with anyio.move_on_after(0.3) as scope:
-                await chat.stream_text([{"role": "user", "content": "hi"}], got.append)
-            assert scope.cancelled_caught and got == ["first"]
-            assert await server.next_close() == 1
+        response: WireResponse | None = None
+        with anyio.move_on_after(0.2) as scope:
+            response = await pool.request(target(server), {}, b"{}", Deadline(10, "LLM"))
+            try:
+                await response.read()
+            finally:
+                await response.aclose()
+        assert scope.cancelled_caught
+        assert await server.next_close() == 1
 
 
 # -- TLS -----------------------------------------------------------------------------------------
@@ -368,6 +537,7 @@ async def test_https_works_with_the_ca_file_and_fails_without_it(
     async with raw_server(answer(SSE_ANSWER), server_context) as server:
         trusting = settings(server, "https", llm_ca_file=str(cert))
         async with ChatClient(trusting) as chat:
+            assert chat._wire is not None
             first, second = await collect(chat), await collect(chat)
         assert first == second and first[-1] == ChatResult("Hello", (), "stop")
         assert (server.connections, server.requests) == (1, 2)
@@ -387,114 +557,3 @@ async def test_invalid_utf8_in_a_chunk_is_replaced_as_in_decoded_text() -> None:
             events = await collect(chat)
     assert texts == ["ok", "a\ufffdb"] and result.content == "oka\ufffdb"
     assert events[-1] == result
-
-
-async def test_https_trusts_the_ca_file_named_by_ssl_cert_file(
-    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cert, key = certificate
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert, key)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    async with raw_server(answer(SSE_ANSWER), server_context) as server:
-        async with ChatClient(settings(server, "https")) as chat:
-            assert await collect(chat) == HELLO
-
-
-# -- proxies from the environment ----------------------------------------------------------------
-
-
-@dataclass
-class Proxy:
-    url: str
-    requests: list[bytes] = field(default_factory=list)  # the request lines it was sent
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
-
-@asynccontextmanager
-async def proxy_server() -> AsyncIterator[Proxy]:
-    """A forward proxy: ``CONNECT host:port`` tunnels, an absolute-form request is passed on."""
-    tasks: set[asyncio.Task[Any]] = set()
-    proxy = Proxy("")
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            line = head.split(b"\r\n", 1)[0]
-            proxy.requests.append(line)
-            method, target, _ = line.split(b" ")
-            if method == b"CONNECT":
-                host, _, port = target.decode().rpartition(":")
-                up_reader, up_writer = await asyncio.open_connection(host, int(port))
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            else:
-                url = urlsplit(target.decode())
-                up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
-                up_writer.write(head.replace(target, url.path.encode(), 1))
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        yield proxy
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        with anyio.fail_after(5):
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await server.wait_closed()
-
-
-@pytest.fixture
-def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
-
-
-async def test_http_proxy_carries_the_stream_unless_no_proxy_names_the_host(
-    no_proxy_env: pytest.MonkeyPatch,
-) -> None:
-    async with raw_server(answer(SSE_ANSWER)) as server, proxy_server() as proxy:
-        no_proxy_env.setenv("HTTP_PROXY", proxy.url)
-        async with ChatClient(settings(server)) as chat:
-            assert await collect(chat) == HELLO
-        assert proxy.requests == [
-            f"POST http://127.0.0.1:{server.port}/v1/chat/completions HTTP/1.1".encode()
-        ]
-        no_proxy_env.setenv("NO_PROXY", "127.0.0.1")
-        async with ChatClient(settings(server)) as chat:
-            assert await collect(chat) == HELLO
-        assert len(proxy.requests) == 1 and server.requests == 2
-
-
-async def test_https_goes_through_the_proxy_by_connect_and_is_verified_end_to_end(
-    certificate: tuple[Path, Path], no_proxy_env: pytest.MonkeyPatch
-) -> None:
-    cert, key = certificate
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert, key)
-    async with raw_server(answer(SSE_ANSWER), server_context) as server, proxy_server() as proxy:
-        no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
-        async with ChatClient(settings(server, "https", llm_ca_file=str(cert))) as chat:
-            assert await collect(chat) == HELLO
-            assert await collect(chat) == HELLO
-        assert proxy.requests == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1".encode()]
-        async with ChatClient(settings(server, "https", llm_max_retries=0)) as chat:
-            with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-                await collect(chat)
