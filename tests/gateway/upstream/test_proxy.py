@@ -167,6 +167,8 @@ async def test_https_trusts_the_ca_file_named_by_ssl_cert_file(
 class Proxy:
     url: str
     requests: list[bytes] = field(default_factory=list)  # the request lines it was sent
+    heads: list[bytes] = field(default_factory=list)  # the whole heads
+    refuse: bool = False  # answer CONNECT with 403
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -190,7 +192,11 @@ async def proxy_server() -> AsyncIterator[Proxy]:
             head = await reader.readuntil(b"\r\n\r\n")
             line = head.split(b"\r\n", 1)[0]
             proxy.requests.append(line)
+            proxy.heads.append(head)
             method, target, _ = line.split(b" ")
+            if method == b"CONNECT" and proxy.refuse:
+                writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                return
             if method == b"CONNECT":
                 host, _, port = target.decode().rpartition(":")
                 up_reader, up_writer = await asyncio.open_connection(host, int(port))
@@ -257,3 +263,33 @@ async def test_https_goes_through_the_proxy_by_connect_and_is_verified_end_to_en
         async with ChatClient(settings(server, "https", llm_max_retries=0)) as chat:
             with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await collect(chat)
+
+
+async def test_the_proxy_urls_user_and_password_authenticate_each_way_through_it(
+    certificate: tuple[Path, Path], no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    basic = re.compile(rb"(?im)^proxy-authorization: Basic YWxpY2U6cGEgc3M=\r$")  # alice:pa ss
+    async with raw_server(answer(SSE_ANSWER)) as plain, proxy_server() as proxy:
+        no_proxy_env.setenv("HTTP_PROXY", proxy.url.replace("//", "//alice:pa%20ss@"))
+        async with ChatClient(settings(plain)) as chat:
+            assert await collect(chat) == HELLO
+    async with raw_server(answer(SSE_ANSWER), server_context) as tls, proxy_server() as tunnel:
+        no_proxy_env.setenv("HTTPS_PROXY", tunnel.url.replace("//", "//alice:pa%20ss@"))
+        async with ChatClient(settings(tls, "https", llm_ca_file=str(cert))) as chat:
+            assert await collect(chat) == HELLO
+    assert basic.search(proxy.heads[0]) and basic.search(tunnel.heads[0])
+
+
+async def test_a_proxy_that_refuses_the_tunnel_is_a_connect_error(
+    no_proxy_env: pytest.MonkeyPatch,
+) -> None:
+    async with raw_server(answer(SSE_ANSWER)) as server, proxy_server() as proxy:
+        proxy.refuse = True
+        no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
+        async with ChatClient(settings(server, "https", llm_max_retries=0)) as chat:
+            with pytest.raises(UpstreamConnectError, match="403"):
+                await collect(chat)
+    assert server.connections == 0
