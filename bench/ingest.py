@@ -2,9 +2,9 @@
 
 Many concurrent paced streams (so every chunk is its own socket read, as in production) from
 ``bench.upstream``; each reader decodes SSE with the gateway's ``SSEDecoder``. Also measured:
-the whole ``ChatClient.stream_chat``, over an injected httpx client (the path taken when a proxy
-applies) and over its own raw HTTP/1.1 client (``gateway.upstream._wire``, the default), and
-``ChatClient.stream_text`` (the relay's path) on the wire. ``--runs`` repeats the set and prints
+the gateway's whole ``ChatClient`` on its HTTP/1.1 client (``gateway.upstream._wire``, also
+the path through a proxy), by events (``stream_chat``) and by text callback (``stream_text``,
+the relay's path). ``--runs`` repeats the set and prints
 each reader's median and spread (min to max), for a machine shared with other work. aiohttp is
 a bench-only package here (the ``bench`` extra).
 
@@ -113,9 +113,6 @@ async def main_async(streams: int, tokens: int, tps: float) -> list[dict[str, An
         pool = WirePool(connect_timeout=5, idle_timeout=60, max_idle=streams)
         out.append(await measure("wire read", lambda: via_wire(pool, url, q), streams))
         pool.close()
-        async with httpx.AsyncClient(limits=httpx.Limits(**limits)) as h1:
-            chat = ChatClient(settings, http=h1)
-            out.append(await measure("ChatClient (httpx)", lambda: via_chat(chat, q), streams))
         async with ChatClient(settings) as chat:
             out.append(await measure("ChatClient (wire)", lambda: via_chat(chat, q), streams))
             out.append(await measure("ChatClient text (wire)", lambda: via_text(chat, q), streams))
