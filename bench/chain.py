@@ -3,7 +3,7 @@
 Bench a's CPU per token moves by a quarter with the VM's mood, and half of it is the kernel's
 (the frame's write, the upstream's read): a change that saves a few calls per token drowns in
 that. This drives the real objects of the hot path from the upstream chunk to the pushed frame
-— the wire client's connection (``_Connection.data_received``: HTTP chunk parsing), the chat
+— the wire client's connection (``WireConnection.data_received``: HTTP chunk parsing), the chat
 sink (SSE, JSON, the assembler), the relay's ``on_text`` and the ``Printer``, the store's
 ``append_now`` and its log, one parked SSE reader (``_Live.push`` with uvicorn's chunk framing)
 — with transports that only count bytes. ``streams`` tasks get their tokens in turn, so the
@@ -41,8 +41,8 @@ from gateway.routes.sse import _Live
 from gateway.settings import Settings
 from gateway.store import MemoryStore, RedisStore, StreamStore
 from gateway.upstream._http import Deadline
-from gateway.upstream._wire import WirePool, _Connection
-from gateway.upstream.openai import _TextSink
+from gateway.upstream._wire import WireConnection, WirePool
+from gateway.upstream.openai import TextSink
 
 
 class _Transport(asyncio.Transport):
@@ -99,7 +99,7 @@ class _Relay:
         self.task_id = task_id
         self.upstream = _Transport()
         self.client = _Transport()
-        self.conn = _Connection(pool, ("http", "127.0.0.1", 80))
+        self.conn = WireConnection(pool, ("http", "127.0.0.1", 80))
         self.conn.connection_made(self.upstream)
         printer = Printer(store, task_id, "req-" + task_id[:8])
         delta_now = printer.text_delta_now
@@ -122,7 +122,7 @@ class _Relay:
         await asyncio.sleep(0)
         self.conn.data_received(HEAD)
         response = await sending
-        self.pipe = asyncio.ensure_future(response.pipe(_TextSink(self.on_text)))
+        self.pipe = asyncio.ensure_future(response.pipe(TextSink(self.on_text)))
         await asyncio.sleep(0)
         self.conn.data_received(chunk(PREFIX + b"first" + SUFFIX))  # the writer exists now
         log = None

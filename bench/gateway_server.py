@@ -2,10 +2,9 @@
 
 Equivalent to ``agent-gateway serve gateway`` with ``agentType 1`` registered; settings come from
 the environment (``REDIS_URL``, ``MAX_RUNNING`` …) exactly as there. ``--chat-pool N`` gives the
-relay agent a ChatClient over an injected ``httpx`` client whose pool allows ``N`` concurrent
-upstream streams (the path a proxy takes; httpx's default pool of 100 would queue the 500-stream
-scenario) — a comparison aid. The default, 0, is the gateway's own ChatClient (its raw HTTP/1.1
-client, no connection cap).
+relay agent a ChatClient with an injected ``httpx`` client whose pool allows ``N`` connections;
+that client only serves ``complete``, the streams take the wire client all the same (the proxy
+path too, since issue 21), so this measures the same as the default, 0.
 
     python -m bench.gateway_server --port 8080 [--chat-pool 2000]
 """

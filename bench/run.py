@@ -172,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--chat-pool",
         type=int,
         default=0,
-        help="0: the relay uses the gateway's own ChatClient (its raw HTTP/1.1 client); "
-        "N: a ChatClient over an injected httpx client with a pool of N, for comparison",
+        help="N: the relay's ChatClient gets an injected httpx client with a pool of N, which "
+        "serves complete() only: its streams take the wire client as with 0 (the default)",
     )
     parser.add_argument(
         "--levels", default="", help="a: only these stream counts, e.g. 1,200 (default: all)"

@@ -10,32 +10,32 @@ already shown the partial answer and a silent second answer would duplicate it.
 
 Transport: ``stream_chat`` and ``stream_text`` run on the raw HTTP/1.1 client of
 :mod:`gateway.upstream._wire` (the per-token hot path; ``stream_text`` hands text to a callback
-from the connection's reader, without waking a task per chunk), except when a proxy from
-``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` applies to the URL (``NO_PROXY`` honoured) or a
-shared ``httpx`` client was passed in: then it uses httpx, as ``complete`` always does. Both give
-the same events and errors.
+from the connection's reader, without waking a task per chunk), also through a proxy from
+``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (``NO_PROXY`` honoured; see
+:mod:`gateway.upstream._target`). aiohttp, the cheapest library client with proxies and TLS,
+costs twice as much per chunk on the relay's path (``bench/README.md``). The non-streamed
+``complete`` uses httpx.
 """
 
 from __future__ import annotations
 
 import random
 import ssl
-import urllib.request
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol, cast
+from typing import Any
 
 import anyio
 import httpx
 import orjson
 
-from gateway.upstream._http import Deadline, OwnedHttp, aclose_quietly, http_error, status_error
-from gateway.upstream._wire import Target, WirePool, WireResponse
+from gateway.upstream._http import Deadline, OwnedHttp, http_error, status_error
+from gateway.upstream._target import Target
+from gateway.upstream._wire import WirePool, WireResponse
 from gateway.upstream.chat import (
     ChatAssembler,
     ChatEvent,
     ChatResult,
-    ContentDelta,
     parse_completion,
 )
 from gateway.upstream.errors import (
@@ -49,7 +49,7 @@ from gateway.upstream.errors import (
 from gateway.upstream.settings import UpstreamSettings
 from gateway.upstream.sse import SSEDecoder
 
-__all__ = ["ChatClient"]
+__all__ = ["ChatClient", "TextSink"]
 
 _WHAT = "LLM"
 _MAX_BACKOFF = 8.0
@@ -68,23 +68,11 @@ def _is_retryable(exc: UpstreamError) -> bool:
     return False
 
 
-class _Answer(Protocol):
-    """A response whose headers are in: a :class:`WireResponse` or an :class:`_HttpxAnswer`."""
-
-    status_code: int
-    headers: Mapping[str, str]
-
-    async def read(self) -> bytes: ...  # the next body bytes; b"" at the end
-    async def aread(self) -> bytes: ...  # the rest of the body
-    async def finish(self) -> None: ...  # the caller needs no more of the body
-    async def aclose(self) -> None: ...
-
-
 class ChatClient(OwnedHttp):
     """Streams chat completions; use ``async with ChatClient(settings) as chat``.
 
-    ``http`` lets several clients share one ``httpx.AsyncClient`` (its owner closes it); the
-    streams then go through it too.
+    ``http`` lets several clients share one ``httpx.AsyncClient`` (its owner closes it) for
+    ``complete``; the streams always take the wire client.
     """
 
     def __init__(
@@ -106,20 +94,17 @@ class ChatClient(OwnedHttp):
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             verify=context or True,
         )
-        self._target = _direct_target(self._url) if http is None else None
-        self._wire: WirePool | None = None
-        if self._target is not None:
-            self._wire = WirePool(
-                connect_timeout=settings.llm_connect_timeout,
-                idle_timeout=settings.llm_idle_timeout,
-                ssl_context=context,
-                what=_WHAT,
-            )
+        self._target = Target.parse(self._url, proxies=True)
+        self._wire = WirePool(
+            connect_timeout=settings.llm_connect_timeout,
+            idle_timeout=settings.llm_idle_timeout,
+            ssl_context=context,
+            what=_WHAT,
+        )
 
     async def aclose(self) -> None:
         """Close the connections this client opened."""
-        if self._wire is not None:
-            self._wire.close()
+        self._wire.close()
         await super().aclose()
 
     @property
@@ -179,7 +164,7 @@ class ChatClient(OwnedHttp):
         deadline = Deadline(self._settings.llm_total_timeout, _WHAT)
         attempt = 0
         while True:
-            sink = _TextSink(on_text)
+            sink = TextSink(on_text)
             try:
                 result = await self._text_once(body, headers, deadline, sink)
             except UpstreamError as exc:
@@ -252,14 +237,12 @@ class ChatClient(OwnedHttp):
 
     async def _answer(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
-    ) -> _Answer:
+    ) -> WireResponse:
         """Send the streamed request; the answer's headers are in."""
-        if self._wire is not None and self._target is not None:
-            wire_headers = self._headers(headers, sse=True)
-            wire_headers.setdefault("accept-encoding", "identity")
-            wire_headers.setdefault("user-agent", "agent-gateway")
-            return await self._wire.request(self._target, wire_headers, body, deadline)
-        return await _HttpxAnswer.send(self._http, self._request(body, headers, sse=True), deadline)
+        wire_headers = self._headers(headers, sse=True)
+        wire_headers.setdefault("accept-encoding", "identity")
+        wire_headers.setdefault("user-agent", "agent-gateway")
+        return await self._wire.request(self._target, wire_headers, body, deadline)
 
     async def _stream_once(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
@@ -280,28 +263,18 @@ class ChatClient(OwnedHttp):
                     for event in assembler.feed(_loads(data)):
                         yield event
             yield _ended(assembler)
-        except httpx.HTTPError as exc:
-            raise from_httpx(exc, _WHAT) from exc
         finally:
             await answer.aclose()
 
     async def _text_once(
-        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline, sink: _TextSink
+        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline, sink: TextSink
     ) -> ChatResult:
-        if self._wire is None:  # httpx: its events, passed on
-            async with aclosing(self._stream_once(body, headers, deadline)) as events:
-                async for event in events:
-                    if type(event) is ContentDelta:
-                        sink.text(event.text)
-                    elif type(event) is ChatResult:
-                        return event
-            raise UpstreamProtocolError(f"{_WHAT}: the stream ended without a result")
         answer = await self._answer(body, headers, deadline)
         try:
             whole = await _whole_or_stream(answer)
             if whole is not None:
                 return whole
-            await cast(WireResponse, answer).pipe(sink)
+            await answer.pipe(sink)
             if sink.done:
                 await answer.finish()
                 return sink.assembler.result()
@@ -323,70 +296,23 @@ class ChatClient(OwnedHttp):
         return parse_completion(_loads(response.content))
 
 
-class _HttpxAnswer:
-    """A streamed ``httpx`` response seen as an :class:`_Answer`; each read within the deadline."""
-
-    def __init__(self, response: httpx.Response, deadline: Deadline) -> None:
-        self.status_code = response.status_code
-        self.headers: Mapping[str, str] = response.headers
-        self._response = response
-        self._chunks: AsyncGenerator[bytes, None] = response.aiter_bytes()  # type: ignore[assignment]
-        self._deadline = deadline
-
-    @classmethod
-    async def send(
-        cls, http: httpx.AsyncClient, request: httpx.Request, deadline: Deadline
-    ) -> _HttpxAnswer:
-        try:
-            with deadline.limit():
-                return cls(await http.send(request, stream=True), deadline)
-        except httpx.HTTPError as exc:
-            raise from_httpx(exc, _WHAT) from exc
-
-    async def read(self) -> bytes:
-        with self._deadline.limit():
-            async for chunk in self._chunks:
-                if chunk:
-                    return chunk
-        return b""
-
-    async def aread(self) -> bytes:
-        with self._deadline.limit():
-            return await self._response.aread()
-
-    async def finish(self) -> None:
-        pass  # closing the response closes an unfinished body's connection
-
-    async def aclose(self) -> None:
-        try:
-            await self._chunks.aclose()
-        finally:
-            await aclose_quietly(self._response)
-
-
-class _TextSink:
+class TextSink:
     """Decodes a streamed body as it arrives (``WireResponse.pipe``): every event is assembled,
     the text deltas also go to ``on_text``. Called once per chunk of the body: a relay's hot
     path, so the usual chunk (one JSON event) takes no call it can do without."""
 
-    __slots__ = ("_decoder", "_on_text", "_passed", "assembler", "done")
+    __slots__ = ("_decoder", "_on_text", "assembler", "done")
 
     def __init__(self, on_text: Callable[[str], None]) -> None:
         self._on_text = on_text
         self._decoder = SSEDecoder()
         self.assembler = ChatAssembler()
         self.done = False  # [DONE] was read
-        self._passed = False
 
     @property
     def emitted(self) -> bool:
         """Whether ``on_text`` was called (a retry would repeat text)."""
-        return self._passed or self.assembler.has_content
-
-    def text(self, text: str) -> None:
-        """Pass on a piece assembled elsewhere (the httpx path's events)."""
-        self._passed = True
-        self._on_text(text)
+        return self.assembler.has_content
 
     def __call__(self, body: bytes) -> bool:
         for data in self._decoder.feed_data(body):
@@ -401,7 +327,7 @@ class _TextSink:
         return False
 
 
-async def _whole_or_stream(answer: _Answer) -> ChatResult | None:
+async def _whole_or_stream(answer: WireResponse) -> ChatResult | None:
     """Raise for an error status or an unexpected content type; the whole result where the
     server ignored ``stream: true`` and sent one completion; None for an event stream."""
     if answer.status_code >= 400:
@@ -423,21 +349,6 @@ def _ended(assembler: ChatAssembler) -> ChatResult:
     if assembler.finish_reason is None:
         raise UpstreamProtocolError(f"{_WHAT}: the stream ended before [DONE]")
     return assembler.result()
-
-
-def _direct_target(url: str) -> Target | None:
-    """Where the wire client sends ``url``; None when it is for httpx (a proxy applies, as httpx
-    reads them from the environment, or the scheme is not http/https)."""
-    try:
-        target = Target.parse(url)
-    except ValueError:
-        return None
-    proxies = urllib.request.getproxies()
-    if (proxies.get(target.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
-        target.authority
-    ):
-        return None
-    return target
 
 
 def _loads(data: str | bytes) -> Any:

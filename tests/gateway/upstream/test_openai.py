@@ -48,22 +48,22 @@ FAST = StubSettings(knobs=Knobs(tokens_per_second=0), stall_seconds=30, retry_af
 OpenChat = Callable[[UpstreamSettings], AbstractAsyncContextManager[ChatClient]]
 
 
-@pytest.fixture(params=["wire", "httpx"])
+@pytest.fixture(params=["own", "shared httpx"])
 def open_chat(request: pytest.FixtureRequest) -> OpenChat:
-    """Opens a ChatClient streaming over the raw wire client, or over an injected httpx client."""
+    """Opens a ChatClient on its own, or with a shared httpx client (for ``complete``; its
+    streams take the wire client all the same)."""
 
     @asynccontextmanager
     async def opened(settings: UpstreamSettings) -> AsyncIterator[ChatClient]:
-        if request.param == "wire":
+        if request.param == "own":
             async with ChatClient(settings) as chat:
-                assert chat._wire is not None  # no proxy applies: streams take the wire client
                 yield chat
             return
         timeout = httpx.Timeout(settings.llm_idle_timeout, connect=settings.llm_connect_timeout)
         async with httpx.AsyncClient(timeout=timeout) as http:
             async with ChatClient(settings, http=http) as chat:
-                assert chat._wire is None
                 yield chat
+            assert not http.is_closed  # its owner closes it
 
     return opened
 

@@ -537,7 +537,6 @@ async def test_https_works_with_the_ca_file_and_fails_without_it(
     async with raw_server(answer(SSE_ANSWER), server_context) as server:
         trusting = settings(server, "https", llm_ca_file=str(cert))
         async with ChatClient(trusting) as chat:
-            assert chat._wire is not None
             first, second = await collect(chat), await collect(chat)
         assert first == second and first[-1] == ChatResult("Hello", (), "stop")
         assert (server.connections, server.requests) == (1, 2)
