@@ -1,11 +1,11 @@
 """Coalesced log writes for ``RedisStore``.
 
 Appends land in a per-task ``_Writer`` in memory at once (their seq is assigned there); a single
-flusher sends every dirty task's pending messages to Redis on the next turn of the loop (under
-load at most once per ``spacing``) in one Lua call for all of them, on a connection of its own
-(``_lane``; one call per task through redis-py on Redis Cluster). A failed flush keeps its
-messages and is retried; a retry of a flush that did reach Redis is recognised by its sequence
-numbers, so nothing is lost or written twice.
+flusher sends every dirty task's pending messages to Redis at the end of the turn of the loop
+(under load at most once per ``spacing``) in one Lua call for all of them, on a connection of
+its own (``_lane``; one call per task through redis-py on Redis Cluster), with up to two flushes
+in flight there. A failed flush keeps its messages and is retried; a retry of a flush that did
+reach Redis is recognised by its sequence numbers, so nothing is lost or written twice.
 
 Durable before visible (DESIGN §3): a message reaches the writer's ``log`` — the one every local
 reader reads, parks on or is pushed from — only once Redis has acknowledged its write. The log's
@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError
 
 from gateway.protocol import StoredMessage
 from gateway.store._lane import Lane, pack
-from gateway.store._log import LocalLog
+from gateway.store._pending import LostWriter, _Writer
 
 logger = logging.getLogger(__name__)
 
@@ -52,81 +52,6 @@ def _bulk_int(value: int) -> bytes:
 
 _SMALL = [_bulk_int(n) for n in range(256)]
 _NO_FINAL = _bulk(b"")  # a task's final status when the flush does not end it (nothing follows)
-
-
-class _Writer:
-    """This process's write side of one task's log: ``pending`` messages wait for their
-    flush, ``log`` holds the durable ones (``flushed_seq`` = ``log.last_seq``, the mark)."""
-
-    __slots__ = (
-        "closing",
-        "ended_as",
-        "epoch",
-        "final",
-        "final_sent",
-        "flushed_seq",
-        "log",
-        "lost",
-        "moved",
-        "owner",
-        "pending",
-        "resp",
-        "score",
-        "sent",
-        "waiters",
-    )
-
-    def __init__(self, base: int, owner: str, score: float) -> None:
-        self.log = LocalLog(base)
-        self.owner = owner
-        self.score = score
-        self.flushed_seq = base
-        self.pending: list[StoredMessage] = []
-        # the finish's script arguments: status, endedAt, error json, result, ttl, message data
-        self.final: list[bytes] | None = None
-        self.ended_as: bytes | None = None  # the final status, once Redis holds it
-        self.lost: str | None = None
-        self.closing: StoredMessage | None = None
-        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self.moved: asyncio.Future[None] | None = None  # the claim's index move, in flight
-        self.resp: tuple[bytes, bytes] | None = None  # keys and owner as RESP, once flushed
-        self.sent = 0  # pending messages in a flush in flight (the first ones)
-        self.final_sent = False  # the final fields are in a flush in flight
-        self.epoch = 0  # bumped when its flushes in flight no longer count (see Flusher)
-
-    @property
-    def last_seq(self) -> int:
-        """The seq of the last message appended (durable or not)."""
-        return self.flushed_seq + len(self.pending)
-
-    def made_durable(self, messages: list[StoredMessage]) -> None:
-        """Hand ``messages``, just acknowledged by Redis, to the log's readers (unless a third
-        party's write already ended or moved past this log: its readers then go to Redis)."""
-        log = self.log
-        if messages and not log.finished and messages[0].seq == log.last_seq + 1:
-            log.extend(messages)
-
-    async def index_moved(self) -> None:
-        """Wait for the claim's move between the listing indexes (a later move must follow it)."""
-        if self.moved is not None:
-            with contextlib.suppress(Exception):
-                await self.moved
-
-    def settle(self, upto: int, error: Exception | None = None) -> None:
-        """Resolve the waiters whose seq is durable (or fail them all with ``error``)."""
-        if not self.waiters:
-            return
-        keep = []
-        for seq, fut in self.waiters:
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-            elif seq <= upto:
-                fut.set_result(None)
-            else:
-                keep.append((seq, fut))
-        self.waiters = keep
 
 
 class Flusher:
@@ -395,10 +320,12 @@ class Flusher:
         if isinstance(error, NoScriptError):
             self._load_script = True  # the next flush loads it, at once
         else:
-            logger.warning("store flush failed, retrying: %r", error)
             assert self._loop is not None
-            self._resume_at = self._loop.time() + self._backoff
-            self._backoff = min(self._backoff * 2, 2.0)
+            now = self._loop.time()
+            if self._resume_at <= now:  # not one more flush failed by the same fault
+                logger.warning("store flush failed, retrying: %r", error)
+                self._resume_at = now + self._backoff
+                self._backoff = min(self._backoff * 2, 2.0)
         for task_id, writer, *_, epoch in entries:
             if epoch == writer.epoch:
                 self._resend(task_id, writer)
@@ -462,11 +389,3 @@ class Flusher:
             self._on_sealed(task_id, writer)
         if ended:  # their index moves, together (one round trip on the lane)
             self._spawn(asyncio.gather(*(self._on_finished(t, w) for t, w in ended)))
-
-
-class LostWriter(Exception):
-    """Redis refused this process's writes for a task (ended elsewhere or lease lost)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
