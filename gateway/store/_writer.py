@@ -309,8 +309,9 @@ class Flusher:
                 self._backoff = 0.05
             else:
                 self._failed(entries, error)
-        except Exception:  # the flusher must outlive any failure
+        except Exception as exc:  # the flusher must outlive any failure: send it all again
             logger.exception("store flush: settling failed")
+            self._failed(entries, exc)
         if self._dirty and self._next is None:
             self._kick()
         self._check_drained()
