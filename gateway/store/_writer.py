@@ -300,9 +300,12 @@ class Flusher:
     def _answered(
         self, entries: list[_Entry], started: float, reply: Any, error: Exception | None
     ) -> None:
-        """A flush's reply, or its failure: settle it, then send the next one."""
+        """A flush's reply, or its failure: send the next flush, then settle this one (its
+        readers' frames are written while the next flush is on its way)."""
         if error is None and isinstance(reply, Exception):
             error = reply  # an error reply of the script call
+        if error is None and self._dirty and self._next is None:
+            self._kick()  # built on this flush landing: if it did not, Redis refuses that one
         try:
             if error is None:
                 self._settle(entries, list(reply), started)
