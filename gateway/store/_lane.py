@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -40,6 +40,33 @@ def _reply_error(message: str) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
 
+OnReply = Callable[[Any, "Exception | None"], None]
+"""Takes a call's reply (a Redis error reply as a ``ResponseError`` value), or None and the
+failure of the connection; it runs in the protocol's ``data_received`` and must not raise."""
+
+
+class _Callback:
+    """A call answered by a function instead of a future: the reply is handled in the turn
+    that reads it, with no task to wake (what a future's awaiter costs: a turn of the loop)."""
+
+    __slots__ = ("_done", "_on_reply")
+
+    def __init__(self, on_reply: OnReply) -> None:
+        self._on_reply = on_reply
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, reply: Any) -> None:
+        self._done = True
+        self._on_reply(reply, None)
+
+    def set_exception(self, error: Exception) -> None:
+        self._done = True
+        self._on_reply(None, error)
+
+
 class _Protocol(asyncio.Protocol):
     """Replies are matched to calls in order (RESP answers a connection's commands in order).
 
@@ -50,7 +77,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader(replyError=_reply_error)
         # each call in flight: its future and the loop time by which its reply is due
-        self.calls: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.calls: collections.deque[tuple[asyncio.Future[Any] | _Callback, float]] = (
+            collections.deque()
+        )
         self.transport: asyncio.Transport | None = None
         self.failure: Exception | None = None
         self._timeout = timeout
@@ -61,7 +90,9 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def send(self, data: bytes, calls: list[asyncio.Future[Any]], *, now: bool = False) -> None:
+    def send(
+        self, data: bytes, calls: Sequence[asyncio.Future[Any] | _Callback], *, now: bool = False
+    ) -> None:
         """Queue ``data`` (the commands of ``calls``) for this turn's write; ``now`` writes it
         (and what this turn queued before it) at once."""
         due = self._loop.time() + self._timeout
@@ -170,6 +201,19 @@ class Lane:
         ``now``: written at once, not with the rest of this turn's commands (a flush, which
         readers wait for)."""
         return (await self.calls([command], now=now))[0]
+
+    @property
+    def ready(self) -> bool:
+        """Whether the lane is connected (``send`` needs it; ``call`` connects)."""
+        protocol = self._protocol
+        transport = None if protocol is None else protocol.transport
+        return transport is not None and not transport.is_closing()
+
+    def send(self, command: bytes, on_reply: OnReply) -> None:
+        """Write one packed command at once and have ``on_reply`` take its reply (or the
+        connection's failure) in the turn that reads it. The lane must be ``ready``."""
+        assert self._protocol is not None
+        self._protocol.send(command, [_Callback(on_reply)], now=True)
 
     async def calls(self, commands: list[bytes], *, now: bool = False) -> list[Any]:
         """Send packed commands in one write; their replies (the first error reply is raised,

@@ -1,11 +1,11 @@
 """Coalesced log writes for ``RedisStore``.
 
 Appends land in a per-task ``_Writer`` in memory at once (their seq is assigned there); a single
-flusher sends every dirty task's pending messages to Redis on the next turn of the loop (under
-load at most once per ``spacing``) in one Lua call for all of them, on a connection of its own
-(``_lane``; one call per task through redis-py on Redis Cluster). A failed flush keeps its
-messages and is retried; a retry of a flush that did reach Redis is recognised by its sequence
-numbers, so nothing is lost or written twice.
+flusher sends every dirty task's pending messages to Redis at the end of the turn of the loop
+(under load at most once per ``spacing``) in one Lua call for all of them, on a connection of
+its own (``_lane``; one call per task through redis-py on Redis Cluster), with up to two flushes
+in flight there. A failed flush keeps its messages and is retried; a retry of a flush that did
+reach Redis is recognised by its sequence numbers, so nothing is lost or written twice.
 
 Durable before visible (DESIGN §3): a message reaches the writer's ``log`` — the one every local
 reader reads, parks on or is pushed from — only once Redis has acknowledged its write. The log's
@@ -29,14 +29,15 @@ from redis.exceptions import NoScriptError
 
 from gateway.protocol import StoredMessage
 from gateway.store._lane import Lane, pack
-from gateway.store._log import LocalLog
+from gateway.store._pending import LostWriter, _Writer
 
 logger = logging.getLogger(__name__)
 
 
-#: What a flush sends for one task: task id, writer, its messages, the first one's seq, and the
-#: final fields (status, endedAt, error json, result, ttl, final data) if the flush ends it.
-_Entry = tuple[str, "_Writer", list[StoredMessage], int, "list[bytes] | None"]
+#: What a flush sends for one task: task id, writer, its messages, the first one's seq, the
+#: final fields (status, endedAt, error json, result, ttl, final data) if the flush ends it, and
+#: the writer's ``epoch`` when it was sent.
+_Entry = tuple[str, "_Writer", list[StoredMessage], int, "list[bytes] | None", int]
 
 
 def _bulk(value: bytes) -> bytes:
@@ -53,77 +54,19 @@ _SMALL = [_bulk_int(n) for n in range(256)]
 _NO_FINAL = _bulk(b"")  # a task's final status when the flush does not end it (nothing follows)
 
 
-class _Writer:
-    """This process's write side of one task's log: ``pending`` messages wait for their
-    flush, ``log`` holds the durable ones (``flushed_seq`` = ``log.last_seq``, the mark)."""
-
-    __slots__ = (
-        "closing",
-        "ended_as",
-        "final",
-        "flushed_seq",
-        "log",
-        "lost",
-        "moved",
-        "owner",
-        "pending",
-        "resp",
-        "score",
-        "waiters",
-    )
-
-    def __init__(self, base: int, owner: str, score: float) -> None:
-        self.log = LocalLog(base)
-        self.owner = owner
-        self.score = score
-        self.flushed_seq = base
-        self.pending: list[StoredMessage] = []
-        # the finish's script arguments: status, endedAt, error json, result, ttl, message data
-        self.final: list[bytes] | None = None
-        self.ended_as: bytes | None = None  # the final status, once Redis holds it
-        self.lost: str | None = None
-        self.closing: StoredMessage | None = None
-        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self.moved: asyncio.Future[None] | None = None  # the claim's index move, in flight
-        self.resp: tuple[bytes, bytes] | None = None  # keys and owner as RESP, once flushed
-
-    @property
-    def last_seq(self) -> int:
-        """The seq of the last message appended (durable or not)."""
-        return self.flushed_seq + len(self.pending)
-
-    def made_durable(self, messages: list[StoredMessage]) -> None:
-        """Hand ``messages``, just acknowledged by Redis, to the log's readers (unless a third
-        party's write already ended or moved past this log: its readers then go to Redis)."""
-        log = self.log
-        if messages and not log.finished and messages[0].seq == log.last_seq + 1:
-            log.extend(messages)
-
-    async def index_moved(self) -> None:
-        """Wait for the claim's move between the listing indexes (a later move must follow it)."""
-        if self.moved is not None:
-            with contextlib.suppress(Exception):
-                await self.moved
-
-    def settle(self, upto: int, error: Exception | None = None) -> None:
-        """Resolve the waiters whose seq is durable (or fail them all with ``error``)."""
-        if not self.waiters:
-            return
-        keep = []
-        for seq, fut in self.waiters:
-            if fut.done():
-                continue
-            if error is not None:
-                fut.set_exception(error)
-            elif seq <= upto:
-                fut.set_result(None)
-            else:
-                keep.append((seq, fut))
-        self.waiters = keep
-
-
 class Flusher:
-    """Owns the flush loop; ``RedisStore`` feeds it dirty writers."""
+    """Sends the dirty writers' messages to Redis; ``RedisStore`` feeds it with ``mark``.
+
+    On the lane, a flush's reply is handled by a callback in the turn that reads it (readers
+    are pushed there, and the next flush goes out), and up to ``DEPTH`` flushes are in flight:
+    replies come in order on one connection, so a flush sent while the previous one awaits its
+    reply is settled after it. A token then waits for about one round trip, not for the rest of
+    the flush in flight as well. Elsewhere (redis-py, Redis Cluster; connecting; loading the
+    script) one flush at a time runs as a task.
+    """
+
+    #: Flushes in flight at once on the lane.
+    DEPTH = 2
 
     def __init__(
         self,
@@ -149,9 +92,16 @@ class Flusher:
         self._spacing = spacing
         self._one_call = one_call
         self._dirty: dict[str, _Writer] = {}
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by ``start``
+        self._in_flight = 0  # flushes sent, not yet settled (DEPTH while a task flushes)
+        self._next: asyncio.Handle | None = None  # the scheduled ``_kick``
+        self._last = -math.inf  # when the last flush started
+        self._resume_at = -math.inf  # no flush before (after a failure)
+        self._backoff = 0.05
+        self._load_script = False  # Redis forgot the script: the next flush loads it
+        self._tasks: set[asyncio.Task[Any]] = set()  # task flushes and index moves
         self._closing = False
+        self._drained: asyncio.Future[None] | None = None
 
     async def _send(self, entries: list[_Entry]) -> list[Any]:
         """One script call for every task of the flush; Redis Cluster refuses a script whose
@@ -166,7 +116,7 @@ class Flusher:
                 + [m.data for m in messages]
                 + (final or [b""]),
             )
-            for task_id, writer, messages, first, final in entries
+            for task_id, writer, messages, first, final, _ in entries
         ]
         if self._one_call:
             keys = [key for task_keys, _ in requests for key in task_keys]
@@ -175,16 +125,14 @@ class Flusher:
         replies = await asyncio.gather(*(self._script(keys=k, args=a) for k, a in requests))
         return [reply[0] for reply in replies]
 
-    async def _evalsha(self, entries: list[_Entry]) -> Any:
-        """The script call on the lane, its RESP bytes put together here: a task's keys and
-        owner are encoded once per task, a message once (a general packer would format every
-        one of a flush's hundreds of arguments on its own). The script is loaded if Redis does
-        not know it."""
-        assert self._lane is not None
+    def _command(self, entries: list[_Entry]) -> bytes:
+        """The script call's RESP bytes, put together here: a task's keys and owner are
+        encoded once per task, a message once (a general packer would format every one of a
+        flush's hundreds of arguments on its own)."""
         keys: list[bytes] = []
         args: list[bytes] = []
         count = 0
-        for task_id, writer, messages, first, final in entries:
+        for task_id, writer, messages, first, final, _ in entries:
             if writer.resp is None:
                 writer.resp = (
                     b"".join([_bulk(key.encode()) for key in self._keys(task_id)]),
@@ -206,7 +154,12 @@ class Flusher:
             _bulk(self._script.sha.encode()),
             _bulk_int(n_keys),
         )
-        command = b"".join([head, *keys, *args])
+        return b"".join([head, *keys, *args])
+
+    async def _evalsha(self, entries: list[_Entry]) -> Any:
+        """The script call on the lane, awaited; the script is loaded if Redis does not know it."""
+        assert self._lane is not None
+        command = self._command(entries)
         try:
             return await self._lane.call(command, now=True)  # readers wait for its reply
         except NoScriptError:
@@ -217,78 +170,193 @@ class Flusher:
             return await self._lane.call(command, now=True)
 
     def mark(self, task_id: str, writer: _Writer) -> None:
-        dirty = self._dirty
-        if not dirty:  # else the flush loop is awake or will look at ``_dirty`` before waiting
-            self._wakeup.set()
-        dirty[task_id] = writer
+        """``writer`` has something to flush: it goes out at the end of this turn of the loop
+        (after ``interval`` from a quiet start), or when a flush in flight is answered."""
+        self._dirty[task_id] = writer
+        if self._next is None and self._in_flight < self.DEPTH and self._loop is not None:
+            quiet = self._in_flight == 0 and self._interval > 0 and not self._closing
+            self._schedule(self._interval if quiet else 0.0)
+
+    def _schedule(self, delay: float) -> None:
+        assert self._loop is not None
+        if self._next is not None:
+            self._next.cancel()
+        if delay > 0:
+            self._next = self._loop.call_later(delay, self._kick)
+        else:
+            self._next = self._loop.call_soon(self._kick)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="redis-store-flusher")
+        self._loop = asyncio.get_running_loop()
+        if self._dirty:
+            self._schedule(0.0)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Flush what is pending (bounded by ``timeout``), then stop the loop."""
+        """Flush what is pending (bounded by ``timeout``), then stop."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._drained = loop.create_future()
+        self._check_drained()
+        if not self._drained.done() and self._in_flight < self.DEPTH:
+            self._schedule(0.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._drained
+                while self._tasks:
+                    await asyncio.wait(list(self._tasks))
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+        for task in list(self._tasks):
+            task.cancel()
         if self._lane is not None:
             self._lane.close()
 
-    async def _run(self) -> None:
-        backoff = 0.05
-        loop = asyncio.get_running_loop()
-        last = -math.inf  # when the last flush started
-        while True:
-            if not self._dirty:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                if not self._closing and self._interval > 0:
-                    # More appends join this flush. Without an interval none is needed: this
-                    # task wakes on the loop's next turn, after every append of this one, and
-                    # readers wait for the flush (appends made while it is in flight join the
-                    # next one).
-                    await asyncio.sleep(self._interval)
-            # Under load, at most one flush per ``spacing``: fewer, larger flushes. After a
-            # quiet spell the first append is flushed at once.
-            gap = last + self._spacing - loop.time()
-            if gap > 0 and not self._closing:
-                await asyncio.sleep(gap)
-            last = loop.time()
-            batch, self._dirty = self._dirty, {}
-            try:
-                await self._flush(batch)
-                backoff = 0.05
-            except Exception as exc:  # the flusher must outlive any failure: retry, never drop
-                logger.warning("store flush failed, retrying: %r", exc)
-                for task_id, writer in batch.items():
-                    self._dirty.setdefault(task_id, writer)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if drained is not None and not drained.done() and not self._in_flight:
+            if not any(
+                w.pending or w.final is not None for w in self._dirty.values() if not w.lost
+            ):
+                drained.set_result(None)
 
-    async def _flush(self, batch: dict[str, _Writer]) -> None:
+    def _kick(self) -> None:
+        """Send a flush of the dirty writers, if one may go out now."""
+        self._next = None
+        loop = self._loop
+        if not self._dirty or self._in_flight >= self.DEPTH or loop is None:
+            self._check_drained()
+            return
+        now = loop.time()
+        wait = max(self._resume_at, self._last + self._spacing) - now
+        if wait > 0 and not (self._closing and now >= self._resume_at):
+            self._schedule(wait)  # under load at most one flush per ``spacing``
+            return
+        lane = self._lane
+        on_lane = lane is not None and lane.ready and not self._load_script
+        if self._in_flight and not on_lane:
+            return  # a task's flush goes out alone (its reply is settled on a later turn)
+        entries = self._take()
+        if not entries:
+            self._check_drained()
+            return
+        self._last = now
         started = time.perf_counter()
+        if on_lane:
+            assert lane is not None
+
+            def on_reply(reply: Any, error: Exception | None) -> None:
+                self._in_flight -= 1
+                self._answered(entries, started, reply, error)
+
+            self._in_flight += 1
+            lane.send(self._command(entries), on_reply)
+        else:
+            self._in_flight = self.DEPTH  # nothing else goes out meanwhile
+            self._spawn(self._flush_task(entries, started))
+
+    def _take(self) -> list[_Entry]:
+        """The next flush's entries: what each dirty writer has not sent yet."""
+        batch, self._dirty = self._dirty, {}
         entries: list[_Entry] = []
         for task_id, writer in batch.items():
-            if writer.lost or (not writer.pending and writer.final is None):
+            final = None if writer.final_sent else writer.final
+            if writer.lost or (len(writer.pending) == writer.sent and final is None):
                 continue
-            entries.append(
-                (task_id, writer, list(writer.pending), writer.flushed_seq + 1, writer.final)
-            )
-        if not entries:
-            return
-        replies = await self._send(entries)
+            messages = writer.pending[writer.sent :]
+            first = writer.flushed_seq + writer.sent + 1
+            entries.append((task_id, writer, messages, first, final, writer.epoch))
+            writer.sent += len(messages)
+            if final is not None:
+                writer.final_sent = True
+        return entries
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush_task(self, entries: list[_Entry], started: float) -> None:
+        try:
+            replies = await self._send(entries)
+        except Exception as exc:
+            self._in_flight = 0
+            self._answered(entries, started, None, exc)
+        else:
+            self._in_flight = 0
+            self._load_script = False
+            self._answered(entries, started, replies, None)
+
+    async def _flush(self, batch: dict[str, _Writer]) -> None:
+        """Flush ``batch`` now and settle it (the flusher need not be started)."""
+        self._dirty, dirty = batch, self._dirty
+        entries = self._take()
+        self._dirty.update(dirty)
+        if entries:
+            started = time.perf_counter()
+            self._settle(entries, await self._send(entries), started)
+
+    def _answered(
+        self, entries: list[_Entry], started: float, reply: Any, error: Exception | None
+    ) -> None:
+        """A flush's reply, or its failure: send the next flush, then settle this one (its
+        readers' frames are written while the next flush is on its way)."""
+        if error is None and isinstance(reply, Exception):
+            error = reply  # an error reply of the script call
+        if error is None and self._dirty and self._next is None:
+            self._kick()  # built on this flush landing: if it did not, Redis refuses that one
+        try:
+            if error is None:
+                self._settle(entries, list(reply), started)
+                self._backoff = 0.05
+            else:
+                self._failed(entries, error)
+        except Exception as exc:  # the flusher must outlive any failure: send it all again
+            logger.exception("store flush: settling failed")
+            self._failed(entries, exc)
+        if self._dirty and self._next is None:
+            self._kick()
+        self._check_drained()
+
+    def _failed(self, entries: list[_Entry], error: Exception) -> None:
+        """Keep the flush's messages for the next one: retry, never drop."""
+        if isinstance(error, NoScriptError):
+            self._load_script = True  # the next flush loads it, at once
+        else:
+            assert self._loop is not None
+            now = self._loop.time()
+            if self._resume_at <= now:  # not one more flush failed by the same fault
+                logger.warning("store flush failed, retrying: %r", error)
+                self._resume_at = now + self._backoff
+                self._backoff = min(self._backoff * 2, 2.0)
+        for task_id, writer, *_, epoch in entries:
+            if epoch == writer.epoch:
+                self._resend(task_id, writer)
+
+    def _resend(self, task_id: str, writer: _Writer) -> None:
+        """Send ``writer``'s pending messages again from its mark; a reply to a flush still
+        in flight for it no longer counts (Redis refused that flush's writes: they did not
+        follow on from what it holds)."""
+        writer.epoch += 1
+        writer.sent = 0
+        writer.final_sent = False
+        if not writer.lost:
+            self._dirty[task_id] = writer
+
+    def _settle(self, entries: list[_Entry], replies: list[Any], started: float) -> None:
         self._on_flushed(time.perf_counter() - started)
-        # Settle every writer of the batch before awaiting anything, so no reader ever sees a
-        # task that Redis already calls finished without its finish message in memory.
+        # Settle every writer of the flush before anything else runs, so no reader ever sees
+        # a task that Redis already calls finished without its finish message in memory.
         ended: list[tuple[str, _Writer]] = []
-        for (task_id, writer, messages, first, final), reply in zip(entries, replies, strict=True):
+        for entry, reply in zip(entries, replies, strict=True):
+            task_id, writer, messages, first, final, epoch = entry
+            if epoch != writer.epoch:
+                continue  # an earlier flush of this writer failed: it is sent again
             n_sent = len(messages)
+            writer.sent -= n_sent
+            if final is not None:
+                writer.final_sent = False
             last = first + n_sent - (final is None)
             if isinstance(reply, bytes):  # the script refused this task's writes
                 text = reply.decode()
@@ -301,13 +369,14 @@ class Flusher:
                     del writer.pending[:landed]
                     writer.flushed_seq = durable
                     writer.settle(durable)
-                    self.mark(task_id, writer)
+                    self._resend(task_id, writer)
                     continue
                 if durable < last:  # refused: the task ended elsewhere, or the lease is lost
                     # Its pending messages were never visible: dropping them takes nothing
                     # back from any reader.
                     writer.lost = text.split(" ", 1)[0] or "LOST"
                     writer.pending = []
+                    self._resend(task_id, writer)
                     writer.settle(0, LostWriter(writer.lost))
                     ended.append((task_id, writer))
                     continue
@@ -323,12 +392,4 @@ class Flusher:
         for task_id, writer in ended:
             self._on_sealed(task_id, writer)
         if ended:  # their index moves, together (one round trip on the lane)
-            await asyncio.gather(*(self._on_finished(t, w) for t, w in ended))
-
-
-class LostWriter(Exception):
-    """Redis refused this process's writes for a task (ended elsewhere or lease lost)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+            self._spawn(asyncio.gather(*(self._on_finished(t, w) for t, w in ended)))

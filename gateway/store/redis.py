@@ -37,6 +37,7 @@ from gateway.protocol import (
 from gateway.store import _scripts
 from gateway.store._lane import Lane, pack
 from gateway.store._log import LocalLog
+from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import (
     GROUP,
@@ -50,7 +51,7 @@ from gateway.store._redis_parts import (
     _record,
     _scored,
 )
-from gateway.store._writer import Flusher, LostWriter, _Writer
+from gateway.store._writer import Flusher
 from gateway.store.base import (
     IdempotencyKeyReused,
     LeaseState,
