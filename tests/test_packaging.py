@@ -20,7 +20,7 @@ import time
 import tomllib
 import zipfile
 from collections.abc import Iterable, Iterator
-from importlib.metadata import packages_distributions
+from importlib.metadata import files, packages_distributions
 from pathlib import Path
 
 import httpx
@@ -71,9 +71,25 @@ def _imported_distributions(folders: Iterable[str]) -> dict[str, set[str]]:
                 for root in roots:
                     if root in sys.stdlib_module_names or root in local:
                         continue
-                    for dist in owners.get(root, [f"<no distribution for {root}>"]):
+                    for dist in _owners_of(node, root, owners):
                         found.setdefault(_canonical(dist), set()).add(str(path.relative_to(ROOT)))
     return found
+
+
+def _owners_of(node: ast.Import | ast.ImportFrom, root: str, owners: dict) -> list[str]:
+    """The distributions that provide what ``node`` imports from ``root``: for a namespace
+    package several distributions share (``google``), only those holding the submodule."""
+    dists = owners.get(root, [f"<no distribution for {root}>"])
+    if len(dists) < 2:
+        return list(dists)
+    modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+    folders = {"/".join(m.split(".")[:2]) + "/" for m in modules if m and "." in m}
+    holding = [
+        dist
+        for dist in dists
+        if any(str(f).startswith(tuple(folders)) for f in (files(dist) or ()))
+    ]
+    return holding or list(dists)
 
 
 def test_every_package_the_product_imports_is_a_declared_dependency() -> None:
