@@ -52,6 +52,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway._env import env_number
+from gateway.ended_tasks import EndedTasks
 from gateway.errors import error_response
 from gateway.protocol import TaskRecord, now_ms, parse_decimal, task_snapshot
 from gateway.security import TaskNotes, task_notes
@@ -183,8 +184,7 @@ class WebhookDispatcher:
         self.settings = settings
         self.policy = TargetPolicy(settings.allow_hosts)
         self.resolve = resolve or system_resolve
-        self._watched: set[str] = set()
-        self._wake = asyncio.Event()
+        self._ended_tasks = EndedTasks(store)
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._warned_unsigned = False
 
@@ -206,8 +206,7 @@ class WebhookDispatcher:
 
     def watch(self, task_id: str) -> None:
         """Deliver ``task_id``'s end to its ``callbackUrl`` once it is terminal."""
-        self._watched.add(task_id)
-        self._wake.set()
+        self._ended_tasks.watch(task_id)
 
     async def delivery(self, task_id: str) -> dict[str, Any]:
         """The delivery record of ``task_id`` (``status: pending`` before the first attempt)."""
@@ -233,42 +232,16 @@ class WebhookDispatcher:
 
     async def run(self) -> None:
         """Poll the watched tasks and start a delivery for each one that ended, until cancelled."""
-        async with (
-            httpx.AsyncClient(
-                timeout=self.settings.timeout, follow_redirects=False, trust_env=False
-            ) as client,
-            asyncio.TaskGroup() as group,
-        ):
-            while True:
-                if not self._watched:
-                    await self._wake.wait()
-                self._wake.clear()
-                try:
-                    ended = await self._ended()
-                except Exception:
-                    logger.exception("webhook poll failed")
-                    ended = []
-                for record in ended:
-                    group.create_task(self._deliver(client, record), name="webhook-delivery")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.poll_interval):
-                        await self._wake.wait()
-
-    async def _ended(self) -> list[TaskRecord]:
-        watched = list(self._watched)
-        if not watched:
-            return []
-        records = {r.task_id: r for r in await self.store.get_many(watched)}
-        ended = []
-        for task_id in watched:
-            record = records.get(task_id)
-            if record is None or record.terminal:
-                self._watched.discard(task_id)  # expired, or ended: deliver it
-            if record is not None and record.terminal and record.request.get("callbackUrl"):
-                ended.append(record)
-        return ended
+        await self._ended_tasks.deliver_ended(
+            self._deliver,
+            timeout=self.settings.timeout,
+            poll_interval=self.settings.poll_interval,
+            label="webhook",
+        )
 
     async def _deliver(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
+        if not record.request.get("callbackUrl"):
+            return
         try:
             await self._deliver_with_retries(client, record)
         except Exception:  # one bad delivery must not end the dispatcher's task group

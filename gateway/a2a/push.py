@@ -28,6 +28,7 @@ from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict, MessageToJson, Parse
 from starlette.datastructures import State
 
+from gateway.ended_tasks import EndedTasks
 from gateway.protocol import TaskRecord
 from gateway.security import TaskNotes
 from gateway.ssrf import TargetRefused, check_target
@@ -48,8 +49,7 @@ class PushConfigs:
         self.notes = notes
         self._state = state
         self.snapshot: Snapshot | None = None
-        self._watched: set[str] = set()
-        self._wake = asyncio.Event()
+        self._ended_tasks = EndedTasks(store)
 
     @property
     def webhooks(self) -> WebhookDispatcher:
@@ -76,8 +76,7 @@ class PushConfigs:
         stored.id = config.id or uuid.uuid4().hex
         stored.tenant = ""
         await self.notes.set(task_id, NOTE, {stored.id: MessageToJson(stored)})
-        self._watched.add(task_id)
-        self._wake.set()
+        self._ended_tasks.watch(task_id)
         return stored
 
     async def configs(self, task_id: str) -> list[TaskPushNotificationConfig]:
@@ -105,38 +104,12 @@ class PushConfigs:
 
     async def _run(self) -> None:
         settings = self.webhooks.settings
-        async with (
-            httpx.AsyncClient(
-                timeout=settings.timeout, follow_redirects=False, trust_env=False
-            ) as client,
-            asyncio.TaskGroup() as group,
-        ):
-            while True:
-                if not self._watched:
-                    await self._wake.wait()
-                self._wake.clear()
-                try:
-                    ended = await self._ended()
-                except Exception:
-                    logger.exception("push notification poll failed")
-                    ended = []
-                for record in ended:
-                    group.create_task(self._deliver_all(client, record))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.poll_interval):
-                        await self._wake.wait()
-
-    async def _ended(self) -> list[TaskRecord]:
-        watched = list(self._watched)
-        records = {r.task_id: r for r in await self.store.get_many(watched)}
-        ended = []
-        for task_id in watched:
-            record = records.get(task_id)
-            if record is None or record.terminal:
-                self._watched.discard(task_id)
-            if record is not None and record.terminal:
-                ended.append(record)
-        return ended
+        await self._ended_tasks.deliver_ended(
+            self._deliver_all,
+            timeout=settings.timeout,
+            poll_interval=settings.poll_interval,
+            label="push notification",
+        )
 
     async def _deliver_all(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
         try:
