@@ -10,6 +10,7 @@ from gateway.store.base import (
     TaskEnded,
     TaskNotFound,
 )
+from gateway.store._replay import replay
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import UNREACHABLE, RedisStore
 
@@ -25,4 +26,5 @@ __all__ = [
     "StreamStore",
     "TaskEnded",
     "TaskNotFound",
+    "replay",
 ]

@@ -82,3 +82,21 @@ async def read_sse(
 
 def echo_query(words: int) -> str:
     return " ".join(f"w{i}" for i in range(words))
+
+
+def merged(events: list[dict[str, Any]]) -> dict[str, tuple[str, Any]]:
+    """What a reader shows after ``events``: per ``messageId`` its type (by its latest frame)
+    and content, frames merged as DESIGN §3 and the compacted replay's pieces say
+    (:func:`gateway.protocol.compaction.merge_text`)."""
+    from gateway.protocol import PAYLOAD_FIELDS
+    from gateway.protocol.compaction import merge_text
+
+    shown: dict[str, tuple[str, Any]] = {}
+    for event in events:
+        kind = event["messageType"]
+        value = event.get(PAYLOAD_FIELDS[kind])
+        before = shown.get(event["messageId"], (kind, ""))[1]
+        if isinstance(value, str):
+            value = merge_text(before if isinstance(before, str) else "", event, value)
+        shown[event["messageId"]] = (kind, value)
+    return shown
