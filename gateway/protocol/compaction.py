@@ -11,8 +11,9 @@ One replayed frame carries at most ``frame_max`` bytes. A longer text final is s
 frames of the same message and seq, each carrying a slice of the full text and its ``offset``
 (in characters); all but the last have ``isFinal: false`` and no SSE ``id:`` (a reader's cursor
 moves only when the whole final is in), the last has ``isFinal: true`` and ``id: <seq>``.
-A reader merges a frame with ``offset`` as ``content = content[:offset] + slice`` (offset 0
-starts the message over); without ``offset`` as before: a delta appends, a final replaces.
+A reader joins them
+(:class:`PieceJoiner`): a piece with offset 0 starts the text over, each next one appends,
+and the last completes the final frame, which then counts as any final frame does.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from gateway.protocol.messages import PAYLOAD_FIELDS, StoredMessage
 #: The largest replayed frame (bytes of JSON) before a text final is split into pieces.
 FRAME_MAX_BYTES = 64 * 1024
 
-#: JSON escapes a character into at most 6 bytes (``\\uXXXX``), UTF-8 into at most 4.
-_BYTES_PER_CHAR = 6
 
 
 class Piece(StoredMessage):
@@ -76,23 +75,53 @@ def split_final(message: StoredMessage, frame_max: int = FRAME_MAX_BYTES) -> lis
     text = value.get(field) if field else None
     if not isinstance(text, str):
         return [message]
-    head = len(message.data) - len(orjson.dumps(text))
-    step = max(1, (frame_max - head - 64) // _BYTES_PER_CHAR)
-    if len(text) <= step:
+    budget = frame_max - (len(message.data) - len(orjson.dumps(text))) - 64  # for the text
+    if budget < 1:
         return [message]
     pieces: list[StoredMessage] = []
-    for offset in range(0, len(text), step):
-        last = offset + step >= len(text)
-        piece = {**value, field: text[offset : offset + step], "isFinal": last, "offset": offset}
+    offset = 0
+    while offset < len(text):
+        size = _fitting(text, offset, budget)
+        last = offset + size >= len(text)
+        piece = {**value, field: text[offset : offset + size], "isFinal": last, "offset": offset}
         data = orjson.dumps(piece)
         pieces.append(StoredMessage(message.seq, data, message.finish) if last else Piece(message.seq, data))
+        offset += size
+    if len(pieces) == 1:
+        return [message]
     return pieces
 
 
-def merge_text(content: str, message: dict[str, Any], text: str) -> str:
-    """A reader's content of a text message after ``message`` carrying ``text`` (the rule in
-    the module docstring; what the page and the terminal client do)."""
-    offset = message.get("offset")
-    if isinstance(offset, int):
-        return content[:offset] + text
-    return text if message.get("isFinal", True) else content + text
+def _fitting(text: str, offset: int, budget: int) -> int:
+    """How many characters of ``text`` from ``offset`` encode (as JSON) in ``budget`` bytes."""
+    size = budget  # a character takes at least one byte
+    while size > 1 and len(orjson.dumps(text[offset : offset + size])) > budget:
+        size = max(1, size * budget // len(orjson.dumps(text[offset : offset + size])) - 8)
+    return size
+
+
+class PieceJoiner:
+    """A reader's side of the pieces: joins them back into the final frame they came from.
+
+    :meth:`feed` takes each message a reader receives and answers it unchanged, or ``None``
+    for a piece that is not the last, or for the last piece the whole final frame (its text
+    joined, without ``offset``). A piece with offset 0 starts its message's text over.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[str]] = {}
+
+    def feed(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        offset = message.get("offset")
+        field = PAYLOAD_FIELDS.get(str(message.get("messageType")))
+        if not isinstance(offset, int) or field is None:
+            return message
+        mid = str(message.get("messageId"))
+        parts = self._parts.pop(mid, []) if offset else []
+        parts.append(str(message.get(field, "")))
+        if not message.get("isFinal"):
+            self._parts[mid] = parts
+            return None
+        whole = {key: value for key, value in message.items() if key != "offset"}
+        whole[field] = "".join(parts)
+        return whole
