@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from gateway.protocol.messages import PAYLOAD_FIELDS, StoredMessage
+from gateway.protocol.messages import PAYLOAD_FIELDS, StoredMessage, encode_message
+from gateway.protocol.tasks import now_ms
 
 #: The largest replayed frame (bytes of JSON) before a text final is split into pieces.
 FRAME_MAX_BYTES = 64 * 1024
@@ -41,7 +42,7 @@ class Piece(StoredMessage):
         return b"data: %s\n\n" % self.data
 
 
-def _heads(messages: Sequence[StoredMessage]) -> Iterator[tuple[str | None, bool]]:
+def heads(messages: Sequence[StoredMessage]) -> Iterator[tuple[str | None, bool]]:
     """``(messageId, isFinal)`` of each message."""
     for message in messages:
         value = orjson.loads(message.data)
@@ -54,10 +55,10 @@ def compact(
     """``messages`` (consecutive durable messages, in order) as a replay sends them: the
     deltas of each message whose final frame is among them left out, long text finals split
     into :class:`Piece` frames of at most ``frame_max`` bytes followed by their last piece."""
-    heads = list(_heads(messages))
-    finals = {mid for mid, final in heads if final and mid is not None}
+    parsed = list(heads(messages))
+    finals = {mid for mid, final in parsed if final and mid is not None}
     replay: list[StoredMessage] = []
-    for message, (mid, final) in zip(messages, heads, strict=True):
+    for message, (mid, final) in zip(messages, parsed, strict=True):
         if not final and mid in finals:
             continue  # a delta of a message whose full content follows
         if final and len(message.data) > frame_max:
@@ -125,3 +126,22 @@ class PieceJoiner:
         whole = {key: value for key, value in message.items() if key != "offset"}
         whole[field] = "".join(parts)
         return whole
+
+
+def reset_message(seq: int, snapshot: dict[str, Any]) -> StoredMessage:
+    """The ``reset`` message a reader whose cursor is older than the retained history gets
+    instead of a gap (DESIGN §5): ``snapshot`` is the task's snapshot (``GET /api/tasks/{id}``)
+    and ``seq`` the retention floor — every message up to it is gone or compacted, every one
+    after it is kept — so the reader continues exactly after it (it is the SSE ``id:``; the
+    frame is made when served, not stored, and means the same to every reader)."""
+    body = {
+        "taskId": snapshot["taskId"],
+        "requestId": snapshot["requestId"],
+        "messageId": f"reset-{seq}",
+        "messageType": "reset",
+        "messageTime": now_ms(),
+        "isFinal": True,
+        "finish": False,
+        "snapshot": snapshot,
+    }
+    return encode_message(seq, body)

@@ -251,6 +251,13 @@ class StreamStore(abc.ABC):
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
         """Like ``read``, but waits up to ``timeout`` seconds for a message after ``after``."""
 
+    async def floor(self, task_id: str) -> int:
+        """The retention floor of the task's log: every message up to it is gone (bounded
+        retention, ``gateway.store._retention``), so only a cursor at or above it resumes
+        exactly; 0 while nothing was dropped. Messages above it may be compacted (deltas
+        whose final frame is kept). Raises ``TaskNotFound``."""
+        return 0
+
     def live_log(self, task_id: str, after: int) -> LocalLog | None:
         """The in-process log of ``task_id`` where a reader that has read up to ``after``, its
         last message, can ``park`` and be handed the next ones as they are added; None where

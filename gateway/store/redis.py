@@ -39,6 +39,7 @@ from gateway.store._lane import Lane, pack
 from gateway.store._log import LocalLog
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
+from gateway.store._retention import RedisRetention
 from gateway.store._redis_parts import (
     GROUP,
     MAX_BLOCK,
@@ -111,6 +112,7 @@ class RedisStore(StreamStore):
         cluster: bool = False,
         max_connections: int = 2048,
         on_flush: Callable[[float], None] | None = None,
+        log_max_bytes: int = 0,
     ) -> None:
         self.url = url
         self.result_ttl = int(result_ttl)
@@ -131,6 +133,9 @@ class RedisStore(StreamStore):
         )
         self._append = self._client.register_script(_scripts.APPEND)
         self._renew = self._client.register_script(_scripts.RENEW)
+        self._retention = RedisRetention(
+            self._client, self._k.task, _messages, log_max_bytes, self._trimmed, self._written
+        )
         self._writers: dict[str, _Writer] = {}
         # Finished here: replayed from memory for a while (never longer than Redis keeps them).
         self._recent = RecentLogs()
@@ -183,6 +188,7 @@ class RedisStore(StreamStore):
             task.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
         await self._flusher.close()
+        await self._retention.close()
         await self._client.aclose()
 
     async def ping(self) -> None:
@@ -507,6 +513,7 @@ class RedisStore(StreamStore):
         message = appended_message(writer.flushed_seq + len(pending) + 1, body)
         pending.append(message)
         self._flusher.mark(task_id, writer)
+        self._retention.count(task_id, len(message.data))
         return message
 
     async def finish(
@@ -587,6 +594,7 @@ class RedisStore(StreamStore):
         writes were refused): local readers get the finish, later ones go to Redis."""
         if self._writers.get(task_id) is writer:
             del self._writers[task_id]
+        self._retention.forget(task_id)
         self._ending[task_id] = asyncio.get_running_loop().create_future()  # see _finished
         if writer.closing is not None and not writer.lost:
             writer.log.add(writer.closing)
@@ -643,6 +651,26 @@ class RedisStore(StreamStore):
         if not entries and not exists:
             raise TaskNotFound(task_id)
         return _messages(entries)
+
+    async def _written(self, task_id: str) -> None:
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            await self._flushed(writer)
+
+    def _trimmed(self, task_id: str, gone: set[int], floor: int) -> None:
+        """A retention pass dropped ``gone`` from Redis: the log this process writes follows."""
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            log = writer.log
+            log.retain([m for m in log.messages if m.seq not in gone], max(log.base, floor))
+
+    async def floor(self, task_id: str) -> int:
+        state, exists = await self._commands(
+            [("HGET", self._k.state(task_id), "floor"), ("EXISTS", self._k.state(task_id))]
+        )
+        if not exists:
+            raise TaskNotFound(task_id)
+        return int(state or 0)
 
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
         loop = asyncio.get_running_loop()
