@@ -30,7 +30,6 @@ from gateway.protocol.tasks import now_ms
 FRAME_MAX_BYTES = 64 * 1024
 
 
-
 class Piece(StoredMessage):
     """A slice of a long final replayed in pieces: its frame has no ``id:`` line, so an SSE
     reader's cursor stays before the final until its last piece (which is a plain message)."""
@@ -74,7 +73,7 @@ def split_final(message: StoredMessage, frame_max: int = FRAME_MAX_BYTES) -> lis
     value: dict[str, Any] = orjson.loads(message.data)
     field = PAYLOAD_FIELDS.get(str(value.get("messageType")))
     text = value.get(field) if field else None
-    if not isinstance(text, str):
+    if field is None or not isinstance(text, str):
         return [message]
     budget = frame_max - (len(message.data) - len(orjson.dumps(text))) - 64  # for the text
     if budget < 1:
@@ -84,9 +83,12 @@ def split_final(message: StoredMessage, frame_max: int = FRAME_MAX_BYTES) -> lis
     while offset < len(text):
         size = _fitting(text, offset, budget)
         last = offset + size >= len(text)
-        piece = {**value, field: text[offset : offset + size], "isFinal": last, "offset": offset}
+        piece: dict[str, Any] = {**value, "isFinal": last, "offset": offset}
+        piece[field] = text[offset : offset + size]
         data = orjson.dumps(piece)
-        pieces.append(StoredMessage(message.seq, data, message.finish) if last else Piece(message.seq, data))
+        pieces.append(
+            StoredMessage(message.seq, data, message.finish) if last else Piece(message.seq, data)
+        )
         offset += size
     if len(pieces) == 1:
         return [message]

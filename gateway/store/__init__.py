@@ -1,5 +1,6 @@
 """Durable task state and logs: ``StreamStore`` and its two implementations."""
 
+from gateway.store._replay import replay
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
@@ -10,7 +11,6 @@ from gateway.store.base import (
     TaskEnded,
     TaskNotFound,
 )
-from gateway.store._replay import replay
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import UNREACHABLE, RedisStore
 

@@ -70,11 +70,7 @@ class LocalLog:
     def parkable(self, after: int) -> bool:
         """Whether a reader that has read up to ``after`` may ``park`` now: it has read all
         there is, the log goes on, and fewer than ``MAX_PUSHING`` readers push already."""
-        return (
-            not self.finished
-            and self.last_seq == after
-            and len(self._pushers) < MAX_PUSHING
-        )
+        return not self.finished and self.last_seq == after and len(self._pushers) < MAX_PUSHING
 
     @property
     def last_seq(self) -> int:

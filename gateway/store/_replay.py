@@ -13,7 +13,6 @@ from gateway.protocol import StoredMessage, task_snapshot
 from gateway.protocol.compaction import FRAME_MAX_BYTES, Piece, compact, reset_message
 from gateway.store.base import StreamStore, TaskNotFound
 
-
 #: How many messages past the cursor a replay looks at for final frames.
 LOOKAHEAD = 20_000
 READ_BATCH = 1000
@@ -43,9 +42,7 @@ async def replay(
     return frames
 
 
-async def _history(
-    store: StreamStore, task_id: str, after: int, floor: int
-) -> list[StoredMessage]:
+async def _history(store: StreamStore, task_id: str, after: int, floor: int) -> list[StoredMessage]:
     """The durable messages after ``after`` (up to ``LOOKAHEAD``), after a ``reset`` where
     ``after`` is below ``floor``."""
     messages: list[StoredMessage] = []

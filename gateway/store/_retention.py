@@ -10,8 +10,9 @@ When a task's retained log grows over the bound, a pass drops, oldest first:
    (:func:`gateway.store._replay.replay`); a cursor at or above it resumes exactly.
 
 A pass brings the log down to ``LOW_WATER`` of the bound at most, so one runs per quarter of
-the bound appended or less. The last message is always kept. ``MemoryStore`` runs a pass as it appends;
-``RedisStore`` runs it in the background (:class:`RedisRetention`), deleting stream entries.
+the bound appended or less. The last message is always kept. ``MemoryStore`` runs a pass as
+it appends; ``RedisStore`` runs it in the background (:class:`RedisRetention`), deleting
+stream entries.
 """
 
 from __future__ import annotations

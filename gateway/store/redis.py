@@ -39,7 +39,6 @@ from gateway.store._lane import Lane, pack
 from gateway.store._log import LocalLog
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
-from gateway.store._retention import RedisRetention
 from gateway.store._redis_parts import (
     GROUP,
     MAX_BLOCK,
@@ -52,6 +51,7 @@ from gateway.store._redis_parts import (
     _record,
     _scored,
 )
+from gateway.store._retention import RedisRetention
 from gateway.store._writer import Flusher
 from gateway.store.base import (
     IdempotencyKeyReused,

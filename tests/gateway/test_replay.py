@@ -162,7 +162,9 @@ async def test_a_resume_inside_a_message_whose_final_is_not_written_gets_its_del
     assert rest.seqs == [6, 7, 8, 9, 10, 11]  # the deltas, none skipped: no final yet
     assert [m["seq"] for m in polled] == [6, 7, 8, 9, 10, 11]
     assert [e["isFinal"] for e in end.events] == [True, True]
-    assert answers(first.events + rest.events + end.events) == ["".join(f"d{i} " for i in range(10))]
+    assert answers(first.events + rest.events + end.events) == [
+        "".join(f"d{i} " for i in range(10))
+    ]
     # Once the final is written, the same resume skips the deltas and gets it.
     assert compacted.seqs == [12, 13]
     assert answers(first.events + compacted.events) == answers(end.events)

@@ -14,8 +14,8 @@ import pytest
 from gateway.protocol import StoredMessage, TaskStatus, new_task_id, task_snapshot
 from gateway.protocol.compaction import compact
 from gateway.store import MemoryStore, RedisStore, StreamStore, replay
-from tests.gateway.stores import running
 from gateway.tasks import TaskContext, TaskRegistry
+from tests.gateway.stores import running
 from tests.gateway.support import gateway, merged, read_sse
 
 pytestmark = pytest.mark.anyio
@@ -31,7 +31,9 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[StreamStore]:
     else:
         cluster = request.param == "cluster"
         url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
-        s = RedisStore(url, result_ttl=60, prefix=new_task_id(), cluster=cluster, log_max_bytes=BOUND)
+        s = RedisStore(
+            url, result_ttl=60, prefix=new_task_id(), cluster=cluster, log_max_bytes=BOUND
+        )
     await s.start()
     try:
         yield s
