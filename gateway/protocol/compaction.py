@@ -18,6 +18,7 @@ and the last completes the final frame, which then counts as any final frame doe
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -147,3 +148,30 @@ def reset_message(seq: int, snapshot: dict[str, Any]) -> StoredMessage:
         "snapshot": snapshot,
     }
     return encode_message(seq, body)
+
+
+class CompactedLogs:
+    """The compacted replays of a few finished tasks, kept so a herd of readers reconnecting to
+    one (after a deploy) costs one compaction, not one each. A finished task's log changes only
+    by retention, which never changes its compacted replay except by raising the floor, so an
+    entry stays good while the floor it was made under holds. Least recently used go first."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._logs: dict[str, tuple[int, int, list[StoredMessage], list[int]]] = {}
+
+    def get(self, task_id: str, floor: int, after: int) -> list[StoredMessage] | None:
+        """The replay after ``after`` if it is kept (made from a cursor at or before it)."""
+        entry = self._logs.pop(task_id, None)
+        if entry is None or entry[0] != floor or after < entry[1]:
+            return None
+        self._logs[task_id] = entry  # most recently used last
+        frames, seqs = entry[2], entry[3]
+        return frames[bisect.bisect_right(seqs, after) :]
+
+    def put(self, task_id: str, floor: int, after: int, frames: list[StoredMessage]) -> None:
+        """Keep ``frames``, the whole replay after ``after`` of a finished task."""
+        self._logs.pop(task_id, None)
+        while len(self._logs) >= self.size:
+            del self._logs[next(iter(self._logs))]
+        self._logs[task_id] = (floor, after, frames, [m.seq for m in frames])

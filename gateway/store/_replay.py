@@ -26,13 +26,17 @@ async def replay(
     message and are never cut from it, so the last item is a whole message and a reader that
     goes on after its seq continues exactly. Raises ``TaskNotFound`` as ``read`` does."""
     floor = await store.floor(task_id)
-    while True:
-        messages = await _history(store, task_id, after, floor)
-        latest = await store.floor(task_id)  # a retention pass may have run meanwhile
-        if latest <= max(after, floor):
-            break
-        floor = latest
-    frames = compact(messages, frame_max)
+    frames = store.replays.get(task_id, floor, after)
+    if frames is None:
+        while True:
+            messages = await _history(store, task_id, after, floor)
+            latest = await store.floor(task_id)  # a retention pass may have run meanwhile
+            if latest <= max(after, floor):
+                break
+            floor = latest
+        frames = compact(messages, frame_max)
+        if frames and frames[-1].finish and len(messages) < LOOKAHEAD:
+            store.replays.put(task_id, floor, after, frames)  # the whole replay: it is done
     taken = 0
     for end, frame in enumerate(frames):
         if type(frame) is not Piece:

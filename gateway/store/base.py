@@ -16,6 +16,7 @@ import asyncio
 import base64
 import dataclasses
 import enum
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
+from gateway.protocol.compaction import CompactedLogs
 from gateway.store._log import LocalLog
 
 
@@ -250,6 +252,11 @@ class StreamStore(abc.ABC):
     @abc.abstractmethod
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
         """Like ``read``, but waits up to ``timeout`` seconds for a message after ``after``."""
+
+    @functools.cached_property
+    def replays(self) -> CompactedLogs:
+        """Finished tasks' compacted replays, kept for the next readers (``store.replay``)."""
+        return CompactedLogs()
 
     async def floor(self, task_id: str) -> int:
         """The retention floor of the task's log: every message up to it is gone (bounded
