@@ -45,15 +45,17 @@ async def projection(store: StreamStore, notes: TaskNotes, record: TaskRecord) -
 async def _read(
     store: StreamStore, task_id: str, after: int, upto: int | None
 ) -> list[dict[str, Any]]:
-    """Every message after ``after`` (up to ``upto``), decoded, as a replay serves them
-    (compacted: a finished message as its final frame; a ``reset`` below the retention floor),
-    the pieces of a long final joined."""
+    """Every message after ``after`` (up to ``upto``), decoded. The whole log is read as a
+    replay serves it (compacted, with a ``reset`` below the retention floor, the pieces of a
+    long final joined); a prefix up to ``upto`` as written, deltas and all, since the finals
+    after ``upto`` are not in it."""
     pieces = PieceJoiner()
     messages: list[dict[str, Any]] = []
     while upto is None or after < upto:
-        batch = await replay(store, task_id, after, READ_BATCH)
-        if upto is not None:
-            batch = [m for m in batch if m.seq <= upto]
+        if upto is None:
+            batch = await replay(store, task_id, after, READ_BATCH)
+        else:
+            batch = [m for m in await store.read(task_id, after, READ_BATCH) if m.seq <= upto]
         for frame in batch:
             message = pieces.feed(orjson.loads(frame.data))
             if message is not None:
