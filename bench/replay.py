@@ -62,9 +62,7 @@ async def herd(gateway: Child, task_id: str, readers: int) -> dict[str, float]:
     request = Request("GET", f"/api/tasks/{task_id}/events")
     cpu = gateway.cpu()
     started = time.perf_counter()
-    bodies = await asyncio.gather(
-        *(simple_request(gateway.port, request) for _ in range(readers))
-    )
+    bodies = await asyncio.gather(*(simple_request(gateway.port, request) for _ in range(readers)))
     seconds = time.perf_counter() - started
     return {
         "s": seconds,
