@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.store import MemoryStore, RedisStore, StreamStore, replay
 from gateway.tasks import TaskContext, TaskRegistry
 from tests.gateway.stores import running
 from tests.gateway.support import gateway, merged, read_sse
+from tests.gateway.test_streams import _sse_ids, completed, flooding, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -157,3 +159,57 @@ async def test_sse_and_polling_from_an_old_cursor_get_the_reset_then_continue_ex
     first = polled["messages"][0]
     assert first == reset | {"messageTime": first["messageTime"]}
     assert polled["nextAfter"] == polled["messages"][-1]["seq"] == resumed.seqs[0]
+
+
+async def trimmed(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
+    """The ``reset`` a poll from 0 gets, once the task's floor is raised (callers bound it)."""
+    while True:
+        poll = (await client.get(f"/api/tasks/{task_id}?after=0&limit=1")).json()
+        if poll["messages"][0]["messageType"] == "reset":
+            return dict(poll["messages"][0])
+        await asyncio.sleep(0.05)
+
+
+async def test_a_live_reader_lagging_past_the_floor_gets_the_reset_in_its_stream(
+    store_url: str | None,
+) -> None:
+    started = asyncio.Event()
+    registry = flooding(1500, first=("start", started))  # ~24 MB while the reader lags
+    bound = 2_000_000
+    with gateway(store_url, registry=registry, send_timeout=30.0, log_max_bytes=bound) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            task_id = await submit(client, "burst", agent_type=7)
+            reader = socket.create_connection(("127.0.0.1", server.port))
+            reader.sendall(f"GET /api/tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            try:
+                raw = b""
+                while b'"start"' not in raw:
+                    raw += await asyncio.to_thread(reader.recv, 65536)
+                started.set()
+                with anyio.fail_after(60):
+                    await completed(client, task_id)  # the task ends while its reader lags
+                    floor = await trimmed(client, task_id)  # (Redis trims in the background)
+
+                def read_rest() -> bytes:
+                    data = b""
+                    while not data.endswith(b"0\r\n\r\n"):
+                        chunk = reader.recv(1 << 20)
+                        if not chunk:
+                            break
+                        data += chunk
+                    return data
+
+                raw += await asyncio.wait_for(asyncio.to_thread(read_rest), 60)
+            finally:
+                reader.close()
+    ids = _sse_ids(raw)
+    if store_url is not None and b'"messageType":"reset"' not in raw:
+        # This replica still held the whole log in memory (the trim came after the task's
+        # end, and its finished log is kept a while for readers): every frame, no gap.
+        assert ids == list(range(1, 1504))
+        return
+    at = ids.index(floor["seq"])
+    assert b'"messageType":"reset"' in raw
+    # Up to where it lagged, every frame; then the reset at the floor; then every one after it.
+    assert ids[:at] == list(range(1, at + 1)) and ids[at] > at
+    assert ids[at + 1 :] == list(range(ids[at] + 1, 1504))
