@@ -1,8 +1,12 @@
 """Several gateway processes on one port: ``agent-gateway serve gateway --workers N``.
 
-The parent binds the listening socket once and spawns N workers (fresh interpreters: nothing of
-the parent's state is inherited), each of which builds the gateway and accepts connections on
-that one socket; the kernel gives each new connection to one of them. They share the Redis
+The parent binds N listening sockets to the one port with ``SO_REUSEPORT`` and spawns N workers
+(fresh interpreters: nothing of the parent's state is inherited), each of which builds the
+gateway and accepts connections on its socket. The kernel spreads new connections over the
+sockets by a hash of their addresses, so streams are shared evenly: with one socket shared by
+all, a burst of connections went to whichever worker woke first (8 streams of 8 on one worker).
+The parent keeps the sockets open: a worker that is started again takes its socket over, and
+the connections that came meanwhile wait in its backlog instead of being reset. They share the Redis
 store, so any worker serves any task's stream (a reader tails the task's log in Redis, whichever
 worker runs the task) and each is a replica of its own (its own leases, its own consumer of the
 queue). The memory store lives in one process: ``serve`` refuses ``--workers`` above 1 with it.
@@ -19,8 +23,8 @@ Why not ``uvicorn.run(..., workers=N)``: its workers run uvicorn's own ``Server`
 place for the drain (an open SSE stream would hold the shutdown for all of
 ``timeout_graceful_shutdown`` and then be cut), and it sends its ``Config`` to the workers by
 pickle, which the header-timeout protocol class (made per ``HEADER_TIMEOUT``) cannot take. Here
-each worker builds its own config and runs :class:`gateway.server.DrainingServer` on the shared
-socket through uvicorn's public ``Server.run(sockets=...)``.
+each worker builds its own config and runs :class:`gateway.server.DrainingServer` on its socket
+through uvicorn's public ``Server.run(sockets=...)``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ PARENT_CHECK_INTERVAL = 1.0
 """Seconds between a worker's checks that its parent is still alive."""
 
 Worker = Callable[[socket.socket], None]
-"""Serves on the shared listening socket until a stop signal; a module-level function or a
+"""Serves on the listening socket it is given until a stop signal; a module-level function or a
 ``functools.partial`` of one (it is pickled to the spawned process)."""
 
 
