@@ -16,7 +16,8 @@ as a single gateway does (:mod:`gateway.server`): its open streams end cleanly (
 on any replica with ``Last-Event-ID``), running tasks get ``SHUTDOWN_GRACE`` seconds and are then
 handed over to the queue. The parent waits for all of them, then exits 0. A worker that dies is
 started again (its tasks' leases lapse and the sweeper deals with them); one that fails to start
-(uvicorn's exit status 3: a failing lifespan) stops them all, and the parent exits 1. A worker
+(uvicorn's exit status 3: a failing lifespan; or an exception out of the worker, such as a
+setting the app refuses) stops them all, and the parent exits 1. A worker
 whose parent is gone (SIGKILL) stops itself the same way: no orphans.
 
 Why not ``uvicorn.run(..., workers=N)``: its workers run uvicorn's own ``Server``, which has no
@@ -86,8 +87,14 @@ def _watch_parent(parent: int) -> None:
 
 
 def _worker_main(worker: Worker, sock: socket.socket, parent: int) -> None:
+    """Run ``worker``; an exception out of it (an app that cannot be built) ends the process as
+    a failed start, so that the parent stops instead of starting it again and again."""
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
-    worker(sock)
+    try:
+        worker(sock)
+    except Exception:
+        logger.exception("the worker failed")
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 class _Supervisor:
