@@ -313,3 +313,16 @@ def test_a_dead_worker_is_replaced_and_workers_outlive_no_parent(
         while any(_alive(pid) for pid in now):
             assert time.monotonic() < deadline, "workers outlived their parent"
             time.sleep(0.05)
+
+
+def test_workers_that_cannot_start_stop_the_parent_with_status_1(redis_url: str) -> None:
+    env = {**os.environ, "REDIS_URL": redis_url, "A2A_AGENT_TYPE": "not a number"}
+    done = subprocess.run(
+        [*SERVE, "--port", str(free_port()), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert b"A2A_AGENT_TYPE must be a number" in done.stderr
+    assert b"failed to start: stopping" in done.stderr
