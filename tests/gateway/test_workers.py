@@ -24,7 +24,7 @@ import pytest
 from gateway.protocol import new_task_id
 from gateway.upstream.sse import SSEDecoder
 from tests.gateway.support import echo_query
-from tests.helpers import free_port, wait_http_ok
+from tests.helpers import free_port, stop_process, wait_http_ok
 
 SERVE = [sys.executable, "-m", "gateway.cli", "serve", "gateway"]
 
@@ -105,12 +105,7 @@ def workers(env: dict[str, str], count: int = 2) -> Iterator[Workers]:
         yield started
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -184,14 +179,18 @@ def two_workers(two_workers_env: dict[str, str]) -> Iterator[Workers]:
         yield gw
 
 
-def test_with_the_memory_store_several_workers_are_refused_with_status_2() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    done = subprocess.run(
+def serve_two_until_exit(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """``serve gateway --workers 2`` with ``env`` alone, expected to exit by itself."""
+    return subprocess.run(
         [*SERVE, "--port", str(free_port()), "--workers", "2"],
         env=env,
         capture_output=True,
-        timeout=60,
+        timeout=120,
     )
+
+
+def test_with_the_memory_store_several_workers_are_refused_with_status_2() -> None:
+    done = serve_two_until_exit({k: v for k, v in os.environ.items() if k != "REDIS_URL"})
     assert done.returncode == 2
     assert b"--workers 2 needs REDIS_URL" in done.stderr
 
@@ -316,12 +315,8 @@ def test_a_dead_worker_is_replaced_and_workers_outlive_no_parent(
 
 
 def test_workers_that_cannot_start_stop_the_parent_with_status_1(redis_url: str) -> None:
-    env = {**os.environ, "REDIS_URL": redis_url, "A2A_AGENT_TYPE": "not a number"}
-    done = subprocess.run(
-        [*SERVE, "--port", str(free_port()), "--workers", "2"],
-        env=env,
-        capture_output=True,
-        timeout=120,
+    done = serve_two_until_exit(
+        {**os.environ, "REDIS_URL": redis_url, "A2A_AGENT_TYPE": "not a number"}
     )
     assert done.returncode == 1
     assert b"A2A_AGENT_TYPE must be a number" in done.stderr
