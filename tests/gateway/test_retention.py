@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +17,7 @@ from gateway.store import MemoryStore, RedisStore, StreamStore, replay
 from gateway.tasks import TaskContext, TaskRegistry
 from tests.gateway.stores import running
 from tests.gateway.support import gateway, merged, read_sse
-from tests.gateway.test_streams import _sse_ids, completed, flooding, submit
+from tests.gateway.test_streams import _sse_ids, completed, flooding, read_lagging, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -179,29 +178,15 @@ async def test_a_live_reader_lagging_past_the_floor_gets_the_reset_in_its_stream
     with gateway(store_url, registry=registry, send_timeout=30.0, log_max_bytes=bound) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             task_id = await submit(client, "burst", agent_type=7)
-            reader = socket.create_connection(("127.0.0.1", server.port))
-            reader.sendall(f"GET /api/tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            try:
-                raw = b""
-                while b'"start"' not in raw:
-                    raw += await asyncio.to_thread(reader.recv, 65536)
-                started.set()
-                with anyio.fail_after(60):
-                    await completed(client, task_id)  # the task ends while its reader lags
-                    floor = await trimmed(client, task_id)  # (Redis trims in the background)
 
-                def read_rest() -> bytes:
-                    data = b""
-                    while not data.endswith(b"0\r\n\r\n"):
-                        chunk = reader.recv(1 << 20)
-                        if not chunk:
-                            break
-                        data += chunk
-                    return data
+            floor: dict[str, Any] = {}
 
-                raw += await asyncio.wait_for(asyncio.to_thread(read_rest), 60)
-            finally:
-                reader.close()
+            async def lag() -> None:
+                await completed(client, task_id)  # the task ends while its reader lags
+                floor.update(await trimmed(client, task_id))  # (Redis trims in the background)
+
+            with anyio.fail_after(60):
+                raw = await read_lagging(server.port, task_id, started, lag())
     ids = _sse_ids(raw)
     if store_url is not None and b'"messageType":"reset"' not in raw:
         # This replica still held the whole log in memory (the trim came after the task's

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import inspect
 import socket
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -402,6 +403,35 @@ async def test_a_joyagent_stream_is_served_off_the_chain_and_a_stuck_reader_is_c
             stuck.close()
 
 
+async def read_lagging(
+    port: int, task_id: str, started: asyncio.Event, lag: Awaitable[object]
+) -> bytes:
+    """The raw SSE response of ``task_id``'s events, read by a client that stops reading once
+    the ``start`` frame is in, sets ``started``, waits for ``lag`` (the task ends meanwhile,
+    say), then reads the rest."""
+    reader = socket.create_connection(("127.0.0.1", port))
+    reader.sendall(f"GET /api/tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    try:
+        raw = b""
+        while b'"start"' not in raw:
+            raw += await asyncio.to_thread(reader.recv, 65536)
+        started.set()
+        await lag
+
+        def read_rest() -> bytes:
+            data = b""
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = reader.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+
+        return raw + await asyncio.to_thread(read_rest)
+    finally:
+        reader.close()
+
+
 def _sse_ids(raw: bytes) -> list[int]:
     """The ``id:`` values of a chunked SSE body, in order."""
     body, rest = b"", raw.split(b"\r\n\r\n", 1)[1]
@@ -426,28 +456,8 @@ async def test_a_live_reader_that_falls_behind_and_catches_up_misses_nothing(
     with gateway(store_url, registry=registry, send_timeout=30.0) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             task_id = await submit(client, "burst", agent_type=7)
-            reader = socket.create_connection(("127.0.0.1", server.port))
-            reader.sendall(f"GET /api/tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            try:
-                raw = b""
-                while b'"start"' not in raw:
-                    raw += await asyncio.to_thread(reader.recv, 65536)
-                started.set()
-                with anyio.fail_after(60):
-                    await completed(client, task_id)  # the task ends while its reader lags behind
-
-                def read_rest() -> bytes:
-                    data = b""
-                    while not data.endswith(b"0\r\n\r\n"):
-                        chunk = reader.recv(1 << 20)
-                        if not chunk:
-                            break
-                        data += chunk
-                    return data
-
-                raw += await asyncio.wait_for(asyncio.to_thread(read_rest), 60)
-            finally:
-                reader.close()
+            with anyio.fail_after(60):
+                raw = await read_lagging(server.port, task_id, started, completed(client, task_id))
     assert _sse_ids(raw) == list(range(1, 1504))
 
 
