@@ -37,6 +37,7 @@ from gateway.protocol import (
 from gateway.store import _scripts
 from gateway.store._lane import Lane, pack
 from gateway.store._log import LocalLog
+from gateway.store._outbox import RedisOutbox
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import (
@@ -115,6 +116,7 @@ class RedisStore(StreamStore):
         self.url = url
         self.result_ttl = int(result_ttl)
         self._k = _Keys(prefix)
+        self.outbox = self._outbox = RedisOutbox(self._commands, prefix, self.result_ttl)
         self._cluster = cluster
         # redis-py 8 types replies as wide unions; the shapes used here are fixed by the commands.
         self._client: Any = (
@@ -233,6 +235,7 @@ class RedisStore(StreamStore):
             )
         state, task_id = self._k.state(record.task_id), record.task_id
         commands: list[tuple[Any, ...]] = [
+            *self._outbox.create_commands(record),
             ("HSET", state, *(part for pair in mapping.items() for part in pair)),
             ("EXPIRE", state, self.result_ttl * 2),
             ("ZADD", self._k.all, score, task_id),
@@ -579,7 +582,8 @@ class RedisStore(StreamStore):
             writer.lost = "ENDED"
             _add_durable(writer, StoredMessage(seq, data, True))
             await writer.index_moved()
-        await self._move(task_id, old, status, await self._score(task_id))
+        moves = self._move_commands(task_id, old, status, await self._score(task_id))
+        await self._commands([*moves, self._outbox.ended_command(task_id, ended)])
         return StoredMessage(seq, data, True)
 
     def _sealed(self, task_id: str, writer: _Writer) -> None:
@@ -612,6 +616,7 @@ class RedisStore(StreamStore):
         moves = self._move_commands(task_id, TaskStatus.RUNNING, status, writer.score)
         if status is not TaskStatus.RUNNING:
             moves.append(("ZREM", self._k.index(TaskStatus.PENDING), task_id))
+        moves.append(self._outbox.ended_command(task_id, now_ms()))
         fields = _hash((await self._commands([("HGETALL", self._k.state(task_id)), *moves]))[0])
         if fields:
             record = _record(fields)
