@@ -20,7 +20,7 @@ from tests.gateway.test_webhooks import SECRET, Receiver, receiving
 
 pytestmark = pytest.mark.slow
 
-WORDS = 200
+WORDS = 400
 
 
 def env_for(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -55,28 +55,34 @@ def test_a_webhook_is_sent_by_the_survivor_when_the_accepting_replica_is_killed(
 ) -> None:
     env = env_for(redis_url, new_task_id(), TASK_RETRY="1")
     query = " ".join(f"w{i}" for i in range(WORDS))
-    with receiving() as (receiver, url), replica(env) as (url_a, proc_a):
+    with (
+        receiving() as (receiver, url),
+        replica(env) as (url_b, _),
+        replica(env) as (url_c, _),
+        replica(env) as (url_a, proc_a),
+    ):
         body = {"query": query, "agentType": 0, "callbackUrl": url}
         task_ids = [httpx.post(f"{url_a}/api/tasks", json=body).json()["taskId"] for _ in range(3)]
         for task_id in task_ids:
             wait_running(url_a, task_id, 10)
-        with replica(env) as (url_b, _), replica(env) as (url_c, _):
-            proc_a.send_signal(signal.SIGKILL)  # before any of its tasks ended
-            proc_a.wait(10)
-            wait_for(lambda: len(receiver.calls) >= len(task_ids), "no webhook from B or C")
-            time.sleep(1.0)  # a second sender, if any, would show in this time
-            records = [httpx.get(f"{url_b}/api/tasks/{t}/webhook").json() for t in task_ids]
-            logs = [
-                httpx.get(f"{url_c}/api/tasks/{t}", params={"after": 0, "limit": 1000}).json()
-                for t in task_ids
-            ]
+        proc_a.send_signal(signal.SIGKILL)  # A started them (a free slot) and ends none
+        proc_a.wait(10)
+        wait_for(lambda: len(receiver.calls) >= len(task_ids), "no webhook from B or C")
+        time.sleep(1.0)  # a second sender, if any, would show in this time
+        records = [httpx.get(f"{url_b}/api/tasks/{t}/webhook").json() for t in task_ids]
+        logs = [
+            httpx.get(f"{url_c}/api/tasks/{t}", params={"after": 0, "limit": 1000}).json()
+            for t in task_ids
+        ]
     per_id = collections.Counter(call.headers["webhook-id"] for call in receiver.calls)
     assert sorted(per_id) == sorted(f"msg_{t}" for t in task_ids)
     assert set(per_id.values()) == {1}  # once per webhook-id, though two replicas poll
     payloads = {p["data"]["taskId"]: p for p in verified(receiver)}
     for task_id, record, log in zip(task_ids, records, logs, strict=True):
         payload = payloads[task_id]
-        assert payload["type"] == "task.completed"  # rerun by a survivor (TASK_RETRY=1)
+        requeued = [m for m in log["messages"] if m.get("reason") == "retry"]
+        assert len(requeued) == 1  # A died before the end; a survivor reran it (TASK_RETRY=1)
+        assert payload["type"] == "task.completed"
         assert payload["data"]["result"] == query
         assert record["status"] == "delivered" and record["attempts"] == 1
         assert [a["status"] for a in record["history"]] == [200]
