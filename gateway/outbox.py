@@ -138,13 +138,13 @@ class OutboxSender:
         outbox = self.store.outbox
         lease_ms = int((retries.timeout * 2 + 10) * 1000)
         claimed = await outbox.claim(task_id, self.owner, lease_ms)
-        if claimed.state is Claim.GONE:
-            await outbox.forget(task_id)
-            return
         if claimed.state is Claim.RUNNING:
             await outbox.later(task_id, now_ms() + outbox.recheck_ms)
-            return
-        if claimed.state is Claim.LEASED:
+            # If it ended meanwhile, ``later`` may have undone the ender's "due now": see again.
+            claimed = await outbox.claim(task_id, self.owner, lease_ms)
+        if claimed.state is Claim.GONE:
+            await outbox.forget(task_id)
+        if claimed.state is not Claim.OK:
             return
         record = await self.store.get(task_id)
         now = now_ms()
