@@ -55,7 +55,6 @@ from gateway._env import env_number
 from gateway.errors import error_response
 from gateway.outbox import Attempt, OutboxSender
 from gateway.protocol import TaskRecord, now_ms, parse_decimal, task_snapshot
-from gateway.security import TaskNotes, task_notes
 from gateway.ssrf import (
     Resolver,
     Target,
@@ -167,12 +166,10 @@ class WebhookDispatcher:
     def __init__(
         self,
         store: StreamStore,
-        notes: TaskNotes,
         settings: WebhookSettings,
         resolve: Resolver | None = None,
     ) -> None:
         self.store = store
-        self.notes = notes
         self.settings = settings
         self.policy = TargetPolicy(settings.allow_hosts)
         self.resolve = resolve or system_resolve
@@ -293,7 +290,7 @@ def install_webhooks(
     A second call replaces the dispatcher (its settings and ``resolve``) and nothing else.
     """
     settings = settings or WebhookSettings()
-    dispatcher = WebhookDispatcher(app.state.store, task_notes(app), settings, resolve)
+    dispatcher = WebhookDispatcher(app.state.store, settings, resolve)
     installed = getattr(app.state, "webhooks", None) is not None
     app.state.webhooks = dispatcher
     if not installed:
