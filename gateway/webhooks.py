@@ -210,11 +210,13 @@ class WebhookDispatcher:
 
     # -- the outbox's channel -------------------------------------------------------------
     def message_id(self, task_id: str, name: str) -> str:
+        """``msg_<task id>``: one webhook per task."""
         return f"msg_{task_id}"
 
     async def attempt(
         self, client: httpx.AsyncClient, record: TaskRecord, name: str, msg_id: str
     ) -> Attempt | None:
+        """POST the ended task's payload to its ``callbackUrl``."""
         url = record.request.get("callbackUrl")
         if not url:
             return None

@@ -15,7 +15,6 @@ not sent.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -32,14 +31,12 @@ from gateway.security import TaskNotes
 from gateway.store import StreamStore
 from gateway.webhooks import WebhookDispatcher
 
-logger = logging.getLogger(__name__)
-
 NOTE = "a2a-push"
 Snapshot = Callable[[TaskRecord], Awaitable[Task]]
 
 
 class PushConfigs:
-    """The push configs of tasks, and their delivery (run by :meth:`running`)."""
+    """The push configs of tasks, and the ``a2a-push`` channel of the outbox that delivers them."""
 
     def __init__(self, store: StreamStore, notes: TaskNotes, state: State) -> None:
         self.store = store
@@ -88,11 +85,14 @@ class PushConfigs:
 
     # -- the outbox's channel -------------------------------------------------------------
     def message_id(self, task_id: str, name: str) -> str:
+        """``msg_<task id>_<config id>``."""
         return f"msg_{task_id}_{name.partition(':')[2]}"
 
     async def attempt(
         self, client: httpx.AsyncClient, record: TaskRecord, name: str, msg_id: str
     ) -> Attempt | None:
+        """POST the task (as it is now: it has ended) to the config's URL; ``None`` when the
+        config was deleted."""
         raw = (await self.notes.get(record.task_id, NOTE)).get(name.partition(":")[2])
         if not raw or self.snapshot is None:
             return None  # deleted
