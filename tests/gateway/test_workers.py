@@ -170,7 +170,8 @@ def assert_whole(events: list[dict[str, Any]], query: str) -> None:
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(set(seqs)) and seqs[0] == 1
     assert events[-1]["finish"] is True and events[-1]["result"] == query
-    assert [v for kind, v in merged(events).values() if kind == "agent_stream"] == [query]
+    answers = [v for kind, v in merged(events).values() if kind == "agent_stream"]
+    assert answers[-1] == query  # (a handed-over task's first run left a partial one before)
 
 
 @pytest.fixture(scope="module")
