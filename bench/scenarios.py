@@ -43,6 +43,9 @@ class Sizes:
     resume_pause: float = 0.2  # offline before reconnecting: 10 tokens to replay at 50 tok/s
     herd_tasks: int = 100
     herd_per_task: int = 10
+    start_levels: tuple[int, ...] = (200, 500)  # f: task starts within one second
+    start_tokens: int = 5  # each start streams a few tokens
+    start_runs: int = 3  # alternate runs of each path (the median run by TTFT p99 counts)
     max_running: int = 520  # gateway slots: at least the streams running at once
     margin: float = 1.0  # seconds of slack on waits for streams that may never end
     settle: bool = True  # wait for quiet servers between runs (off in the smoke)
@@ -71,6 +74,8 @@ SMOKE = Sizes(
     resume_pause=0.05,
     herd_tasks=2,
     herd_per_task=3,
+    start_levels=(5,),
+    start_runs=1,
     max_running=16,
     margin=0.3,
     settle=False,
@@ -87,6 +92,7 @@ class World:
     gateway_memory: Target
     redis: Child | None
     sizes: Sizes
+    redis_url: str = ""  # the gateway's Redis (f reads its counters)
 
 
 class Meter:
