@@ -17,8 +17,9 @@ from typing import Any
 
 import redis
 
+from bench.client import SSEReader
 from bench.scenarios import World, run_streams
-from bench.stats import rnd
+from bench.stats import rnd, summary_ms
 
 
 def _redis_counters(url: str) -> dict[str, int]:
@@ -58,7 +59,12 @@ async def _run(world: World, path: str, n: int) -> dict[str, Any]:
     target = world.targets[path]
     url = world.redis_url if path == "gateway" else ""
     before = await asyncio.to_thread(_redis_counters, url) if url else None
-    out = await run_streams(world, target, n, world.sizes.start_tokens)
+    readers: list[SSEReader] = []
+    out = await run_streams(world, target, n, world.sizes.start_tokens, readers=readers)
+    # The start's own part: from the request to the response head (the gateway answers once
+    # the task's record is written), and from the head to the first token.
+    heads = [r.head_ns - r.started_ns for r in readers if r.head_ns]
+    out["head_ms"] = summary_ms(heads)
     if before is not None:
         after = await asyncio.to_thread(_redis_counters, url)
         out["redis_per_start"] = _per_start(before, after, n)
@@ -86,15 +92,15 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def starts(world: World) -> dict[str, Any]:
-    """Each level: ``start_runs`` runs of the direct upstream and of the gateway, alternately."""
+    """Each level: one run of the direct upstream (the floor), then ``start_runs`` of the
+    gateway."""
     sizes = world.sizes
     out: dict[str, Any] = {}
     for n in sizes.start_levels:
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
-        for i in range(sizes.start_runs):
-            for path in ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct"):
-                runs[path].append(await _run(world, path, n))
-                await asyncio.sleep(sizes.pause)
+        for path in ("direct", *["gateway"] * sizes.start_runs):
+            runs[path].append(await _run(world, path, n))
+            await asyncio.sleep(sizes.pause)
         out[str(n)] = {path: _summary(r) for path, r in runs.items()}
     return out
 
