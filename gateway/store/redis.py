@@ -207,7 +207,7 @@ class RedisStore(StreamStore):
             # Not repeated on a dropped connection: a SET that landed would then read as lost.
             value = f"{record.task_id} {digest}"
             set_nx = ("SET", idem, value, "NX", "EX", self.result_ttl)
-            if (await self._commands([set_nx], repeatable=False))[0] is None:
+            if (await self._commands([set_nx], repeatable=False, now=True))[0] is None:
                 winner, known_digest = await self._idempotent_winner(idem)
                 if known_digest and known_digest != digest:  # empty: stored before digests
                     raise IdempotencyKeyReused(idempotency_key)
@@ -240,27 +240,29 @@ class RedisStore(StreamStore):
         ]
         if queue:
             commands.append(self._enqueue_command(task_id))
-        await self._commands(commands, repeatable=not queue)
+        # Written at once, not at the end of this turn: a start waits for this round trip.
+        await self._commands(commands, repeatable=not queue, now=True)
         if claim is not None:
             self._writers[record.task_id] = _Writer(0, claim[0], score)
         return record, True
 
     async def _commands(
-        self, commands: Sequence[tuple[Any, ...]], *, repeatable: bool = True
+        self, commands: Sequence[tuple[Any, ...]], *, repeatable: bool = True, now: bool = False
     ) -> list[Any]:
         """Run ``commands`` (each a command's parts) in one round trip: on the lane where there
-        is one (a dropped connection retried once if the commands are ``repeatable``), else on
-        a redis-py pipeline. Replies come raw (a hash is a flat list on the lane)."""
+        is one (a dropped connection retried once if the commands are ``repeatable``; ``now``:
+        written at once, see ``Lane.calls``), else on a redis-py pipeline. Replies come raw (a
+        hash is a flat list on the lane)."""
         lane = self._lane
         if lane is None:
             return await self._batch(lambda pipe: [pipe.execute_command(*c) for c in commands])
         packed = [pack(command) for command in commands]
         try:
-            return await lane.calls(packed)
+            return await lane.calls(packed, now=now)
         except (RedisConnectionError, RedisTimeoutError):
             if not repeatable:
                 raise
-            return await lane.calls(packed)
+            return await lane.calls(packed, now=now)
 
     async def _batch(self, build: Callable[[Any], object]) -> list[Any]:
         """Run the commands ``build`` queues on one non-transactional pipeline."""
