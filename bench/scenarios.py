@@ -22,7 +22,7 @@ class Sizes:
     """How big each scenario is (the full run, or the CI smoke)."""
 
     relay_levels: tuple[int, ...] = (1, 200, 500)
-    relay_tokens: tuple[int, ...] = (5, 200, 250)
+    relay_tokens: tuple[int, ...] = (3, 200, 250)
     relay_rounds: tuple[int, ...] = (100, 1, 1)  # one after another (100 TTFTs at 1 stream)
     relay_paths: tuple[str, ...] = ("direct", "gateway", "react", "naive")
     react_levels: tuple[int, ...] = (1, 200)  # the levels that also run the ReAct agent
@@ -38,7 +38,7 @@ class Sizes:
     fanout_tokens: int = 300
     fanout_tps: float = 100.0
     mirror_streams: int = 200
-    mirror_tokens: int = 150
+    mirror_tokens: int = 100
     mirror_pairs: int = 3  # alternate runs of each store (the median run counts)
     resume_clients: int = 100
     resume_tokens: int = 100
@@ -53,7 +53,7 @@ class Sizes:
     max_running: int = 520  # gateway slots: at least the streams running at once
     margin: float = 1.0  # seconds of slack on waits for streams that may never end
     settle: bool = True  # wait for quiet servers between runs (off in the smoke)
-    pause: float = 0.4  # seconds between steps (let connections close, memory settle)
+    pause: float = 0.25  # seconds between steps (let connections close, memory settle)
 
 
 SMOKE = Sizes(
