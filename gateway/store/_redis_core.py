@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.protocol import StoredMessage, TaskStatus
 from gateway.store._lane import Lane, pack
+from gateway.store._outbox import RedisOutbox
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import GROUP, SOCKET_TIMEOUT, _Follower, _Keys
@@ -50,6 +51,7 @@ class RedisCore(StreamStore):
     _ending: dict[str, asyncio.Future[None]]  # ended here, indexes moving
     _lane: Lane | None  # the hot commands' own connection (none on a cluster or over TLS)
     _flusher: Flusher
+    _outbox: RedisOutbox  # the deliveries at a task's end (``_outbox``)
 
     async def _commands(
         self, commands: Sequence[tuple[Any, ...]], *, repeatable: bool = True, now: bool = False
