@@ -19,11 +19,13 @@ from gateway.protocol import (
     is_legal_transition,
     now_ms,
 )
+from gateway.store._limits import MemoryLimits
 from gateway.store._log import LocalLog
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
     LeaseState,
+    QueueLimitReached,
     StreamStore,
     TaskEnded,
     TaskNotFound,
@@ -70,6 +72,7 @@ class MemoryStore(StreamStore):
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._notes: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
         self._tiebreak = itertools.count()
+        self.limits = MemoryLimits()
 
     async def start(self) -> None:
         return None
@@ -101,6 +104,7 @@ class MemoryStore(StreamStore):
         *,
         queue: bool = False,
         claim: tuple[str, int] | None = None,
+        max_queued: int | None = None,
     ) -> tuple[TaskRecord, bool]:
         digest = "" if idempotency_key is None else request_digest(record)
         if idempotency_key is not None:
@@ -111,6 +115,9 @@ class MemoryStore(StreamStore):
                     if known[2] != digest:
                         raise IdempotencyKeyReused(idempotency_key)
                     return existing.record, False
+        if queue and claim is None and max_queued is not None:
+            if self._queue.qsize() >= max_queued:  # what waits in the queue
+                raise QueueLimitReached(f"{max_queued} tasks are queued")
         score = record.created_at * 1000.0 + next(self._tiebreak) % 1000
         if claim is not None:
             record = claimed(record, *claim)

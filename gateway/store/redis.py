@@ -36,6 +36,7 @@ from gateway.protocol import (
 )
 from gateway.store import _scripts
 from gateway.store._lane import Lane, pack
+from gateway.store._limits import RedisLimits
 from gateway.store._log import LocalLog
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
@@ -55,6 +56,7 @@ from gateway.store._writer import Flusher
 from gateway.store.base import (
     IdempotencyKeyReused,
     LeaseState,
+    QueueLimitReached,
     StoreUnavailable,
     StreamStore,
     TaskEnded,
@@ -140,6 +142,7 @@ class RedisStore(StreamStore):
         self._ending: dict[str, asyncio.Future[None]] = {}  # ended here, indexes moving
         # The hot commands' own connection (none on a cluster or over TLS: redis-py then).
         self._lane = None if cluster else Lane.for_pool(self._pool, SOCKET_TIMEOUT)
+        self.limits = RedisLimits(self._commands, prefix, cluster=cluster)
         self._flusher = Flusher(
             self._client,
             self._append,
@@ -199,6 +202,7 @@ class RedisStore(StreamStore):
         *,
         queue: bool = False,
         claim: tuple[str, int] | None = None,
+        max_queued: int | None = None,
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             idem = self._k.idempotency(idempotency_key)
@@ -240,7 +244,14 @@ class RedisStore(StreamStore):
         ]
         if queue:
             commands.append(self._enqueue_command(task_id))
-        await self._commands(commands, repeatable=not queue)
+        if queue and max_queued is not None:
+            pending = self._k.index(TaskStatus.PENDING)
+            if not await self.limits.admit(pending, max_queued, commands):
+                if idempotency_key is not None:  # the key named a task never made
+                    await self._commands([("DEL", self._k.idempotency(idempotency_key))])
+                raise QueueLimitReached(f"{max_queued} tasks are queued")
+        else:
+            await self._commands(commands, repeatable=not queue)
         if claim is not None:
             self._writers[record.task_id] = _Writer(0, claim[0], score)
         return record, True

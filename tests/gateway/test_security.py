@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from gateway.app import create_app
-from gateway.security import RateLimiter, SecuritySettings, install_security, parse_api_keys
+from gateway.security import SecuritySettings, install_security, parse_api_keys
+from gateway.store._limits import TokenBuckets
 from gateway.settings import Settings
 from tests.gateway.support import read_sse
 from tests.helpers import ThreadedServer, client_of, serve_app
@@ -70,13 +71,13 @@ def test_api_keys_are_parsed_as_names_and_hashes_and_never_shown() -> None:
 
 def test_the_token_bucket_grants_the_burst_then_refills_at_the_rate() -> None:
     now = [100.0]
-    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
-    assert [limiter.acquire("k") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.acquire("k") == pytest.approx(0.5)
-    assert limiter.acquire("other") == 0.0
+    buckets = TokenBuckets(clock=lambda: now[0])
+    assert [buckets.acquire("k", 2.0, 3) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.acquire("k", 2.0, 3) == pytest.approx(0.5)
+    assert buckets.acquire("other", 2.0, 3) == 0.0
     now[0] += 0.5
-    assert limiter.acquire("k") == 0.0
-    assert limiter.acquire("k") > 0
+    assert buckets.acquire("k", 2.0, 3) == 0.0
+    assert buckets.acquire("k", 2.0, 3) > 0
 
 
 # -- auth --------------------------------------------------------------------------------------
