@@ -220,7 +220,6 @@ class _BodyTooLarge(Exception):
     """The streamed body passed the limit (raised from ``receive`` into the app)."""
 
 
-
 class SecurityMiddleware:
     """The ASGI middleware of this module; its configuration is ``app.state.security``."""
 

@@ -109,9 +109,7 @@ class RedisLimits(Limits):
             self._degraded = False
         return int(wait_ms) / 1000.0
 
-    async def admit(
-        self, bound_key: str, bound: int, commands: Sequence[tuple[Any, ...]]
-    ) -> bool:
+    async def admit(self, bound_key: str, bound: int, commands: Sequence[tuple[Any, ...]]) -> bool:
         """Run ``commands`` (each ``(name, key, *args)``) only while the sorted set
         ``bound_key`` holds fewer than ``bound`` members; whether they ran.
 

@@ -20,6 +20,7 @@ import pytest
 from gateway.protocol import TaskStatus
 from gateway.security import SecuritySettings, parse_api_keys
 from gateway.store import QueueLimitReached, StreamStore
+from gateway.store._limits import TokenBuckets
 from tests.gateway import test_store
 from tests.gateway.stores import record, replicas
 from tests.gateway.support import echo_query, gateway
@@ -29,6 +30,17 @@ pytestmark = pytest.mark.anyio
 
 store = test_store.store  # the contract suite's fixture: memory, Redis, TLS, Cluster
 redis_kind = test_store.redis_kind  # plain Redis, then a Cluster
+
+
+def test_a_token_bucket_grants_the_burst_then_refills_at_the_rate() -> None:
+    now = [100.0]
+    buckets = TokenBuckets(clock=lambda: now[0])
+    assert [buckets.acquire("k", 2.0, 3) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.acquire("k", 2.0, 3) == pytest.approx(0.5)
+    assert buckets.acquire("other", 2.0, 3) == 0.0
+    now[0] += 0.5
+    assert buckets.acquire("k", 2.0, 3) == 0.0
+    assert buckets.acquire("k", 2.0, 3) > 0
 
 
 # -- the contract ------------------------------------------------------------------------------
@@ -128,9 +140,7 @@ async def test_three_replicas_together_hold_the_queue_bound(redis_url: str) -> N
         async with httpx.AsyncClient(timeout=30) as client:
             running = [(await client.post(f"{url}/api/tasks", json=body)).json() for url in urls]
             # One at a time, in turn: each replica sees the others' tasks in the count.
-            answers = [
-                await client.post(f"{urls[i % 3]}/api/tasks", json=body) for i in range(6)
-            ]
+            answers = [await client.post(f"{urls[i % 3]}/api/tasks", json=body) for i in range(6)]
             # And at once: the count and the create are one step.
             answers += await asyncio.gather(
                 *(client.post(f"{urls[i % 3]}/api/tasks", json=body) for i in range(6))
