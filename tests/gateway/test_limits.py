@@ -19,12 +19,12 @@ import pytest
 
 from gateway.protocol import TaskStatus
 from gateway.security import SecuritySettings, parse_api_keys
-from gateway.store import QueueLimitReached, StreamStore
+from gateway.store import QueueLimitReached, RedisStore, StreamStore
 from gateway.store._limits import TokenBuckets
 from tests.gateway import test_store
 from tests.gateway.stores import record, replicas
 from tests.gateway.support import echo_query, gateway
-from tests.helpers import ThreadedServer
+from tests.helpers import ThreadedServer, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -82,6 +82,16 @@ async def test_the_replicas_of_a_deployment_share_each_bucket(redis_kind: tuple[
         other = await two.limits.take("bob", 1 / 60, 3)
     assert granted == [0.0, 0.0, 0.0] and other == 0.0
     assert all(55 < wait <= 60 for wait in refused)
+
+
+async def test_while_redis_is_unreachable_a_replica_counts_in_its_own_buckets() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        granted = [await store.limits.take("alice", 1.0, 2) for _ in range(2)]
+        wait = await store.limits.take("alice", 1.0, 2)
+    finally:
+        await store.close()
+    assert granted == [0.0, 0.0] and 0.5 < wait <= 1.0
 
 
 async def test_the_queue_bound_holds_for_replicas_creating_at_once(
