@@ -25,6 +25,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway.store import _scripts
+from gateway.store._redis_parts import _raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class RedisLimits(Limits):
         try:
             wait_ms = (await self._commands([command], repeatable=False))[0]
         except (RedisError, OSError) as exc:
+            _raise_if_cancelling()
             if not self._degraded:
                 logger.warning("rate limit: Redis unreachable (%r), counting in this process", exc)
                 self._degraded = True
