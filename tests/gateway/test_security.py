@@ -253,8 +253,8 @@ async def test_overlong_urls_and_headers_are_refused() -> None:
 
 
 # -- rate limit --------------------------------------------------------------------------------
-async def test_the_rate_limit_is_per_key_with_retry_after() -> None:
-    with secured(with_keys(rate_limit_rps=0.5, rate_limit_burst=2)) as server:
+async def test_the_rate_limit_is_per_key_with_retry_after(store_url: str | None) -> None:
+    with secured(with_keys(rate_limit_rps=0.5, rate_limit_burst=2), store_url) as server:
         async with client_of(server) as client:
             alice = [(await client.get("/api/tasks", headers=ALICE)).status_code for _ in range(2)]
             limited = await client.get("/api/tasks", headers=ALICE_ROTATED)  # same name
@@ -268,8 +268,8 @@ async def test_the_rate_limit_is_per_key_with_retry_after() -> None:
     assert health == [200] * 5
 
 
-async def test_without_auth_the_rate_limit_is_per_client_address() -> None:
-    with secured(SecuritySettings(rate_limit_rps=1, rate_limit_burst=1)) as server:
+async def test_without_auth_the_rate_limit_is_per_client_address(store_url: str | None) -> None:
+    with secured(SecuritySettings(rate_limit_rps=1, rate_limit_burst=1), store_url) as server:
         async with client_of(server) as client:
             first = await client.get("/api/tasks")
             second = await client.get("/api/tasks")
