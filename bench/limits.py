@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,22 +30,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import Child, free_port, redis_server, self_cpu_seconds, wait_port
+from bench.ab import _start_gateway
+from bench.procs import Child, redis_server, self_cpu_seconds, wait_port
 from bench.stats import pct
 from gateway.protocol import TaskRecord, new_task_id, now_ms
 from gateway.store import RedisStore
 
 CONFIGS = {"off": {"RATE_LIMIT_RPS": "0"}, "on": {"RATE_LIMIT_RPS": "100000000"}}
-
-
-def _start(tree: Path, env: dict[str, str]) -> Child:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.gateway_server", "--port", str(port)],
-        env={**os.environ, **env},
-        cwd=tree,
-    )
-    return Child(str(tree), proc, port)
 
 
 async def _round(gateway: Child, posts: int) -> tuple[list[float], float]:
@@ -116,7 +105,8 @@ async def run(args: argparse.Namespace) -> None:
                         **CONFIGS[config],
                         **extra,
                     }
-                    gateways[f"{tree} {config}"] = _start(Path(tree), env)
+                    name = f"{tree} {config}"
+                    gateways[name] = _start_gateway(name, Path(tree), env)
             for gateway in gateways.values():
                 wait_port(gateway.port, gateway.proc)
             seen: dict[str, list[tuple[float, float, float]]] = {name: [] for name in gateways}
