@@ -83,8 +83,8 @@ class MemoryLimits(Limits):
 
 class RedisLimits(Limits):
     """Buckets in Redis under ``<prefix>:rate:{<sha256 of the key>}`` (one key, one slot),
-    through ``commands`` (the store's round trips); ``cluster`` says whether keys of several
-    slots may meet in one script call."""
+    through ``commands`` (the store's round trips). With ``cluster`` (a Redis Cluster) a script
+    call reaches the keys of one slot only (see :meth:`admit`)."""
 
     def __init__(self, commands: Commands, prefix: str, *, cluster: bool) -> None:
         self._commands = commands
