@@ -116,7 +116,8 @@ class MemoryStore(StreamStore):
                         raise IdempotencyKeyReused(idempotency_key)
                     return existing.record, False
         if queue and claim is None and max_queued is not None:
-            if self._queue.qsize() >= max_queued:  # what waits in the queue
+            # The queue's length (O(1); a cancelled task counts until the intake drops it).
+            if self._queue.qsize() >= max_queued:
                 raise QueueLimitReached(f"{max_queued} tasks are queued")
         score = record.created_at * 1000.0 + next(self._tiebreak) % 1000
         if claim is not None:
