@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.protocol import StoredMessage, TaskStatus
 from gateway.store._lane import Lane, pack
 from gateway.store._limits import RedisLimits
+from gateway.store._outbox import RedisOutbox
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import GROUP, SOCKET_TIMEOUT, _Follower, _Keys
@@ -52,6 +53,7 @@ class RedisCore(StreamStore):
     _lane: Lane | None  # the hot commands' own connection (none on a cluster or over TLS)
     _flusher: Flusher
     limits: RedisLimits  # the rate limit's buckets and the queue bound's script
+    _outbox: RedisOutbox  # the deliveries at a task's end (``_outbox``)
 
     async def _commands(
         self, commands: Sequence[tuple[Any, ...]], *, repeatable: bool = True

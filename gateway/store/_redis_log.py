@@ -142,7 +142,8 @@ class LogMixin(RedisCore):
             writer.lost = "ENDED"
             _add_durable(writer, StoredMessage(seq, data, True))
             await writer.index_moved()
-        await self._move(task_id, old, status, await self._score(task_id))
+        moves = self._move_commands(task_id, old, status, await self._score(task_id))
+        await self._commands([*moves, self._outbox.ended_command(task_id, ended)])
         return StoredMessage(seq, data, True)
 
     def _sealed(self, task_id: str, writer: _Writer) -> None:
@@ -175,6 +176,7 @@ class LogMixin(RedisCore):
         moves = self._move_commands(task_id, TaskStatus.RUNNING, status, writer.score)
         if status is not TaskStatus.RUNNING:
             moves.append(("ZREM", self._k.index(TaskStatus.PENDING), task_id))
+        moves.append(self._outbox.ended_command(task_id, now_ms()))
         fields = _hash((await self._commands([("HGETALL", self._k.state(task_id)), *moves]))[0])
         if fields:
             record = _record(fields)

@@ -70,6 +70,7 @@ class RecordsMixin(RedisCore):
             )
         state, task_id = self._k.state(record.task_id), record.task_id
         commands: list[tuple[Any, ...]] = [
+            *self._outbox.create_commands(record),
             ("HSET", state, *(part for pair in mapping.items() for part in pair)),
             ("EXPIRE", state, self.result_ttl * 2),
             ("ZADD", self._k.all, score, task_id),

@@ -26,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
 from gateway.store._limits import Limits
 from gateway.store._log import LocalLog
+from gateway.store._outbox import Outbox
 
 
 class StoreError(GatewayError):
@@ -123,6 +124,9 @@ class StreamStore(abc.ABC):
 
     limits: Limits
     """The deployment-wide rate limit's buckets (in this process, or shared: see ``_limits``)."""
+    outbox: Outbox
+    """The deliveries made at a task's end (``gateway.store._outbox``); a task created with a
+    ``callbackUrl`` has its webhook there from the start."""
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -21,6 +21,7 @@ from gateway.protocol import (
 )
 from gateway.store._limits import MemoryLimits
 from gateway.store._log import LocalLog
+from gateway.store._outbox import MemoryOutbox
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
@@ -73,6 +74,7 @@ class MemoryStore(StreamStore):
         self._notes: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
         self._tiebreak = itertools.count()
         self.limits = MemoryLimits()
+        self.outbox = self._outbox = MemoryOutbox(self.get)
 
     async def start(self) -> None:
         return None
@@ -124,6 +126,7 @@ class MemoryStore(StreamStore):
             record = claimed(record, *claim)
             queue = False
         self._tasks[record.task_id] = _Entry(record, LocalLog(), score)
+        self._outbox.created(record)
         if idempotency_key is not None:
             self._idempotency[idempotency_key] = (
                 record.task_id,
@@ -264,6 +267,7 @@ class MemoryStore(StreamStore):
         )
         entry.expires = time.monotonic() + self.result_ttl
         entry.log.add(message)
+        self._outbox.ended(task_id)
         return message
 
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
@@ -309,6 +313,7 @@ class MemoryStore(StreamStore):
     async def sweep_index(self, now: int) -> None:
         for task_id in list(self._tasks):
             self._live(task_id)
+        self._outbox.sweep(lambda task_id: task_id in self._tasks)
         deadline = time.monotonic()
         for key, (_, expires, _) in list(self._idempotency.items()):
             if expires <= deadline:

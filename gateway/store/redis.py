@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.store import _scripts
 from gateway.store._lane import Lane
 from gateway.store._limits import RedisLimits
+from gateway.store._outbox import RedisOutbox
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_log import LogMixin
 from gateway.store._redis_parts import SOCKET_TIMEOUT, _Keys
@@ -63,6 +64,7 @@ class RedisStore(RecordsMixin, LogMixin, QueueMixin):
         self.url = url
         self.result_ttl = int(result_ttl)
         self._k = _Keys(prefix)
+        self.outbox = self._outbox = RedisOutbox(self._commands, prefix, self.result_ttl)
         self._cluster = cluster
         self._client = (
             RedisCluster.from_url(
