@@ -74,6 +74,22 @@ async def test_a_queued_create_past_max_queued_is_refused_and_stores_nothing(
     assert await store.dequeue("c1", 1.0) == late.task_id
 
 
+async def test_a_queued_create_within_the_bound_writes_all_of_the_task_and_a_refused_one_none(
+    store: StreamStore,
+) -> None:
+    hook = {"query": "q", "callbackUrl": "http://127.0.0.1:9/hook"}  # its webhook, in the outbox
+    kept, _ = await store.create(record(request=hook), queue=True, max_queued=1)
+    refused = record(request=hook)
+    with pytest.raises(QueueLimitReached):
+        await store.create(refused, queue=True, max_queued=1)
+    assert await store.get(kept.task_id) == kept
+    assert await store.outbox.records(kept.task_id) != {}
+    assert await store.get(refused.task_id) is None
+    assert await store.outbox.records(refused.task_id) == {}
+    listed, _ = await store.list_tasks(None, 10, None)
+    assert [t.task_id for t in listed] == [kept.task_id]
+
+
 async def test_the_replicas_of_a_deployment_share_each_bucket(redis_kind: tuple[str, bool]) -> None:
     url, cluster = redis_kind
     async with replicas(url, cluster=cluster) as (one, two):
