@@ -127,10 +127,10 @@ class RedisLimits(Limits):
         for name, _key, *rest in inside:
             args += [len(rest), name, *rest]
         script = ("EVAL", _scripts.IF_BELOW, len(keys), *keys, *args)
-        if not (await self._commands([script], repeatable=False))[0]:
+        if not (await self._commands([script], repeatable=False, now=True))[0]:
             return False
         if outside:
-            await self._commands(outside, repeatable=False)
+            await self._commands(outside, repeatable=False, now=True)
         return True
 
 

@@ -25,7 +25,7 @@ from gateway.protocol import (
     now_ms,
 )
 from gateway.store import LeaseState, QueueLimitReached, StreamStore, TaskEnded, TaskNotFound
-from gateway.tasks._runner import Collaborators, RunningTask, run_task
+from gateway.tasks._runner import Collaborators, Launch, RunningTask, launch, run_task
 from gateway.tasks.context import QueueFull, TaskRegistry, TaskSettings, UnknownAgentType
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class TaskManager:
             self._slot_back()
             raise
         if created:
-            self._start(task_id, record)
+            self._start(task_id, launch(record, self._collaborators, request))
         else:  # an earlier submission with this key made the task
             self._slot_back()
         return record, created
@@ -209,12 +209,13 @@ class TaskManager:
                 self._free -= 1
                 self._start(task_id)
 
-    def _start(self, task_id: str, claimed: TaskRecord | None = None) -> None:
-        """Run ``task_id`` in its own asyncio task; its slot is already taken."""
+    def _start(self, task_id: str, launched: Launch | None = None) -> None:
+        """Run ``task_id`` in its own asyncio task; its slot is already taken. A task created
+        here comes ``launched``: claimed, and begun in its submission's turn."""
         group = self._group
         if group is None:
             raise RuntimeError("the task manager is not running")
-        runner = group.create_task(self._run_one(task_id, claimed), name=f"task-{task_id}")
+        runner = group.create_task(self._run_one(task_id, launched), name=f"task-{task_id}")
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
 
@@ -222,15 +223,14 @@ class TaskManager:
         self._free += 1
         self._slot_freed.set()
 
-    async def _run_one(self, task_id: str, claimed: TaskRecord | None) -> None:
+    async def _run_one(self, task_id: str, launched: Launch | None) -> None:
         try:
             if self._stopping.is_set():  # stopped before this task got going: pass it on
-                if claimed is None:
+                if launched is None:
                     await self.store.enqueue(task_id)
-                elif not await self.hand_over(task_id):
-                    await self._interrupt(claimed)
-                return
-            await run_task(task_id, claimed, using=self._collaborators)
+                    return
+                launched.running.stop("handover" if self.store.shared else "shutdown")
+            await run_task(task_id, using=self._collaborators, launched=launched)
         except asyncio.CancelledError:
             raise
         except Exception:
