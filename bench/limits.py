@@ -106,7 +106,7 @@ async def run(args: argparse.Namespace) -> None:
                         **extra,
                     }
                     name = f"{tree} {config}"
-                    gateways[name] = _start_gateway(name, Path(tree), env)
+                    gateways[name] = _start_gateway(name, Path(tree), env, 1, None)
             for gateway in gateways.values():
                 wait_port(gateway.port, gateway.proc)
             seen: dict[str, list[tuple[float, float, float]]] = {name: [] for name in gateways}
