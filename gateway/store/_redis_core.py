@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.protocol import StoredMessage, TaskStatus
 from gateway.store._lane import Lane, pack
+from gateway.store._limits import RedisLimits
 from gateway.store._outbox import RedisOutbox
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
@@ -51,6 +52,7 @@ class RedisCore(StreamStore):
     _ending: dict[str, asyncio.Future[None]]  # ended here, indexes moving
     _lane: Lane | None  # the hot commands' own connection (none on a cluster or over TLS)
     _flusher: Flusher
+    limits: RedisLimits  # the rate limit's buckets and the queue bound's script
     _outbox: RedisOutbox  # the deliveries at a task's end (``_outbox``)
 
     async def _commands(
