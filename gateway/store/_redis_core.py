@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.protocol import StoredMessage, TaskStatus
 from gateway.store._lane import Lane, pack
+from gateway.store._limits import RedisLimits
 from gateway.store._outbox import RedisOutbox
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
@@ -53,6 +54,7 @@ class RedisCore(StreamStore):
     _lane: Lane | None  # the hot commands' own connection (none on a cluster or over TLS)
     _flusher: Flusher
     _retention: RedisRetention  # LOG_MAX_BYTES: trims the logs written here
+    limits: RedisLimits  # the rate limit's buckets and the queue bound's script
     _outbox: RedisOutbox  # the deliveries at a task's end (``_outbox``)
 
     async def _commands(
