@@ -42,8 +42,9 @@ def build_store(settings: Settings, metrics: GatewayMetrics) -> StreamStore:
             cluster=settings.redis_cluster,
             max_connections=settings.redis_max_connections,
             on_flush=metrics.on_flush,
+            log_max_bytes=settings.log_max_bytes,
         )
-    return MemoryStore(result_ttl=settings.result_ttl)
+    return MemoryStore(result_ttl=settings.result_ttl, log_max_bytes=settings.log_max_bytes)
 
 
 def _routes() -> list[BaseRoute]:

@@ -25,6 +25,7 @@ import orjson
 
 from gateway._terminal import WRITING, TerminalRenderer
 from gateway.errors import GatewayError
+from gateway.protocol.compaction import PieceJoiner
 from gateway.upstream.sse import SSEDecoder
 
 __all__ = ["EXIT_CODES", "WRITING", "RunOptions", "TaskFollower", "TerminalRenderer", "run_task"]
@@ -142,16 +143,21 @@ class TaskFollower:
 
     async def _read_events(self, response: httpx.Response) -> bool:
         decoder = SSEDecoder()
+        pieces = PieceJoiner()  # a long final replayed in pieces is rendered whole
         async for chunk in response.aiter_bytes():
             for event in decoder.feed(chunk):
-                message = orjson.loads(event.data)
+                parsed = orjson.loads(event.data)
+                message = pieces.feed(parsed)
+                if message is None:
+                    continue
                 seq = message.get("seq")
                 if not isinstance(seq, int) or seq <= self.last_seq:
                     continue  # already rendered (a replay overlapping what we have)
                 self.last_seq = seq
                 if self.task_id is None:
                     self.task_id = message.get("taskId")
-                self.renderer.message(message, event.data)
+                raw = event.data if message is parsed else orjson.dumps(message).decode()
+                self.renderer.message(message, raw)
                 self._note_outcome(message)
             if decoder.retry is not None:
                 self.retry_ms = decoder.retry

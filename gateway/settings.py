@@ -77,6 +77,7 @@ class Settings:
     task_retry: int = 0
     shutdown_grace: float = 5.0
     result_ttl: int = 86_400
+    log_max_bytes: int = 64 * 1024 * 1024  # per task's log; 0: unbounded (see store._retention)
     echo_token_delay_ms: float = 20.0
     lease_ttl: float = 10.0
     lease_renew_interval: float = 1.0
@@ -119,6 +120,7 @@ class Settings:
             task_retry=int(_num(env, "TASK_RETRY", 0)),
             shutdown_grace=_num(env, "SHUTDOWN_GRACE", 5.0),
             result_ttl=int(_num(env, "RESULT_TTL", 86_400, minimum=1)),
+            log_max_bytes=int(_num(env, "LOG_MAX_BYTES", 64 * 1024 * 1024)),
             echo_token_delay_ms=_num(env, "ECHO_TOKEN_DELAY_MS", 20.0),
             lease_ttl=_num(env, "LEASE_TTL", 10.0, minimum=0.05),
             lease_renew_interval=_num(env, "LEASE_RENEW_INTERVAL", 1.0, minimum=0.01),

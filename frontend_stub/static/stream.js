@@ -3,7 +3,9 @@
 //
 // Every message is delivered once, in seq order: anything at or below the cursor is skipped, so a
 // replay after a reconnect can never duplicate a fragment, and resume after cursor N asks the
-// gateway for N+1, N+2 ... so none is missing.
+// gateway for N+1, N+2 ... so none is missing. A replay sends a finished message as its final
+// frame alone (compacted), and a long final as pieces with an `offset` (README, "Compacted
+// replay"): they are joined here into that final frame before it is delivered.
 
 import { SSEParser } from "./sse.js";
 
@@ -11,6 +13,8 @@ const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
 const MAX_DELAY_MS = 30000;
 const DEFAULT_RETRY_MS = 500;
 const POLL_LIMIT = 500;
+// The text payload field of each type a long final can be split in (DESIGN §3).
+const TEXT_FIELDS = { plan_thought: "planThought", tool_thought: "toolThought", task_summary: "taskSummary", agent_stream: "result", result: "result" };
 
 export const SSE_FAILURES_BEFORE_POLLING = 3;
 
@@ -53,6 +57,7 @@ export class TaskStream {
     this.retryMs = null; // the gateway's `retry:` value, once seen
     this.finished = false;
     this.state = { mode: "sse", phase: "connecting", failures: 0, lastSeq: after };
+    this.pieces = new Map(); // messageId → the text of a long final's pieces so far
   }
 
   get url() {
@@ -69,11 +74,26 @@ export class TaskStream {
     this.onState({ ...this.state });
   }
 
-  deliver(message) {
-    if (typeof message.seq !== "number" || message.seq <= this.lastSeq) return;
+  deliver(piece) {
+    const message = this.joined(piece);
+    if (!message || typeof message.seq !== "number" || message.seq <= this.lastSeq) return;
     this.lastSeq = message.seq;
     if (message.finish) this.finished = true;
     this.onMessage(message);
+  }
+
+  /** A piece of a long final (it has an `offset`): null until its last, then the whole final. */
+  joined(message) {
+    if (typeof message.offset !== "number") return message;
+    const field = TEXT_FIELDS[message.messageType] || "result";
+    const text = (message.offset === 0 ? "" : this.pieces.get(message.messageId) || "") + message[field];
+    if (!message.isFinal) {
+      this.pieces.set(message.messageId, text);
+      return null;
+    }
+    this.pieces.delete(message.messageId);
+    const { offset, ...whole } = message;
+    return { ...whole, [field]: text };
   }
 
   /** Follow until the task's last message; resolves with its final snapshot (or null). */

@@ -16,9 +16,10 @@ from a2a.types import Message, Task
 from google.protobuf.json_format import MessageToJson, ParseDict
 
 from gateway.a2a._project import Projection
-from gateway.protocol import StoredMessage, TaskRecord
+from gateway.protocol import TaskRecord
+from gateway.protocol.compaction import PieceJoiner
 from gateway.security import TaskNotes
-from gateway.store import StreamStore
+from gateway.store import StreamStore, replay
 
 NOTE = "a2a"
 """The task-notes kind holding a task's A2A context id and the message that started it."""
@@ -41,15 +42,25 @@ async def projection(store: StreamStore, notes: TaskNotes, record: TaskRecord) -
     return Projection(record, note.get("contextId") or record.task_id, history)
 
 
-async def _read(store: StreamStore, task_id: str, after: int, upto: int | None) -> list[Any]:
-    """Every message after ``after`` (up to ``upto``), in batches."""
-    messages: list[StoredMessage] = []
+async def _read(
+    store: StreamStore, task_id: str, after: int, upto: int | None
+) -> list[dict[str, Any]]:
+    """Every message after ``after`` (up to ``upto``), decoded. The whole log is read as a
+    replay serves it (compacted, with a ``reset`` below the retention floor, the pieces of a
+    long final joined); a prefix up to ``upto`` as written, deltas and all, since the finals
+    after ``upto`` are not in it."""
+    pieces = PieceJoiner()
+    messages: list[dict[str, Any]] = []
     while upto is None or after < upto:
-        batch = await store.read(task_id, after, READ_BATCH)
-        if upto is not None:
-            batch = [m for m in batch if m.seq <= upto]
-        messages.extend(batch)
-        if len(batch) < READ_BATCH:
+        if upto is None:
+            batch = await replay(store, task_id, after, READ_BATCH)
+        else:
+            batch = [m for m in await store.read(task_id, after, READ_BATCH) if m.seq <= upto]
+        for frame in batch:
+            message = pieces.feed(orjson.loads(frame.data))
+            if message is not None:
+                messages.append(message)
+        if not batch or batch[-1].finish:
             break
         after = batch[-1].seq
     return messages
@@ -61,7 +72,7 @@ async def snapshot(
     """The A2A ``Task`` of ``record`` now: its whole log folded."""
     view = await projection(store, notes, record)
     for message in await _read(store, record.task_id, 0, None):
-        view.feed(orjson.loads(message.data))
+        view.feed(message)
     return view.task(history_length)
 
 
@@ -87,9 +98,9 @@ async def events(
     """
     view = await projection(store, notes, record)
     finished = False
-    for message in await _read(store, record.task_id, 0, after):
-        view.feed(orjson.loads(message.data))
-        finished = finished or message.finish
+    for folded in await _read(store, record.task_id, 0, after):
+        view.feed(folded)
+        finished = finished or bool(folded.get("finish"))
     task = view.task()
     task.metadata.update({"seq": view.seq})
     yield view.seq, task

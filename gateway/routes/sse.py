@@ -21,7 +21,7 @@ from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import StoredMessage
 from gateway.routes._direct import direct_cycle, write_chunk
-from gateway.store import StreamStore, TaskNotFound
+from gateway.store import StreamStore, TaskNotFound, replay
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"connection", b"keep-alive"),
 ]
 HEARTBEAT = b": ping\n\n"
+#: Messages per chunk of a compacted replay.
+REPLAY_BATCH = 500
 
 
 class _SendWatch:
@@ -375,6 +377,9 @@ class LogStream:
         # response), not in a socket write of its own.
         self._head = b"retry: %d\n\n" % settings.sse_retry_ms
         ping_at = clock() + heartbeat
+        cursor = await self._replay(send, cursor)
+        if self.finished:
+            return
         while True:
             now = clock()
             if deadline - now <= 0:
@@ -403,6 +408,12 @@ class LogStream:
             else:
                 try:
                     messages = await store.tail(task_id, cursor, wait)
+                    if messages and messages[0].seq > cursor + 1:  # dropped: compacted, or gone?
+                        if cursor < await store.floor(task_id):  # gone: a reset, not a gap
+                            cursor = await self._replay(send, cursor)
+                            if self.finished:
+                                return
+                            continue
                 except TaskNotFound:
                     return
             if not messages:
@@ -420,6 +431,25 @@ class LogStream:
             await self._send(send, body)
             ping_at = clock() + heartbeat
             cursor = last.seq
+
+    async def _replay(self, send: Send, cursor: int) -> int:
+        """Send the history after ``cursor`` compacted (DESIGN §5); the new cursor. The tail
+        that follows (``_pump``) is live, token by token."""
+        while True:
+            try:
+                frames = await replay(self.store, self.task_id, cursor, REPLAY_BATCH)
+            except TaskNotFound:
+                return cursor
+            if not frames:
+                return cursor
+            body = b"".join(m.frame for m in frames)
+            if frames[-1].finish:
+                await self._finish(send, body)
+                return frames[-1].seq
+            await self._send(send, body)
+            cursor = frames[-1].seq
+            if len(frames) < REPLAY_BATCH:
+                return cursor
 
     async def _resume_send(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
         """Carry on a send the log's appender started, under the send time limit."""

@@ -16,7 +16,7 @@ from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
 from gateway.security import key_name, record_owner, scoped_key, task_notes
-from gateway.store import IdempotencyKeyReused, TaskNotFound
+from gateway.store import IdempotencyKeyReused, TaskNotFound, replay
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
 
 MAX_POLL_LIMIT = 1000
@@ -178,7 +178,7 @@ async def get_task(request: Request) -> Response:
                 400, "invalid_cursor", f"after={after} is beyond the log ({record.last_seq})"
             )
         try:
-            messages = await _manager(request).store.read(record.task_id, after, limit)
+            messages = await replay(_manager(request).store, record.task_id, after, limit)
         except TaskNotFound as exc:
             raise ApiError(404, "not_found", "the task expired") from exc
         body["messages"] = [orjson.Fragment(m.data) for m in messages]

@@ -1,6 +1,7 @@
 """Durable task state and logs: ``StreamStore`` and its two implementations."""
 
 from gateway.store._outbox import WEBHOOK, Claim
+from gateway.store._replay import replay
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
@@ -30,4 +31,5 @@ __all__ = [
     "StreamStore",
     "TaskEnded",
     "TaskNotFound",
+    "replay",
 ]

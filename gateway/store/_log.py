@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import math
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class LocalLog:
         "_parked",
         "_pushers",
         "_releases",
+        "_seqs",
         "_timer",
         "_timer_at",
         "_waiters",
@@ -55,6 +57,7 @@ class LocalLog:
         self.base = base
         self.messages: list[StoredMessage] = []
         self.finished = False
+        self._seqs: list[int] | None = None  # the seqs of ``messages`` once it has holes
         self._waiters: set[asyncio.Future[None]] = set()
         self._pushers: dict[asyncio.Future[None], Push] = {}
         self._parked: list[tuple[float, int, asyncio.Future[None]]] = []  # the pushers' deadlines
@@ -67,19 +70,20 @@ class LocalLog:
     def parkable(self, after: int) -> bool:
         """Whether a reader that has read up to ``after`` may ``park`` now: it has read all
         there is, the log goes on, and fewer than ``MAX_PUSHING`` readers push already."""
-        return (
-            not self.finished
-            and self.base + len(self.messages) == after
-            and len(self._pushers) < MAX_PUSHING
-        )
+        return not self.finished and self.last_seq == after and len(self._pushers) < MAX_PUSHING
 
     @property
     def last_seq(self) -> int:
-        return self.base + len(self.messages)
+        seqs = self._seqs
+        if seqs is None:
+            return self.base + len(self.messages)
+        return seqs[-1] if seqs else self.base
 
     def add(self, message: StoredMessage) -> None:
         """Append ``message`` (its seq must be ``last_seq + 1``), push it, wake the readers."""
         self.messages.append(message)
+        if self._seqs is not None:
+            self._seqs.append(message.seq)
         if message.finish:
             self.finished = True
         pushers = self._pushers
@@ -100,6 +104,8 @@ class LocalLog:
                 self.add(messages[0])
             return
         self.messages += messages
+        if self._seqs is not None:
+            self._seqs += [m.seq for m in messages]
         if messages[-1].finish:
             self.finished = True
         pushers = self._pushers
@@ -158,12 +164,21 @@ class LocalLog:
         return after >= self.base
 
     def since(self, after: int, limit: int) -> list[StoredMessage]:
-        start = after - self.base
+        seqs = self._seqs
+        start = after - self.base if seqs is None else bisect.bisect_right(seqs, after)
         return self.messages[start : start + limit]
+
+    def retain(self, messages: list[StoredMessage], base: int) -> None:
+        """Keep only ``messages`` (some of those held, in order, the last one among them) and
+        forget all before ``base``: retention (``gateway.store._retention``); ``since`` then
+        skips the seqs left out."""
+        self.messages = messages
+        self.base = base
+        self._seqs = [m.seq for m in messages]
 
     async def wait_beyond(self, after: int, timeout: float) -> bool:
         """Wait until a message after ``after`` exists (or the log ends); False on timeout."""
-        if self.base + len(self.messages) > after or self.finished:
+        if self.last_seq > after or self.finished:
             return True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -176,7 +191,7 @@ class LocalLog:
                 await future
             finally:
                 self._waiters.discard(future)  # gone already unless cancelled or expired
-            if self.base + len(self.messages) > after or self.finished:
+            if self.last_seq > after or self.finished:
                 return True
             if loop.time() >= deadline - _SLACK or self._releases != releases:
                 return False

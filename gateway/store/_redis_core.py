@@ -19,6 +19,7 @@ from gateway.store._outbox import RedisOutbox
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_parts import GROUP, SOCKET_TIMEOUT, _Follower, _Keys
+from gateway.store._retention import RedisRetention
 from gateway.store._writer import Flusher
 from gateway.store.base import StoreUnavailable, StreamStore
 
@@ -52,6 +53,7 @@ class RedisCore(StreamStore):
     _ending: dict[str, asyncio.Future[None]]  # ended here, indexes moving
     _lane: Lane | None  # the hot commands' own connection (none on a cluster or over TLS)
     _flusher: Flusher
+    _retention: RedisRetention  # LOG_MAX_BYTES: trims the logs written here
     limits: RedisLimits  # the rate limit's buckets and the queue bound's script
     _outbox: RedisOutbox  # the deliveries at a task's end (``_outbox``)
 

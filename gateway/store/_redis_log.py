@@ -70,6 +70,7 @@ class LogMixin(RedisCore):
         message = appended_message(writer.flushed_seq + len(pending) + 1, body)
         pending.append(message)
         self._flusher.mark(task_id, writer)
+        self._retention.count(task_id, len(message.data))
         return message
 
     async def finish(
@@ -151,6 +152,7 @@ class LogMixin(RedisCore):
         writes were refused): local readers get the finish, later ones go to Redis."""
         if self._writers.get(task_id) is writer:
             del self._writers[task_id]
+        self._retention.forget(task_id)
         self._ending[task_id] = asyncio.get_running_loop().create_future()  # see _finished
         if writer.closing is not None and not writer.lost:
             writer.log.add(writer.closing)
@@ -208,6 +210,27 @@ class LogMixin(RedisCore):
         if not entries and not exists:
             raise TaskNotFound(task_id)
         return _messages(entries)
+
+    async def floor(self, task_id: str) -> int:
+        state, exists = await self._commands(
+            [("HGET", self._k.state(task_id), "floor"), ("EXISTS", self._k.state(task_id))]
+        )
+        if not exists:
+            raise TaskNotFound(task_id)
+        return int(state or 0)
+
+    async def _written(self, task_id: str) -> None:
+        """Wait until what this process holds of ``task_id``'s log is durable (retention)."""
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            await self._flushed(writer)
+
+    def _trimmed(self, task_id: str, gone: set[int], floor: int) -> None:
+        """A retention pass dropped ``gone`` from Redis: the log this process writes follows."""
+        writer = self._writers.get(task_id)
+        if writer is not None:
+            log = writer.log
+            log.retain([m for m in log.messages if m.seq not in gone], max(log.base, floor))
 
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
         loop = asyncio.get_running_loop()

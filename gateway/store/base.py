@@ -16,6 +16,7 @@ import asyncio
 import base64
 import dataclasses
 import enum
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
+from gateway.protocol.compaction import CompactedLogs
 from gateway.store._limits import Limits
 from gateway.store._log import LocalLog
 from gateway.store._outbox import Outbox
@@ -270,6 +272,18 @@ class StreamStore(abc.ABC):
     @abc.abstractmethod
     async def tail(self, task_id: str, after: int, timeout: float) -> list[StoredMessage]:
         """Like ``read``, but waits up to ``timeout`` seconds for a message after ``after``."""
+
+    @functools.cached_property
+    def replays(self) -> CompactedLogs:
+        """Finished tasks' compacted replays, kept for the next readers (``store.replay``)."""
+        return CompactedLogs()
+
+    async def floor(self, task_id: str) -> int:
+        """The retention floor of the task's log: every message up to it is gone (bounded
+        retention, ``gateway.store._retention``), so only a cursor at or above it resumes
+        exactly; 0 while nothing was dropped. Messages above it may be compacted (deltas
+        whose final frame is kept). Raises ``TaskNotFound``."""
+        return 0
 
     def live_log(self, task_id: str, after: int) -> LocalLog | None:
         """The in-process log of ``task_id`` where a reader that has read up to ``after``, its

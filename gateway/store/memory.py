@@ -22,6 +22,7 @@ from gateway.protocol import (
 from gateway.store._limits import MemoryLimits
 from gateway.store._log import LocalLog
 from gateway.store._outbox import MemoryOutbox
+from gateway.store._retention import retain_local
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
@@ -41,7 +42,7 @@ class _Entry:
     """One task: its record, whose ``last_seq`` follows the log (brought up to date when read,
     not rewritten per append), its log and its listing score."""
 
-    __slots__ = ("_record", "cancel_requested", "expires", "log", "score")
+    __slots__ = ("_record", "bytes", "cancel_requested", "expires", "floor", "log", "score")
 
     def __init__(self, record: TaskRecord, log: LocalLog, score: float) -> None:
         self._record = record
@@ -49,6 +50,8 @@ class _Entry:
         self.score = score
         self.expires: float | None = None
         self.cancel_requested = False
+        self.bytes = 0  # of the log, counted while it is bounded (``log_max_bytes``)
+        self.floor = 0  # see ``StreamStore.floor``
 
     @property
     def record(self) -> TaskRecord:
@@ -65,8 +68,9 @@ class _Entry:
 class MemoryStore(StreamStore):
     """Everything in this process: dicts of records and ``LocalLog``s, an ``asyncio.Queue``."""
 
-    def __init__(self, result_ttl: float = 86_400.0) -> None:
+    def __init__(self, result_ttl: float = 86_400.0, log_max_bytes: int = 0) -> None:
         self.result_ttl = result_ttl
+        self.log_max_bytes = log_max_bytes  # per task; 0: unbounded
         self._tasks: dict[str, _Entry] = {}
         # idempotency key → (task id, expiry, request digest)
         self._idempotency: dict[str, tuple[str, float, str]] = {}
@@ -231,9 +235,18 @@ class MemoryStore(StreamStore):
         if entry.log.finished or entry._record.terminal:  # (the status, not the last seq)
             raise TaskEnded(task_id)
         log = entry.log
-        message = appended_message(log.base + len(log.messages) + 1, body)
+        message = appended_message(log.last_seq + 1, body)
         log.add(message)
+        if self.log_max_bytes:
+            self._retain(entry, message)
         return message
+
+    def _retain(self, entry: _Entry, message: StoredMessage) -> None:
+        """Keep the entry's log within ``log_max_bytes`` (``gateway.store._retention``)."""
+        entry.bytes += len(message.data)
+        if entry.bytes > self.log_max_bytes:
+            floor, entry.bytes = retain_local(entry.log, self.log_max_bytes)
+            entry.floor = max(entry.floor, floor)
 
     async def finish(
         self,
@@ -267,8 +280,13 @@ class MemoryStore(StreamStore):
         )
         entry.expires = time.monotonic() + self.result_ttl
         entry.log.add(message)
+        if self.log_max_bytes:
+            self._retain(entry, message)
         self._outbox.ended(task_id)
         return message
+
+    async def floor(self, task_id: str) -> int:
+        return self._entry(task_id).floor
 
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
         return self._entry(task_id).log.since(after, limit)

@@ -26,9 +26,10 @@ from gateway.store._limits import RedisLimits
 from gateway.store._outbox import RedisOutbox
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_log import LogMixin
-from gateway.store._redis_parts import SOCKET_TIMEOUT, _Keys
+from gateway.store._redis_parts import SOCKET_TIMEOUT, _Keys, _messages
 from gateway.store._redis_queue import QueueMixin
 from gateway.store._redis_records import RecordsMixin
+from gateway.store._retention import RedisRetention
 from gateway.store._writer import Flusher
 from gateway.store.base import StoreUnavailable
 
@@ -60,6 +61,7 @@ class RedisStore(RecordsMixin, LogMixin, QueueMixin):
         cluster: bool = False,
         max_connections: int = 2048,
         on_flush: Callable[[float], None] | None = None,
+        log_max_bytes: int = 0,
     ) -> None:
         self.url = url
         self.result_ttl = int(result_ttl)
@@ -80,6 +82,9 @@ class RedisStore(RecordsMixin, LogMixin, QueueMixin):
         )
         self._append = self._client.register_script(_scripts.APPEND)
         self._renew = self._client.register_script(_scripts.RENEW)
+        self._retention = RedisRetention(
+            self._client, self._k.task, _messages, log_max_bytes, self._trimmed, self._written
+        )
         self._writers = {}
         # Finished here: replayed from memory for a while (never longer than Redis keeps them).
         self._recent = RecentLogs()
@@ -121,6 +126,7 @@ class RedisStore(RecordsMixin, LogMixin, QueueMixin):
             task.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
         await self._flusher.close()
+        await self._retention.close()
         await self._client.aclose()
 
     async def ping(self) -> None:

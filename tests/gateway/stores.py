@@ -68,3 +68,40 @@ async def read_durable(
         while len(got) < count:
             got += await store.tail(task_id, after + len(got), timeout)
     return got
+
+
+def stored_log(redis_url: str, prefix: str, task_id: str) -> list[dict[str, Any]]:
+    """A task's log as Redis holds it (not a replay: every delta still there), decoded."""
+    import orjson
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        entries = client.xrange(f"{prefix}:{{{task_id}}}:log")
+    finally:
+        client.close()
+    return [orjson.loads(fields[b"d"]) for _, fields in entries]
+
+
+def replay_problems(seen: list[dict[str, Any]], stored: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with ``seen`` (what a reader got, in order, across its resumes) against
+    ``stored`` (the log as stored): each frame must be the stored message of its seq, seqs
+    must go up, and a stored message may be missing only if it is a delta whose message's
+    final frame the reader got after it (a compacted replay, DESIGN §5) — never a silent gap."""
+    by_seq = {int(m["seq"]): m for m in stored}
+    order = [int(m["seq"]) for m in seen]
+    problems = []
+    if order != sorted(set(order)) or not order or order[-1] != len(stored):
+        problems.append(f"saw seqs {order}, log {len(stored)}")
+    changed = [int(m["seq"]) for m in seen if by_seq.get(int(m["seq"])) != m]
+    if changed:
+        problems.append(f"seqs {changed} differ from the log")
+    finals = {m["messageId"]: int(m["seq"]) for m in seen if m.get("isFinal")}
+    got = set(order)
+    for seq, message in by_seq.items():
+        if seq in got:
+            continue
+        final = finals.get(message.get("messageId"), 0)
+        if message.get("isFinal", True) or final <= seq:
+            problems.append(f"seq {seq} missing, and no final frame of its message after it")
+    return problems

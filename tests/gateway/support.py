@@ -82,3 +82,25 @@ async def read_sse(
 
 def echo_query(words: int) -> str:
     return " ".join(f"w{i}" for i in range(words))
+
+
+def merged(events: list[dict[str, Any]]) -> dict[str, tuple[str, Any]]:
+    """What a reader shows after ``events``: per ``messageId`` its type (by its latest frame)
+    and content, the pieces of a long final joined (``PieceJoiner``), then a text delta
+    appended and a final frame taken whole (DESIGN §3)."""
+    from gateway.protocol import PAYLOAD_FIELDS
+    from gateway.protocol.compaction import PieceJoiner
+
+    joiner = PieceJoiner()
+    shown: dict[str, tuple[str, Any]] = {}
+    for piece in events:
+        event = joiner.feed(piece)
+        if event is None:
+            continue
+        kind = event["messageType"]
+        value = event.get(PAYLOAD_FIELDS[kind])
+        before = shown.get(event["messageId"], (kind, ""))[1]
+        if isinstance(value, str) and not event["isFinal"] and isinstance(before, str):
+            value = before + value
+        shown[event["messageId"]] = (kind, value)
+    return shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import anyio
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from gateway.protocol import TaskRecord, new_task_id, now_ms
 from gateway.tasks import TaskContext, TaskFailure, TaskRegistry
-from tests.gateway.support import echo_query, gateway, read_sse
+from tests.gateway.support import echo_query, gateway, merged, read_sse
 from tests.helpers import spawn_service
 
 pytestmark = pytest.mark.anyio
@@ -290,14 +291,18 @@ def test_a_task_submitted_to_one_gateway_process_streams_completely_from_another
         r = httpx.post(f"{a}/api/tasks", json={"query": echo_query(80), "agentType": 0})
         task_id = r.json()["taskId"]
 
-        async def read_from_b() -> list[int]:
+        async def read_from_b() -> list[dict[str, Any]]:
             async with httpx.AsyncClient(base_url=b, timeout=30) as client:
                 with anyio.fail_after(30):
-                    return (await read_sse(client, f"/api/tasks/{task_id}/events")).seqs
+                    return (await read_sse(client, f"/api/tasks/{task_id}/events")).events
 
-        seqs = anyio.run(read_from_b)
+        events = anyio.run(read_from_b)
         snap = httpx.get(f"{b}/api/tasks/{task_id}").json()
-    assert seqs == list(range(1, 80 + 7 + 1))
+    # All of it: in order, to the end, the answer whole (a replay may skip finished deltas).
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == 80 + 7
+    answers = [v for kind, v in merged(events).values() if kind == "agent_stream"]
+    assert answers == [echo_query(80)]
     assert snap["status"] == "COMPLETED" and snap["result"] == echo_query(80)
 
 

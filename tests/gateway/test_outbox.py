@@ -164,7 +164,8 @@ async def test_the_payload_s_last_seq_is_a_cursor_into_the_log(store_url: str | 
             last_seq = payload["data"]["lastSeq"]
             messages = await read_log(client, task_id, 0, last_seq)
             beyond = (await client.get(f"/api/tasks/{task_id}", params={"after": last_seq})).json()
-    assert [m["seq"] for m in messages] == list(range(1, last_seq + 1))
+    seqs = [m["seq"] for m in messages]  # in order, to the end (a replay skips finished deltas)
+    assert seqs == sorted(set(seqs)) and seqs[-1] == last_seq
     assert messages[-1]["finish"] is True and messages[-1]["result"] == body["query"]
     assert beyond["messages"] == [] and beyond["nextAfter"] == last_seq
 
