@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import cProfile
 import os
 import pstats
@@ -48,7 +49,13 @@ class GatewayThread:
     def _run(self) -> None:
         from bench.gateway_server import serve  # after the environment is set
 
-        self.loop.run_until_complete(serve(self.port, 0))
+        with contextlib.suppress(RuntimeError):  # stopped by ``stop``
+            self.loop.run_until_complete(serve(self.port, 0))
+
+    def stop(self) -> None:
+        """Stop the gateway's loop (before Redis and the upstream go away)."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` in the gateway's thread (so ``cProfile`` hooks that thread) and wait."""
@@ -105,6 +112,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             gateway.call(profile.enable)
             tokens += run(args.starts)
             gateway.call(profile.disable)
+            gateway.stop()
         finally:
             upstream.stop()
     stats = pstats.Stats(profile)
