@@ -1,15 +1,17 @@
 """What one task start costs the gateway in Python: calls and CPU per start, in-process.
 
 The bench's gateway (:func:`bench.gateway_server.serve`: uvicorn, the relay agent, the Redis
-store) runs in a thread of this process against a private ``redis-server`` and the bench's
-upstream; the load client runs in the main thread. ``N`` starts of ``TOKENS`` tokens each are
-sent in waves of ``WAVE`` at once, twice: once plain, for the gateway thread's CPU per start
-(its own clock), once under ``cProfile`` (enabled in the gateway's thread only), for its Python
-and builtin calls per start. The calls are near-deterministic (the same code path per start;
-only how many messages share a flush moves them a little), so a change to the start path shows
-as a call-count delta even on a loaded machine, where CPU figures wander::
+store) runs in a thread of this process against a private ``redis-server`` (``REDIS_URL`` if
+set, as everywhere in the bench) and the bench's upstream; the load client runs in the main
+thread. ``N`` starts of ``TOKENS`` tokens each are sent in waves of ``WAVE`` at once, twice:
+once plain, for the gateway thread's CPU per start (its own clock), once under ``cProfile``
+(enabled in the gateway's thread only), for its Python and builtin calls per start. The calls
+hardly move from run to run (the same code path per start; only how many messages share a
+flush moves them, ±2 % in waves, less in turn), so a change to the start path shows as a
+call-count delta even on a loaded machine, where CPU figures wander::
 
     python -m bench.startprof                       # 200 starts, 5 tokens, waves of 20
+    python -m bench.startprof --starts 100 --wave 1 --warm 20   # in turn: one flush a message
     python -m bench.startprof --starts 400 --top 30 --sort ncalls
 """
 
@@ -92,8 +94,7 @@ async def _starts(port: int, n: int, tokens: int, wave: int, tps: float) -> int:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
-    os.environ.pop("REDIS_URL", None)  # always a private redis-server
-    with redis_server() as (redis_url, _):
+    with redis_server() as (redis_url, _):  # REDIS_URL, else a private redis-server
         upstream = start_python("upstream", "bench.upstream", ["--ping", "2.0"])
         try:
             wait_port(upstream.port, upstream.proc)
