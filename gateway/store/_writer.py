@@ -140,14 +140,9 @@ class Flusher:
                     _bulk(writer.owner.encode()),
                 )
             keys.append(writer.resp[0])
-            n = len(messages)
-            args += (
-                writer.resp[1],
-                _SMALL[first] if first < 256 else _bulk_int(first),
-                _SMALL[n] if n < 256 else _bulk_int(n),
-            )
-            # ``_bulk`` inlined: a call less per message
-            args += [b"$%d\r\n%s\r\n" % (len(m.data), m.data) for m in messages]
+            n, seq = len(messages), _SMALL[first] if first < 256 else _bulk_int(first)
+            args += (writer.resp[1], seq, _SMALL[n] if n < 256 else _bulk_int(n))
+            args += [b"$%d\r\n%s\r\n" % (len(m.data), m.data) for m in messages]  # _bulk
             if final is None:
                 args.append(_NO_FINAL)
                 count += 4 + n
