@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from time import time_ns
 from typing import Any
 
 import orjson
 
-from gateway.protocol import PAYLOAD_FIELDS, StoredMessage, now_ms
+from gateway.protocol import PAYLOAD_FIELDS, StoredMessage, new_message_id, now_ms
 from gateway.store import StreamStore
 
 
@@ -32,7 +31,7 @@ class StreamHandle:
     def __init__(self, printer: Printer, message_type: str) -> None:
         self._printer = printer
         self.message_type = message_type
-        self.message_id = uuid.uuid4().hex
+        self.message_id = new_message_id()
         self.closed = False
 
     async def delta(self, payload: Any, **extra: Any) -> StoredMessage:
@@ -75,7 +74,7 @@ class Printer:
         """The message body (without ``seq`` and ``finish``, which the log adds)."""
         field = _payload_field(message_type)
         body = {
-            **self._head(message_id or uuid.uuid4().hex, message_type),
+            **self._head(message_id or new_message_id(), message_type),
             "messageTime": now_ms(),
             "isFinal": is_final,
             field: payload,

@@ -11,7 +11,6 @@ turn's text, token by token, whose final frame also decides its type.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import anyio
 
 from gateway.printer import Printer, StreamHandle
+from gateway.protocol import new_message_id
 from gateway.store import StoreError
 
 __all__ = ["CLOSE_TIMEOUT", "LiveText", "MessageStream"]
@@ -117,7 +117,7 @@ class LiveText:
         self._printer = printer
         self._delta_now = printer.text_delta_now
         self.delta_type = delta_type
-        self.message_id = uuid.uuid4().hex
+        self.message_id = new_message_id()
         self._parts: list[str] = []
         self._chained: asyncio.Future[None] | None = None  # the last delta that had to wait
         self.closed = False

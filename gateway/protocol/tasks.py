@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import secrets
 import time
 from typing import Any
@@ -58,6 +59,15 @@ class TaskError:
 def new_task_id() -> str:
     """An unguessable task id: 128 random bits, URL-safe."""
     return secrets.token_urlsafe(16)
+
+
+def new_message_id() -> str:
+    """A random message id: ``uuid.uuid4().hex``, the same 32 hex digits (version 4, RFC 4122
+    variant) without the ``UUID`` object (a start makes three)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def now_ms() -> int:

@@ -53,25 +53,19 @@ class RecordsMixin(RedisCore):
         if claim is not None:
             record = claimed(record, *claim)
             queue = False
-        mapping: dict[str, Any] = {
-            "taskId": record.task_id,
-            "requestId": record.request_id,
-            "agentType": record.agent_type,
-            "query": record.query,
-            "status": record.status.value,
-            "createdAt": record.created_at,
-            "lastSeq": 0,
-            "request": orjson.dumps(record.request),
-            "score": repr(score),
-        }
-        if claim is not None:
-            mapping.update(
-                owner=record.owner, leaseUntil=record.lease_until, startedAt=record.started_at
-            )
         state, task_id = self._k.state(record.task_id), record.task_id
+        hset: tuple[Any, ...] = (
+            *("HSET", state, "taskId", task_id, "requestId", record.request_id),
+            *("agentType", record.agent_type, "query", record.query),
+            *("status", record.status.value, "createdAt", record.created_at, "lastSeq", 0),
+            *("request", orjson.dumps(record.request), "score", repr(score)),
+        )
+        if claim is not None:
+            hset += ("owner", record.owner, "leaseUntil", record.lease_until)
+            hset += ("startedAt", record.started_at)
         commands: list[tuple[Any, ...]] = [
             *self._outbox.create_commands(record),
-            ("HSET", state, *(part for pair in mapping.items() for part in pair)),
+            hset,
             ("EXPIRE", state, self.result_ttl * 2),
             ("ZADD", self._k.all, score, task_id),
             ("ZADD", self._k.index(record.status), score, task_id),

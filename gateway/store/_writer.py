@@ -102,6 +102,7 @@ class Flusher:
         self._tasks: set[asyncio.Task[Any]] = set()  # task flushes and index moves
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
+        self._sha: tuple[str, bytes] = ("", b"")  # the script's digest, and its bulk string
 
     async def _send(self, entries: list[_Entry]) -> list[Any]:
         """One script call for every task of the flush; Redis Cluster refuses a script whose
@@ -139,20 +140,23 @@ class Flusher:
                     _bulk(writer.owner.encode()),
                 )
             keys.append(writer.resp[0])
-            n = len(messages)
-            args += (writer.resp[1], _bulk_int(first), _SMALL[n] if n < 256 else _bulk_int(n))
-            args += [_bulk(m.data) for m in messages]
+            n, seq = len(messages), _SMALL[first] if first < 256 else _bulk_int(first)
+            args += (writer.resp[1], seq, _SMALL[n] if n < 256 else _bulk_int(n))
+            args += [b"$%d\r\n%s\r\n" % (len(m.data), m.data) for m in messages]  # _bulk
             if final is None:
                 args.append(_NO_FINAL)
                 count += 4 + n
             else:
-                args += [_bulk(arg) for arg in final]
+                args += [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in final]
                 count += 9 + n
         n_keys = 2 * len(entries)
+        sha = self._script.sha
+        if self._sha[0] != sha:  # the script's digest as a bulk string, made once
+            self._sha = (sha, _bulk(sha.encode()))
         head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (
             3 + n_keys + count,
-            _bulk(self._script.sha.encode()),
-            _bulk_int(n_keys),
+            self._sha[1],
+            _SMALL[n_keys] if n_keys < 256 else _bulk_int(n_keys),
         )
         return b"".join([head, *keys, *args])
 

@@ -133,25 +133,27 @@ class ChatAssembler:
     ) -> None:
         """``feed`` without event objects for the text: each piece goes to ``on_text``, the
         tool-call deltas to ``calls`` (if given), in the chunk's order."""
-        if chunk.get("error"):
+        get = chunk.get
+        if get("error"):
             raise UpstreamRemoteError(f"LLM: {_error_text(chunk['error'])}", detail=chunk["error"])
-        usage = chunk.get("usage")
+        usage = get("usage")
         if usage is not None and _is_mapping(usage):
             self.usage = Usage.from_dict(usage)
-        for choice in chunk.get("choices") or ():
+        for choice in get("choices") or ():
             if type(choice) is not dict and not _is_mapping(choice):
                 continue
             if choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta") or _NO_DELTA
             text = delta.get("content")
             if isinstance(text, str) and text:
                 self._content.append(text)
                 on_text(text)
-            for raw in delta.get("tool_calls") or ():
-                call = self._feed_tool_call(raw)
-                if calls is not None:
-                    calls.append(call)
+            if "tool_calls" in delta:
+                for raw in delta["tool_calls"] or ():
+                    call = self._feed_tool_call(raw)
+                    if calls is not None:
+                        calls.append(call)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
 
@@ -201,6 +203,9 @@ def parse_completion(data: Any) -> ChatResult:
     usage = Usage.from_dict(data["usage"]) if isinstance(data.get("usage"), Mapping) else None
     finish = choices[0].get("finish_reason") or ("tool_calls" if calls else None)
     return ChatResult(str(message.get("content") or ""), calls, finish, usage)
+
+
+_NO_DELTA: Mapping[str, Any] = {}
 
 
 def _is_mapping(value: Any) -> bool:
