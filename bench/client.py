@@ -202,14 +202,18 @@ class SSEReader(asyncio.Protocol):
             if sse_id <= p.last_id:
                 p.id_dups += 1
                 return
-            if sse_id > p.last_id + 1:
+            # A compacted replay (DESIGN §5) skips the deltas of a message whose final frame
+            # it sends: a jump onto a final frame is that, and its text must hold the tokens.
+            if sse_id > p.last_id + 1 and b'"isFinal":true' not in data:
                 p.id_gaps += 1
             p.last_id = sse_id
         pos = data.find(self.marker)
         if pos >= 0:
             start = pos + len(self.marker)
             value = data[start : data.index(b'"', start)]
-            if value.count(b"~") == 1:
+            if value.count(b"~") > 1 and b'"isFinal":true' in data:
+                self._whole_text(value)
+            elif value.count(b"~") == 1:
                 index_s, sent_s, req_s = value[1:].split(b":")
                 index = int(index_s)
                 sent = int(sent_s)
@@ -234,6 +238,18 @@ class SSEReader(asyncio.Protocol):
                         return
         if data == b"[DONE]" or b'"finish":true' in data:
             self.finished = True
+
+    def _whole_text(self, value: bytes) -> None:
+        """A final frame's whole text: the tokens a compacted replay did not send as deltas."""
+        p = self.progress
+        for piece in value[1:].split(b"~"):
+            index = int(piece.split(b":", 1)[0])
+            if index < p.next_token:
+                continue
+            if index > p.next_token:
+                p.token_gaps += 1
+            p.next_token = index + 1
+            p.tokens += 1
 
     def _finish_body(self) -> None:
         self._close()

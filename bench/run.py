@@ -114,7 +114,7 @@ def _worker_pids(gateway: Child) -> list[int]:
 
 
 async def run(
-    names: Sequence[str], sizes: Sizes, chat_pool: int, placement: Placement | None = None
+    names: Sequence[str], sizes: Sizes, placement: Placement | None = None
 ) -> dict[str, Any]:
     """Run ``names`` against freshly started processes; returns the results document."""
     placement = placement or Placement()
@@ -131,16 +131,15 @@ async def run(
             "upstream", "bench.upstream", ["--ping", str(sizes.idle_ping)], cpus=load
         )
         env = _gateway_env(sizes, upstream, redis_url)
-        pool = ["--chat-pool", str(chat_pool)]
         gateway = start_python(
             "gateway",
             "bench.gateway_server",
-            [*pool, "--workers", str(placement.workers)],
+            ["--workers", str(placement.workers)],
             env,
             cpus=servers,
         )
         memory = start_python(
-            "gateway-memory", "bench.gateway_server", pool, {**env, "REDIS_URL": ""}, servers
+            "gateway-memory", "bench.gateway_server", [], {**env, "REDIS_URL": ""}, servers
         )
         naive = start_python(
             "naive",
@@ -192,8 +191,7 @@ async def run(
         "cpu": _cpu_model(),
         "python": platform.python_version(),
         "sizes": sizes.__dict__,
-        "chat_pool": chat_pool,
-        "upstream_client": f"httpx (pool {chat_pool})" if chat_pool else "wire",
+        "upstream_client": "wire",
         "smoke": sizes.settle is False,
         **placement.describe(),
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -256,13 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a correctness check")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     parser.add_argument(
-        "--chat-pool",
-        type=int,
-        default=0,
-        help="N: the relay's ChatClient gets an injected httpx client with a pool of N, which "
-        "serves complete() only: its streams take the wire client as with 0 (the default)",
-    )
-    parser.add_argument(
         "--levels", default="", help="a: only these stream counts, e.g. 1,200 (default: all)"
     )
     parser.add_argument(
@@ -300,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = _select(sizes, args.levels, args.paths)
     except ValueError as exc:
         parser.error(str(exc))
-    results = uvloop.run(run(names, sizes, args.chat_pool, placement))
+    results = uvloop.run(run(names, sizes, placement))
     path = write(results, args.out)
     meta = results["meta"]
     print(
