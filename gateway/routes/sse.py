@@ -20,7 +20,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import StoredMessage
-from gateway.routes._direct import direct_cycle, write_chunk
 from gateway.store import StreamStore, TaskNotFound
 
 logger = logging.getLogger(__name__)
@@ -434,8 +433,8 @@ class LogStream:
 class _Live:
     """One park of a caught-up :class:`LogStream` on its task's log (``LocalLog.park``).
 
-    ``push`` runs in the appender, once per message: it writes the frame to uvicorn's transport
-    (``_direct``), or else starts the ASGI send of the frame and steps it once. A server's send
+    ``push`` runs in the appender, once per message: it starts the ASGI send of the frame and
+    steps it once. A server's send
     returns without waiting unless the client's buffer is full; then the started send is left
     in ``waiting`` for the stream's task to finish (under the send limit), and pushing ends. So
     the appender never waits for a client, and frames go out in order: nothing else sends while
@@ -443,12 +442,11 @@ class _Live:
     sends it with the end of the response (one write for both).
     """
 
-    __slots__ = ("cursor", "cycle", "error", "finish", "send", "sent_at", "stream", "waiting")
+    __slots__ = ("cursor", "error", "finish", "send", "sent_at", "stream", "waiting")
 
     def __init__(self, stream: LogStream, send: Send, cursor: int) -> None:
         self.stream = stream
         self.send = send
-        self.cycle = direct_cycle(send)  # uvicorn's, to write frames without ``send``
         self.cursor = cursor
         self.sent_at: float | None = None
         self.finish: bytes | None = None  # the finish's frame, for the stream's task to send
@@ -466,9 +464,6 @@ class _Live:
             return False
         if stream._head:  # the first chunk of the response
             frame = stream._with_head(frame)
-        if self.cycle is not None and write_chunk(self.cycle, frame):
-            self.sent_at = stream._loop.time()
-            return True
         body = {"type": "http.response.body", "body": frame, "more_body": True}
         coro: Coroutine[Any, Any, None] = self.send(body)  # type: ignore[assignment]
         try:
