@@ -213,6 +213,7 @@ class Lane:
         self._timeout = timeout
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
+        self._closed = False
 
     @classmethod
     def for_pool(cls, pool: ConnectionPool, timeout: float) -> Lane:
@@ -290,11 +291,19 @@ class Lane:
         except BaseException:
             link.fail(RedisConnectionError("Redis refused the connection's setup"))
             raise
+        if self._closed:  # closed while connecting: the connection goes back at once
+            link.fail(RedisConnectionError("the lane is closed"))
+            await link.closed
+            raise link.failure or RedisConnectionError("the lane is closed")
         self._link = link
         return link
 
     async def close(self) -> None:
-        """Fail what is in flight and give the connection back to the pool."""
+        """Fail what is in flight and give the connection back to the pool (once a connect
+        in progress has ended)."""
+        self._closed = True
+        if self._connecting is not None:
+            await asyncio.wait([self._connecting])
         link, self._link = self._link, None
         if link is not None:
             link.fail(RedisConnectionError("the lane is closed"))
