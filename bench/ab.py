@@ -13,34 +13,50 @@ the machine's mood::
 Each tree's ``bench.gateway_server`` starts with that tree as its working directory, so its own
 ``gateway`` package is the one imported; the upstream, Redis and the load client are this
 checkout's. ``--env K=V`` sets gateway settings (``--env FLUSH_INTERVAL_MS=4``), ``--memory``
-uses the memory store. Prints one line per run and each tree's median µs CPU per token.
+uses the memory store. ``--workers 1,2`` runs each tree's gateway as that many processes (one
+checkout twice: 1 worker against 2 at the same load), ``--pin CPUS`` puts the gateways on those
+CPUs and the upstream, Redis and the load client on the others (see ``python -m bench --pin``).
+Prints one line per run and each tree's median µs CPU per token and lag p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bench.procs import Child, free_port, raise_fd_limit, redis_server, start_python, wait_port
-from bench.run import _gateway_env
+from bench.procs import (
+    Child,
+    free_port,
+    pinned,
+    raise_fd_limit,
+    redis_server,
+    start_python,
+    wait_port,
+)
+from bench.run import Placement, _gateway_env, spread_workers
 from bench.scenarios import Sizes, World, run_streams, warm_up
 from bench.targets import Target
 
 
-def _start_gateway(name: str, tree: Path, env: dict[str, str]) -> Child:
+def _start_gateway(
+    name: str, tree: Path, env: dict[str, str], workers: int, cpus: Collection[int] | None
+) -> Child:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.gateway_server", "--port", str(port)],
+        [sys.executable, "-m", "bench.gateway_server", "--port", str(port)]
+        + (["--workers", str(workers)] if workers > 1 else []),
         env={**os.environ, **env},
         cwd=tree,
+        preexec_fn=pinned(cpus) if cpus else None,
     )
     return Child(name, proc, port)
 
@@ -54,24 +70,43 @@ def _line(tree: str, out: dict[str, Any]) -> str:
     )
 
 
-async def run(args: argparse.Namespace) -> dict[str, list[float]]:
+def _labels(args: argparse.Namespace) -> list[str]:
+    """Each gateway's name in the output: its tree, and its workers when ``--workers`` is set."""
+    if not args.workers:
+        return [str(tree) for tree in args.trees]
+    return [f"{tree} ({w} workers)" for tree, w in zip(args.trees, args.workers, strict=True)]
+
+
+async def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     raise_fd_limit()
     sizes = Sizes()
-    cpu: dict[str, list[float]] = {str(tree): [] for tree in args.trees}
-    with redis_server() as (redis_url, redis_child):
-        upstream = start_python("upstream", "bench.upstream", ["--ping", str(sizes.idle_ping)])
+    labels = _labels(args)
+    workers = args.workers or [1] * len(args.trees)
+    placement = Placement.of(args.pin, max(workers))
+    if placement.load:
+        os.sched_setaffinity(0, placement.load)  # the load client
+    figures: dict[str, dict[str, list[float]]] = {label: {"cpu": [], "lag": []} for label in labels}
+    with redis_server(placement.load) as (redis_url, redis_child):
+        upstream = start_python(
+            "upstream", "bench.upstream", ["--ping", str(sizes.idle_ping)], cpus=placement.load
+        )
         env = _gateway_env(sizes, upstream, redis_url)
         env.update(kv.split("=", 1) for kv in args.env)
         if args.memory:
             env["REDIS_URL"] = ""
-        gateways = [_start_gateway(f"g{i}", t, env) for i, t in enumerate(args.trees)]
+        gateways = [
+            _start_gateway(f"g{i}", tree, env, count, placement.servers)
+            for i, (tree, count) in enumerate(zip(args.trees, workers, strict=True))
+        ]
         try:
             for child in [upstream, *gateways]:
                 wait_port(child.port, child.proc)
+            for gateway, count in zip(gateways, workers, strict=True):
+                spread_workers(gateway, dataclasses.replace(placement, workers=count))
             markers = _markers(args)
             targets = {
-                str(tree): Target("gateway", g, marker, agent_type=args.agent_type)
-                for tree, g, marker in zip(args.trees, gateways, markers, strict=True)
+                label: Target("gateway", g, marker, agent_type=args.agent_type)
+                for label, g, marker in zip(labels, gateways, markers, strict=True)
             }
             first = next(iter(targets.values()))
             world = World(targets, upstream, first, redis_child, sizes)
@@ -82,12 +117,13 @@ async def run(args: argparse.Namespace) -> dict[str, list[float]]:
                     out = await run_streams(
                         world, targets[tree], args.streams, args.tokens, args.in_turn
                     )
-                    cpu[tree].append(out["server_cpu_us_per_token"])
+                    figures[tree]["cpu"].append(out["server_cpu_us_per_token"])
+                    figures[tree]["lag"].append(out["token_lag_ms"].get("p99"))
                     print(_line(tree, out), flush=True)
         finally:
             for child in [upstream, *gateways]:
                 child.stop()
-    return cpu
+    return figures
 
 
 def _markers(args: argparse.Namespace) -> list[bytes]:
@@ -112,7 +148,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="per tree, the payload field of a token frame (result, toolThought), comma-separated",
     )
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[],
+        help="per tree, its gateway's processes, comma-separated (e.g. . . --workers 1,2)",
+    )
+    parser.add_argument(
+        "--pin",
+        default="",
+        metavar="CPUS",
+        help="the gateways on these CPUs, the upstream, Redis and the load client on the others",
+    )
     args = parser.parse_args(argv)
+    if args.workers and (len(args.workers) != len(args.trees) or min(args.workers) < 1):
+        parser.error("--workers takes one count (>= 1) per tree")
+    if args.pin:
+        try:
+            Placement.of(args.pin, 1)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.markers and len(args.markers.split(",")) != len(args.trees):
         parser.error("--markers takes one field per tree")
     missing = [t for t in args.trees if not (t / "gateway").is_dir()]
@@ -120,9 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"not a checkout of this project: {', '.join(map(str, missing))}")
     if any("=" not in kv for kv in args.env):
         parser.error("--env takes K=V")
-    cpu = uvloop.run(run(args))
-    for tree, values in cpu.items():
-        print(f"{tree}: median {statistics.median(values):.1f} µs CPU/token over {values}")
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    figures = uvloop.run(run(args))
+    for tree, values in figures.items():
+        cpu, lag = values["cpu"], values["lag"]
+        print(
+            f"{tree}: median {statistics.median(cpu):.1f} µs CPU/token over {cpu}; "
+            f"lag p99 median {statistics.median(lag):.1f} ms over {lag}"
+        )
+    print(f"load average after: {os.getloadavg()}")
     return 0
 
 

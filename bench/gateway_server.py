@@ -1,18 +1,22 @@
-"""Run the gateway for the bench: one uvicorn worker (uvloop + httptools) with the relay agent.
+"""Run the gateway for the bench: uvicorn (uvloop + httptools) with the relay agent.
 
 Equivalent to ``agent-gateway serve gateway`` with ``agentType 1`` registered; settings come from
-the environment (``REDIS_URL``, ``MAX_RUNNING`` …) exactly as there. ``--chat-pool N`` gives the
-relay agent a ChatClient with an injected ``httpx`` client whose pool allows ``N`` connections;
-that client only serves ``complete``, the streams take the wire client all the same (the proxy
-path too, since issue 21), so this measures the same as the default, 0.
+the environment (``REDIS_URL``, ``MAX_RUNNING`` …) exactly as there. ``--workers N`` runs N
+processes on the port as ``serve gateway --workers N`` does (:mod:`gateway.workers`).
+``--chat-pool N`` gives the relay agent a ChatClient with an injected ``httpx`` client whose
+pool allows ``N`` connections; that client only serves ``complete``, the streams take the wire
+client all the same (the proxy path too, since issue 21), so this measures the same as the
+default, 0.
 
-    python -m bench.gateway_server --port 8080 [--chat-pool 2000]
+    python -m bench.gateway_server --port 8080 [--chat-pool 2000] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import socket
 
 import httpx
 import uvicorn
@@ -28,6 +32,7 @@ from gateway.settings import Settings
 from gateway.tasks import TaskRegistry
 from gateway.tasks.context import Handler, TaskContext
 from gateway.upstream import ChatClient
+from gateway.workers import bind_sockets, run_workers
 
 RELAY = 1
 
@@ -39,7 +44,7 @@ def _with_chat(chat: ChatClient) -> Handler:
     return relay_with_client
 
 
-async def serve(port: int, chat_pool: int) -> None:
+async def serve(port: int, chat_pool: int, sock: socket.socket | None = None) -> None:
     settings = dataclasses.replace(Settings.from_env(), port=port)
     registry = TaskRegistry()
     registry.register(0, make_echo_agent(settings.echo_token_delay_ms), name="echo")
@@ -69,7 +74,7 @@ async def serve(port: int, chat_pool: int) -> None:
         timeout_graceful_shutdown=3,
     )
     try:
-        await uvicorn.Server(config).serve()
+        await uvicorn.Server(config).serve(sockets=None if sock is None else [sock])
     finally:
         if http is not None:
             await http.aclose()
@@ -79,9 +84,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chat-pool", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     raise_fd_limit()
-    uvloop.run(serve(args.port, args.chat_pool))
+    if args.workers == 1:
+        uvloop.run(serve(args.port, args.chat_pool))
+        return
+    sockets = bind_sockets("127.0.0.1", args.port, args.workers, backlog=16384)
+    raise SystemExit(run_workers(functools.partial(_worker, args.port, args.chat_pool), sockets))
+
+
+def _worker(port: int, chat_pool: int, sock: socket.socket) -> None:
+    uvloop.run(serve(port, chat_pool, sock))
 
 
 if __name__ == "__main__":

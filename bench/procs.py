@@ -1,5 +1,5 @@
-"""Child processes of a bench run (Redis, the upstream, the gateway, the naive relay) and their
-CPU and memory, read from ``/proc``."""
+"""Child processes of a bench run (Redis, the upstream, the gateway, the naive relay), the CPUs
+they may run on (``--pin``), and their CPU and memory, read from ``/proc``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -33,6 +33,51 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (a gateway's workers), from ``/proc``."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                queue.extend(int(child) for child in f.read().split())
+    return found
+
+
+def pin(pid: int, cpus: Collection[int]) -> None:
+    """Let every thread of ``pid`` run on ``cpus`` only (``taskset -a -p``); threads and
+    processes started later inherit it from their parent thread."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(thread), cpus)
+
+
+def pinned(cpus: Collection[int] | None) -> Callable[[], None]:
+    """A ``preexec_fn`` that raises the fd limit and, with ``cpus``, pins the child to them."""
+
+    def prepare() -> None:
+        raise_fd_limit()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return prepare
+
+
+def parse_cpus(text: str) -> set[int]:
+    """``"1"``, ``"0,2"``, ``"2-3"`` → a set of CPU numbers this process may use."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    unknown = cpus - os.sched_getaffinity(0)
+    if not cpus or unknown:
+        raise ValueError(
+            f"CPUs {sorted(unknown) or text!r} are not among {sorted(os.sched_getaffinity(0))}"
+        )
+    return cpus
 
 
 def cpu_seconds(pid: int) -> float:
@@ -98,10 +143,19 @@ class Child:
         return f"http://127.0.0.1:{self.port}"
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """CPU seconds of the process and the processes below it (a gateway's workers)."""
+        total = 0.0
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid)
+        return total
 
     def rss(self) -> int:
-        return rss_bytes(self.proc.pid)
+        total = 0
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(OSError):
+                total += rss_bytes(pid)
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -114,20 +168,27 @@ class Child:
 
 
 def start_python(
-    name: str, module: str, args: list[str], env: Mapping[str, str] | None = None
+    name: str,
+    module: str,
+    args: list[str],
+    env: Mapping[str, str] | None = None,
+    cpus: Collection[int] | None = None,
 ) -> Child:
-    """Start ``python -m module --port <free> args…`` (does not wait for it)."""
+    """Start ``python -m module --port <free> args…`` (does not wait for it), on ``cpus``."""
     port = free_port()
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", str(port), *args], env=full_env
+        [sys.executable, "-m", module, "--port", str(port), *args],
+        env=full_env,
+        preexec_fn=pinned(cpus) if cpus else None,
     )
     return Child(name, proc, port)
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[tuple[str, Child | None]]:
-    """``REDIS_URL`` if set, else a private ``redis-server`` on a free port; yields its URL."""
+def redis_server(cpus: Collection[int] | None = None) -> Iterator[tuple[str, Child | None]]:
+    """``REDIS_URL`` if set, else a private ``redis-server`` on a free port (on ``cpus``);
+    yields its URL."""
     url = os.environ.get("REDIS_URL")
     if url:
         yield url, None
@@ -154,7 +215,7 @@ def redis_server() -> Iterator[tuple[str, Child | None]]:
             "20000",
         ],
         stdout=subprocess.DEVNULL,
-        preexec_fn=raise_fd_limit,
+        preexec_fn=pinned(cpus),
     )
     child = Child("redis", proc, port)
     try:

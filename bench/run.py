@@ -19,6 +19,9 @@ import uvloop
 
 from bench.procs import (
     Child,
+    descendants,
+    parse_cpus,
+    pin,
     raise_fd_limit,
     redis_server,
     self_cpu_seconds,
@@ -49,19 +52,86 @@ def _gateway_env(sizes: Sizes, upstream: Child, redis_url: str) -> dict[str, str
     }
 
 
-async def run(names: Sequence[str], sizes: Sizes, chat_pool: int) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the processes run: the servers under test (the gateways, the naive relay) on
+    ``servers``, the upstream, Redis and the load client on ``load`` (None: anywhere); the
+    Redis-store gateway as ``workers`` processes."""
+
+    servers: frozenset[int] | None = None
+    load: frozenset[int] | None = None
+    workers: int = 1
+
+    @classmethod
+    def of(cls, pin_cpus: str, workers: int) -> Placement:
+        """``--pin CPUS``: the servers there, the rest on the other CPUs (anywhere if none is
+        left: then the load shares the servers' CPUs, and the figures are not per core)."""
+        if not pin_cpus:
+            return cls(workers=workers)
+        servers = frozenset(parse_cpus(pin_cpus))
+        load = frozenset(os.sched_getaffinity(0)) - servers
+        return cls(servers, load or None, workers)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "server_cpus": sorted(self.servers) if self.servers else "any",
+            "load_cpus": sorted(self.load) if self.load else "any",
+        }
+
+
+def spread_workers(gateway: Child, placement: Placement, timeout: float = 60.0) -> None:
+    """With at least as many server CPUs as workers, pin each worker to a CPU of its own."""
+    cpus = sorted(placement.servers or ())
+    if placement.workers < 2 or len(cpus) < placement.workers:
+        return
+    deadline = time.monotonic() + timeout
+    while len(workers := _worker_pids(gateway)) < placement.workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the gateway's workers did not start")
+        time.sleep(0.05)
+    for pid, cpu in zip(workers, cpus, strict=False):
+        for process in descendants(pid):
+            pin(process, {cpu})
+
+
+def _worker_pids(gateway: Child) -> list[int]:
+    pids = []
+    for pid in descendants(gateway.pid)[1:]:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"spawn_main" in f.read():
+                pids.append(pid)
+    return sorted(pids)
+
+
+async def run(
+    names: Sequence[str], sizes: Sizes, chat_pool: int, placement: Placement | None = None
+) -> dict[str, Any]:
     """Run ``names`` against freshly started processes; returns the results document."""
+    placement = placement or Placement()
     raise_fd_limit()
+    if placement.load:
+        os.sched_setaffinity(0, placement.load)  # the load client
     started = time.time()
+    load_before = os.getloadavg()
     cpu0 = self_cpu_seconds()
     results: dict[str, Any] = {}
-    with redis_server() as (redis_url, redis_child):
-        upstream = start_python("upstream", "bench.upstream", ["--ping", str(sizes.idle_ping)])
+    servers, load = placement.servers, placement.load
+    with redis_server(load) as (redis_url, redis_child):
+        upstream = start_python(
+            "upstream", "bench.upstream", ["--ping", str(sizes.idle_ping)], cpus=load
+        )
         env = _gateway_env(sizes, upstream, redis_url)
         pool = ["--chat-pool", str(chat_pool)]
-        gateway = start_python("gateway", "bench.gateway_server", pool, env)
+        gateway = start_python(
+            "gateway",
+            "bench.gateway_server",
+            [*pool, "--workers", str(placement.workers)],
+            env,
+            cpus=servers,
+        )
         memory = start_python(
-            "gateway-memory", "bench.gateway_server", pool, {**env, "REDIS_URL": ""}
+            "gateway-memory", "bench.gateway_server", pool, {**env, "REDIS_URL": ""}, servers
         )
         naive = start_python(
             "naive",
@@ -76,11 +146,13 @@ async def run(names: Sequence[str], sizes: Sizes, chat_pool: int) -> dict[str, A
                 "--prefix",
                 env["REDIS_PREFIX"] + ":naive",
             ],
+            cpus=servers,
         )
         children = [upstream, gateway, memory, naive]
         try:
             for child in children:
                 wait_port(child.port, child.proc)
+            spread_workers(gateway, placement)
             world = World(
                 targets=make_targets(upstream, gateway, naive),
                 upstream=upstream,
@@ -113,6 +185,9 @@ async def run(names: Sequence[str], sizes: Sizes, chat_pool: int) -> dict[str, A
         "chat_pool": chat_pool,
         "upstream_client": f"httpx (pool {chat_pool})" if chat_pool else "wire",
         "smoke": sizes.settle is False,
+        **placement.describe(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
     return results
 
@@ -183,7 +258,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="a: only these paths, of direct,gateway,react,naive (default: all), e.g. react",
     )
+    parser.add_argument(
+        "--pin",
+        default="",
+        metavar="CPUS",
+        help="run the gateways and the naive relay on these CPUs (e.g. 1, or 2-3) and the "
+        "upstream, Redis and this load client on the others, so a figure is per server core",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the Redis-store gateway as N processes on its port (serve gateway --workers N); "
+        "with --pin listing at least N CPUs, each worker gets one of them",
+    )
     args = parser.parse_args(argv)
+    try:
+        placement = Placement.of(args.pin, args.workers)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.workers < 1:
+        parser.error("--workers: at least 1")
     names = [LETTERS.get(s, s) for s in args.scenarios] or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -193,8 +288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = _select(sizes, args.levels, args.paths)
     except ValueError as exc:
         parser.error(str(exc))
-    results = uvloop.run(run(names, sizes, args.chat_pool))
+    results = uvloop.run(run(names, sizes, args.chat_pool, placement))
     path = write(results, args.out)
+    meta = results["meta"]
+    print(
+        f"workers {meta['workers']}, server CPUs {meta['server_cpus']}, load CPUs "
+        f"{meta['load_cpus']}, load average {meta['loadavg_before']} → {meta['loadavg_after']}"
+    )
     print(table(results))
     print(f"results: {path}")
     return 0

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -21,10 +23,10 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or os.environ.get("HOST", "127.0.0.1")
     port = args.port or int(os.environ.get("PORT", spec.port))
     if args.service == "gateway":
-        from gateway.server import serve_gateway
-
-        serve_gateway(host, port, args.log_level)  # drains its streams on SIGTERM
-        return 0
+        return _serve_gateway(host, port, args.workers, args.log_level)
+    if args.workers != 1:
+        print(f"agent-gateway serve {args.service}: --workers is the gateway's", file=sys.stderr)
+        return 2
     uvicorn.run(
         spec.factory,
         factory=True,
@@ -36,6 +38,37 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _serve_gateway(host: str, port: int, workers: int, log_level: str) -> int:
+    from gateway.server import serve_gateway
+
+    if workers == 1:
+        serve_gateway(host, port, log_level)  # drains its streams on SIGTERM
+        return 0
+    from gateway.settings import Settings
+    from gateway.workers import bind_sockets, run_workers
+
+    if not Settings.from_env().redis_url:
+        print(
+            f"agent-gateway serve gateway: --workers {workers} needs REDIS_URL: the embedded "
+            "store lives in one process, so its workers would not see each other's tasks",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)-9s %(message)s")
+    sockets = bind_sockets(host, port, workers)
+    logging.getLogger("gateway.workers").info(
+        "listening on %s:%d with %d workers", host, sockets[0].getsockname()[1], workers
+    )
+    return run_workers(functools.partial(serve_gateway, host, port, log_level), sockets)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
+    return value
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -82,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (env HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (env PORT, else per service)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="gateway only: N processes on the one port (needs REDIS_URL); default 1",
+    )
     serve.set_defaults(func=_serve)
 
     dev = sub.add_parser(

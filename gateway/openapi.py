@@ -24,6 +24,7 @@ __all__ = ["build_openapi", "install_openapi"]
 _REF = "#/components/schemas/{model}"
 _JSON = "application/json"
 _SSE = "text/event-stream"
+_DELIVERY_TIMES = ("lastStatus", "lastAttemptAt", "deliveredAt", "nextAttemptAt")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -140,20 +141,24 @@ def _schemas() -> dict[str, Any]:
             "nextAfter": {"type": "integer", "minimum": 0},
         },
     }
+    attempt = {
+        "type": "object",
+        "required": ["at", "status", "error"],
+        "properties": {"at": {"type": "integer"}, "status": _nullable({"type": "integer"})}
+        | {"error": _nullable({"type": "string"})},
+    }
     delivery = {
         "type": "object",
         "required": ["taskId", "callbackUrl", "status", "attempts"],
         "properties": {
             "taskId": {"type": "string"},
             "callbackUrl": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "delivering", "delivered", "failed"]},
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
             "attempts": {"type": "integer", "minimum": 0},
-            "lastStatus": _nullable({"type": "integer"}),
+            **{n: _nullable({"type": "integer"}) for n in _DELIVERY_TIMES},
             "lastError": _nullable({"type": "string"}),
-            "lastAttemptAt": _nullable({"type": "integer"}),
-            "deliveredAt": _nullable({"type": "integer"}),
-            "nextAttemptAt": _nullable({"type": "integer"}),
             "webhookId": _nullable({"type": "string"}),
+            "history": {"type": "array", "items": attempt},  # the last 20, oldest first
         },
     }
     return {
@@ -320,7 +325,7 @@ def _paths() -> dict[str, Any]:
         "/api/tasks/{task_id}/webhook": {
             "get": {
                 "operationId": "taskWebhook",
-                "summary": "The delivery record of the task's callbackUrl webhook",
+                "summary": "The task's webhook delivery: its attempts and the next one (outbox)",
                 "parameters": [_TASK_ID],
                 "responses": {
                     "200": _json(_ref("WebhookDelivery"), "the delivery record"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 from types import FrameType
 
 import uvicorn
@@ -69,8 +70,12 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, gc.get_threshold()[2])
 
 
-def serve_gateway(host: str, port: int, log_level: str = "info") -> None:
-    """Build the gateway from the environment and serve it until a stop signal.
+def serve_gateway(
+    host: str, port: int, log_level: str = "info", sock: socket.socket | None = None
+) -> None:
+    """Build the gateway from the environment and serve it until a stop signal, on ``sock``
+    (a listening socket shared by several workers, see :mod:`gateway.workers`) if given, else
+    on a socket of its own bound to ``host:port``.
 
     Request headers must arrive within ``HEADER_TIMEOUT`` seconds (0: no limit), see
     :mod:`gateway.header_timeout`.
@@ -90,4 +95,4 @@ def serve_gateway(host: str, port: int, log_level: str = "info") -> None:
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )
-    DrainingServer(config, app).run()
+    DrainingServer(config, app).run(sockets=None if sock is None else [sock])

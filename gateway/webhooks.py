@@ -1,15 +1,17 @@
 """Webhooks: a signed POST to a task's ``callbackUrl`` when it ends, retried, recorded, SSRF-safe.
 
-``install_webhooks(app, settings)`` adds two things to the gateway app:
+``install_webhooks(app, settings)`` adds to the gateway app:
 
-- :class:`WebhookDispatcher`, run by the app's lifespan, which polls the watched tasks (one
-  batched ``get_many`` per ``poll_interval``) and delivers once a task is terminal — however it
-  ended (completed, failed, cancelled, timed out, or ended ``interrupted`` by any replica's
-  sweeper, since the watcher reads the store rather than hooking one writer). It is
-  ``app.state.webhooks``, where submitting finds it (``gateway.routes.tasks``): the validated
-  request's callback URL, whichever spelling it came in, is refused there (422
-  ``invalid_request``) unless the gateway may call it, and each accepted task is watched;
-- ``GET /api/tasks/{id}/webhook``: the delivery record (status, attempts, last status, time).
+- :class:`WebhookDispatcher` (``app.state.webhooks``), where submitting finds it
+  (``gateway.routes.tasks``): the validated request's callback URL, whichever spelling it came
+  in, is refused there (422 ``invalid_request``) unless the gateway may call it. It is the
+  ``webhook`` channel of the durable outbox (:mod:`gateway.outbox`, ``app.state.outbox``, run
+  by the app's lifespan on every replica): a task created with a ``callbackUrl`` has its
+  delivery in the store from the start, due once the task is terminal — however it ended
+  (completed, failed, cancelled, timed out, or ``interrupted`` by any replica's sweeper) — and
+  made by whichever replica is alive, retries included;
+- ``GET /api/tasks/{id}/webhook``: the delivery record (status, attempts with their time and
+  HTTP status or error, next attempt), owner-scoped like the other task routes.
 
 Delivery follows Standard Webhooks (https://www.standardwebhooks.com/): the body is
 ``{"type": "task.completed" | "task.failed" | "task.cancelled", "timestamp", "data": snapshot}``;
@@ -25,19 +27,16 @@ is in ``WEBHOOK_ALLOW_HOSTS``. It runs at submit time and again at each attempt,
 goes to the very address that was checked, so a DNS answer that changes in between (rebinding)
 cannot redirect it.
 
-Limits: the watch list lives in the replica that accepted the task; if that replica stops before
-the task ends, its webhook is not sent (a durable outbox in the store would lift this).
+The payload's ``data`` is the task's snapshot; its ``lastSeq`` is the seq of the task's final
+message, so a receiver reads the log with ``GET /api/tasks/{id}?after=<n>`` up to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
 import datetime
-import hashlib
-import hmac
 import logging
 import os
 import time
@@ -46,16 +45,16 @@ from typing import Any
 
 import httpx
 import orjson
+from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway._env import env_number
-from gateway.ended_tasks import EndedTasks
 from gateway.errors import error_response
+from gateway.outbox import Attempt, OutboxSender
 from gateway.protocol import TaskRecord, now_ms, parse_decimal, task_snapshot
-from gateway.security import TaskNotes, task_notes
 from gateway.ssrf import (
     Resolver,
     Target,
@@ -64,7 +63,7 @@ from gateway.ssrf import (
     check_target,
     system_resolve,
 )
-from gateway.store import StreamStore
+from gateway.store import WEBHOOK, StreamStore
 
 __all__ = [
     "Resolver",
@@ -135,22 +134,13 @@ class WebhookSettings:
 
 
 def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">``."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">``
+    (the ``standardwebhooks`` package's signer)."""
+    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return Webhook(secret).sign(msg_id, when, body)
 
 
 # -- delivery ----------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Attempt:
-    delivered: bool
-    retry: bool
-    status: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-
-
 def _retry_after(raw: str | None) -> float | None:
     """A receiver's ``Retry-After`` in seconds (delta-seconds); ``None`` for anything else, so
     the delivery keeps its own back-off (a date, ``²`` or ``1e9`` are not delta-seconds)."""
@@ -170,22 +160,19 @@ def _payload(record: TaskRecord) -> bytes:
 
 
 class WebhookDispatcher:
-    """Watches tasks with a ``callbackUrl`` and delivers their end; owns every delivery task."""
+    """The webhook side: the callback URL guard, the signed POST (also A2A push's), and the
+    ``webhook`` channel of the outbox (:mod:`gateway.outbox`), which makes the deliveries."""
 
     def __init__(
         self,
         store: StreamStore,
-        notes: TaskNotes,
         settings: WebhookSettings,
         resolve: Resolver | None = None,
     ) -> None:
         self.store = store
-        self.notes = notes
         self.settings = settings
         self.policy = TargetPolicy(settings.allow_hosts)
         self.resolve = resolve or system_resolve
-        self._ended_tasks = EndedTasks(store)
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._warned_unsigned = False
 
     # -- API ------------------------------------------------------------------------------
@@ -204,121 +191,84 @@ class WebhookDispatcher:
             return str(exc)
         return None
 
-    def watch(self, task_id: str) -> None:
-        """Deliver ``task_id``'s end to its ``callbackUrl`` once it is terminal."""
-        self._ended_tasks.watch(task_id)
-
     async def delivery(self, task_id: str) -> dict[str, Any]:
         """The delivery record of ``task_id`` (``status: pending`` before the first attempt)."""
-        raw = await self.notes.get(task_id, "webhook")
-        state: dict[str, Any] = {"status": raw.get("status", "pending")}
-        state["attempts"] = int(raw.get("attempts", 0))
-        for name in ("lastStatus", "lastAttemptAt", "deliveredAt", "nextAttemptAt"):
-            state[name] = int(raw[name]) if raw.get(name) else None
-        state["lastError"] = raw.get("lastError") or None
-        state["webhookId"] = raw.get("webhookId") or None
-        return state
+        raw = (await self.store.outbox.records(task_id)).get(WEBHOOK, {})
+        attempts = raw.get("attempts", [])
+        last = attempts[-1] if attempts else {}
+        return {
+            "status": raw.get("status", "pending"),
+            "attempts": int(raw.get("count", 0)),
+            "lastStatus": last.get("status"),
+            "lastError": last.get("error"),
+            "lastAttemptAt": raw.get("lastAttemptAt"),
+            "deliveredAt": raw.get("deliveredAt"),
+            "nextAttemptAt": raw.get("nextAttemptAt"),
+            "webhookId": raw.get("webhookId") or self.message_id(task_id, WEBHOOK),
+            "history": attempts,
+        }
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[WebhookDispatcher]:
-        """Run the dispatcher for the duration of the block (deliveries in flight are cut)."""
-        task = asyncio.create_task(self.run(), name="webhooks")
-        try:
-            yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    # -- the outbox's channel -------------------------------------------------------------
+    def message_id(self, task_id: str, name: str) -> str:
+        """``msg_<task id>``: one webhook per task."""
+        return f"msg_{task_id}"
 
-    async def run(self) -> None:
-        """Poll the watched tasks and start a delivery for each one that ended, until cancelled."""
-        await self._ended_tasks.deliver_ended(
-            self._deliver,
-            timeout=self.settings.timeout,
-            poll_interval=self.settings.poll_interval,
-            label="webhook",
-        )
+    async def attempt(
+        self, client: httpx.AsyncClient, record: TaskRecord, name: str, msg_id: str
+    ) -> Attempt | None:
+        """POST the ended task's payload to its ``callbackUrl``."""
+        url = record.request.get("callbackUrl")
+        if not url:
+            return None
+        return await self.post(client, str(url), msg_id, _payload(record))
 
-    async def _deliver(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
-        if not record.request.get("callbackUrl"):
-            return
-        try:
-            await self._deliver_with_retries(client, record)
-        except Exception:  # one bad delivery must not end the dispatcher's task group
-            logger.exception("webhook delivery of %s crashed", record.task_id)
-
-    async def _deliver_with_retries(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
-        task_id = record.task_id
-        url = str(record.request["callbackUrl"])
-        body = _payload(record)
-        msg_id = f"msg_{task_id}"
-        settings = self.settings
-        state: dict[str, str] = {"status": "delivering", "attempts": "0", "webhookId": msg_id}
-        for attempt in range(1, settings.max_attempts + 1):
-            async with self._slots:
-                outcome = await self._attempt(client, url, msg_id, body)
-            state.update(attempts=str(attempt), lastAttemptAt=str(now_ms()))
-            state.update(lastStatus=str(outcome.status or ""), lastError=outcome.error or "")
-            if outcome.delivered or not outcome.retry or attempt == settings.max_attempts:
-                state["status"] = "delivered" if outcome.delivered else "failed"
-                state["nextAttemptAt"] = ""
-                if outcome.delivered:
-                    state["deliveredAt"] = str(now_ms())
-                await self._save(task_id, state)
-                log = logger.info if outcome.delivered else logger.warning
-                log("webhook of %s %s after %d attempt(s)", task_id, state["status"], attempt)
-                return
-            delay = min(settings.max_backoff, settings.backoff * 2 ** (attempt - 1))
-            if outcome.retry_after is not None:
-                delay = min(settings.max_backoff, max(delay, outcome.retry_after))
-            state["nextAttemptAt"] = str(now_ms() + int(delay * 1000))
-            await self._save(task_id, state)
-            await asyncio.sleep(delay)
-
-    async def _save(self, task_id: str, state: dict[str, str]) -> None:
-        try:
-            await self.notes.set(task_id, "webhook", state)
-        except Exception:
-            logger.exception("could not record the webhook delivery of %s", task_id)
-
-    async def _attempt(
-        self, client: httpx.AsyncClient, url: str, msg_id: str, body: bytes
-    ) -> _Attempt:
+    async def post(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        msg_id: str,
+        body: bytes,
+        extra: Mapping[str, str] | None = None,
+        agent: str = "agent-gateway-webhooks",
+    ) -> Attempt:
+        """One signed POST of ``body`` to ``url`` (SSRF-checked again, sent to the address
+        checked), with ``extra`` headers; retried by the caller if the outcome says so."""
         try:
             target = await check_target(url, self.policy, self.resolve)
         except WebhookRefused as exc:
-            return _Attempt(False, False, error=f"refused: {exc}")
+            return Attempt(False, False, error=f"refused: {exc}")
         except (OSError, TimeoutError) as exc:
-            return _Attempt(False, True, error=f"dns: {exc or type(exc).__name__}")
+            return Attempt(False, True, error=f"dns: {exc or type(exc).__name__}")
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
-            "user-agent": "agent-gateway-webhooks",
+            "user-agent": agent,
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
+            **(extra or {}),
         }
         if self.settings.secret:
             headers["webhook-signature"] = sign(self.settings.secret, msg_id, timestamp, body)
         elif not self._warned_unsigned:
             self._warned_unsigned = True
             logger.warning("WEBHOOK_SECRET is not set: webhooks are sent unsigned")
-        request_url, extra, extensions = target.request_args()
+        request_url, pinned, extensions = target.request_args()
         try:
             async with client.stream(
                 "POST",
                 request_url,
                 content=body,
-                headers={**headers, **extra},
+                headers={**headers, **pinned},
                 extensions=extensions,
             ) as response:  # the body is never read: a receiver cannot make us buffer it
                 status = response.status_code
                 retry_after = _retry_after(response.headers.get("retry-after"))
         except httpx.HTTPError as exc:
-            return _Attempt(False, True, error=f"{type(exc).__name__}: {exc}"[:300])
+            return Attempt(False, True, error=f"{type(exc).__name__}: {exc}"[:300])
         if 200 <= status < 300:
-            return _Attempt(True, False, status)
+            return Attempt(True, False, status)
         retry = status == 429 or status >= 500
-        return _Attempt(False, retry, status, f"HTTP {status}", retry_after)
+        return Attempt(False, retry, status, f"HTTP {status}", retry_after)
 
 
 # -- the app side ------------------------------------------------------------------------------
@@ -342,9 +292,12 @@ def install_webhooks(
     A second call replaces the dispatcher (its settings and ``resolve``) and nothing else.
     """
     settings = settings or WebhookSettings()
-    dispatcher = WebhookDispatcher(app.state.store, task_notes(app), settings, resolve)
+    dispatcher = WebhookDispatcher(app.state.store, settings, resolve)
     installed = getattr(app.state, "webhooks", None) is not None
     app.state.webhooks = dispatcher
+    if not installed:
+        app.state.outbox = OutboxSender(app.state.store, lambda: app.state.webhooks.settings)
+    app.state.outbox.channels[WEBHOOK] = dispatcher
     if installed:
         return dispatcher
     if app.middleware_stack is not None:
@@ -354,7 +307,7 @@ def install_webhooks(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
-        async with inner(app) as state, app.state.webhooks.running():
+        async with inner(app) as state, app.state.outbox.running():
             yield state
 
     app.router.lifespan_context = lifespan

@@ -33,17 +33,16 @@ Choices, and why:
 Deliberate deviations and limits: our tasks take one message — a message naming an existing
 task is refused (``UnsupportedOperationError``), so ``input-required`` never occurs; a blocking
 ``SendMessage`` answers when the task has ended (as the spec says; ``returnImmediately`` for at
-once); a push notification is sent once, when the task ends (as our webhooks are), from the
-replica that took the config; ``ListTasks`` scans at most 10,000 tasks; there is no extended
-card.
+once); a push notification is sent once, when the task ends (as our webhooks are), by whichever
+replica is alive (the durable outbox); ``ListTasks`` scans at most 10,000 tasks; there is no
+extended card.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
@@ -54,7 +53,7 @@ from gateway._env import env_number
 from gateway.a2a import _log
 from gateway.a2a.card import build_card, card_endpoint
 from gateway.a2a.handler import GatewayRequestHandler
-from gateway.a2a.push import PushConfigs
+from gateway.a2a.push import NOTE, PushConfigs
 from gateway.a2a.route import JsonRpcEndpoint
 from gateway.protocol import TaskRecord
 from gateway.security import task_notes
@@ -114,12 +113,5 @@ def install_a2a(app: Starlette, settings: A2ASettings | None = None) -> GatewayR
     app.router.routes.append(
         Route(settings.path, JsonRpcEndpoint(handler).handle, methods=["POST"])
     )
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
-        async with inner(app) as state, push.running():
-            yield state
-
-    app.router.lifespan_context = lifespan
+    app.state.outbox.channels[NOTE] = push  # delivered by the outbox the webhooks run
     return handler

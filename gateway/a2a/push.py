@@ -1,25 +1,22 @@
-"""A2A push notifications on the webhook machinery: configs beside the task, signed delivery.
+"""A2A push notifications through the durable outbox: configs beside the task, signed delivery.
 
 A config (``CreateTaskPushNotificationConfig``, or ``configuration.taskPushNotificationConfig``
 of ``SendMessage``) is checked by the webhooks' SSRF guard when it is made (refused:
 ``InvalidParamsError``) and again at each attempt, and kept in the task's notes (kind
-``a2a-push``), so every replica sees it. When the task ends, the replica that took the
-config POSTs ``{"task": <Task>}`` (a v1.0 ``StreamResponse``) to each URL, signed as our
-webhooks are (``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` with
+``a2a-push``), so every replica sees it; each config is also a delivery in the store's outbox
+(``a2a-push:<config id>``), due once the task ends. Whichever replica is alive then
+(:mod:`gateway.outbox`) POSTs ``{"task": <Task>}`` (a v1.0 ``StreamResponse``) to its URL,
+signed as our webhooks are (``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` with
 ``WEBHOOK_SECRET``), with the config's ``token`` as ``X-A2A-Notification-Token`` and its
 ``authentication`` as ``Authorization``. Network errors, 429 and 5xx are retried with the
-webhooks' back-off. Like the webhooks' watch list, the list of watched tasks lives in the
-replica that took the config.
+webhooks' back-off, and the retries survive restarts. A config deleted before its delivery is
+not sent.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
@@ -28,28 +25,24 @@ from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict, MessageToJson, Parse
 from starlette.datastructures import State
 
-from gateway.ended_tasks import EndedTasks
+from gateway.outbox import Attempt
 from gateway.protocol import TaskRecord
 from gateway.security import TaskNotes
-from gateway.ssrf import TargetRefused, check_target
 from gateway.store import StreamStore
-from gateway.webhooks import WebhookDispatcher, sign
-
-logger = logging.getLogger(__name__)
+from gateway.webhooks import WebhookDispatcher
 
 NOTE = "a2a-push"
 Snapshot = Callable[[TaskRecord], Awaitable[Task]]
 
 
 class PushConfigs:
-    """The push configs of tasks, and their delivery (run by :meth:`running`)."""
+    """The push configs of tasks, and the ``a2a-push`` channel of the outbox that delivers them."""
 
     def __init__(self, store: StreamStore, notes: TaskNotes, state: State) -> None:
         self.store = store
         self.notes = notes
         self._state = state
         self.snapshot: Snapshot | None = None
-        self._ended_tasks = EndedTasks(store)
 
     @property
     def webhooks(self) -> WebhookDispatcher:
@@ -76,7 +69,7 @@ class PushConfigs:
         stored.id = config.id or uuid.uuid4().hex
         stored.tenant = ""
         await self.notes.set(task_id, NOTE, {stored.id: MessageToJson(stored)})
-        self._ended_tasks.watch(task_id)
+        await self.store.outbox.enroll(task_id, f"{NOTE}:{stored.id}")
         return stored
 
     async def configs(self, task_id: str) -> list[TaskPushNotificationConfig]:
@@ -90,89 +83,31 @@ class PushConfigs:
         if fields.get(config_id):
             await self.notes.set(task_id, NOTE, {config_id: ""})
 
-    # -- delivery ---------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Deliver for the duration of the block."""
-        task = asyncio.create_task(self._run(), name="a2a-push")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    # -- the outbox's channel -------------------------------------------------------------
+    def message_id(self, task_id: str, name: str) -> str:
+        """``msg_<task id>_<config id>``."""
+        return f"msg_{task_id}_{name.partition(':')[2]}"
 
-    async def _run(self) -> None:
-        settings = self.webhooks.settings
-        await self._ended_tasks.deliver_ended(
-            self._deliver_all,
-            timeout=settings.timeout,
-            poll_interval=settings.poll_interval,
-            label="push notification",
-        )
-
-    async def _deliver_all(self, client: httpx.AsyncClient, record: TaskRecord) -> None:
-        try:
-            if self.snapshot is None:
-                return
-            task = await self.snapshot(record)
-            body = orjson.dumps(MessageToDict(StreamResponse(task=task)))
-            for config in await self.configs(record.task_id):
-                await self._deliver(client, config, body)
-        except Exception:  # one bad delivery must not end the task group
-            logger.exception("push notification of %s failed", record.task_id)
-
-    async def _deliver(
-        self, client: httpx.AsyncClient, config: TaskPushNotificationConfig, body: bytes
-    ) -> None:
-        settings = self.webhooks.settings
-        msg_id = f"msg_{config.task_id}_{config.id}"
-        for attempt in range(1, settings.max_attempts + 1):
-            retry = await self._attempt(client, config, msg_id, body)
-            if not retry or attempt == settings.max_attempts:
-                return
-            await asyncio.sleep(min(settings.max_backoff, settings.backoff * 2 ** (attempt - 1)))
-
-    async def _attempt(
-        self,
-        client: httpx.AsyncClient,
-        config: TaskPushNotificationConfig,
-        msg_id: str,
-        body: bytes,
-    ) -> bool:
-        """One POST; whether it is worth another attempt."""
-        try:
-            target = await check_target(config.url, self.webhooks.policy, self.webhooks.resolve)
-        except TargetRefused as exc:
-            logger.warning("push notification of %s refused: %s", config.task_id, exc)
-            return False
-        except (OSError, TimeoutError):
-            return True
-        timestamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "user-agent": "agent-gateway-a2a-push",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-        }
-        secret = self.webhooks.settings.secret
-        if secret:
-            headers["webhook-signature"] = sign(secret, msg_id, timestamp, body)
+    async def attempt(
+        self, client: httpx.AsyncClient, record: TaskRecord, name: str, msg_id: str
+    ) -> Attempt | None:
+        """POST the task (as it is now: it has ended) to the config's URL; ``None`` when the
+        config was deleted."""
+        raw = (await self.notes.get(record.task_id, NOTE)).get(name.partition(":")[2])
+        if not raw or self.snapshot is None:
+            return None  # deleted
+        config = Parse(raw, TaskPushNotificationConfig())
+        task = await self.snapshot(record)
+        body = orjson.dumps(MessageToDict(StreamResponse(task=task)))
+        headers = {}
         if config.token:
             headers["x-a2a-notification-token"] = config.token
         if config.HasField("authentication") and config.authentication.credentials:
             auth = config.authentication
             headers["authorization"] = f"{auth.scheme or 'Bearer'} {auth.credentials}"
-        url, extra, extensions = target.request_args()
-        try:
-            async with client.stream(
-                "POST", url, content=body, headers={**headers, **extra}, extensions=extensions
-            ) as response:
-                status = response.status_code
-        except httpx.HTTPError as exc:
-            logger.info("push notification of %s: %s", config.task_id, exc)
-            return True
-        return status == 429 or status >= 500
+        return await self.webhooks.post(
+            client, config.url, msg_id, body, headers, "agent-gateway-a2a-push"
+        )
 
 
 __all__ = ["PushConfigs"]

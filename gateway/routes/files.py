@@ -109,7 +109,7 @@ def _tools(request: Request) -> ToolServiceClient:
 
 def _file_error(exc: UpstreamError, name: str) -> ApiError:
     """The answer for a file the tool service did not give: 404 if it has none, else 502/504."""
-    if isinstance(exc, UpstreamHTTPError) and exc.status_code == 404:
+    if isinstance(exc, UpstreamHTTPError) and exc.upstream_status == 404:
         return ApiError(404, "not_found", f"the task has no file named {name!r}")
     logger.warning("a task file could not be read from the tool service: %s", exc.message)
     status = 504 if exc.code == "timeout" else 502

@@ -51,9 +51,6 @@ class CallbackGuard(Protocol):
     async def refusal(self, url: str) -> str | None:
         """Why the gateway will not call ``url`` (``None``: it will)."""
 
-    def watch(self, task_id: str) -> None:
-        """Deliver ``task_id``'s end to its callback URL."""
-
 
 def _callback_guard(request: Request) -> CallbackGuard:
     guard: CallbackGuard | None = getattr(request.app.state, "webhooks", None)
@@ -110,8 +107,6 @@ async def create_task(request: Request) -> Response:
     manager = _manager(request)
     agent_request = await parse_agent_request(request)
     record = await submit(request, agent_request, request.headers.get("idempotency-key"))
-    if agent_request.callback_url is not None:
-        _callback_guard(request).watch(record.task_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         on_disconnect = None
         if agent_request.cancel_on_disconnect:

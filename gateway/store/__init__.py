@@ -1,5 +1,6 @@
 """Durable task state and logs: ``StreamStore`` and its two implementations."""
 
+from gateway.store._outbox import WEBHOOK, Claim
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
@@ -15,6 +16,8 @@ from gateway.store.redis import UNREACHABLE, RedisStore
 
 __all__ = [
     "UNREACHABLE",
+    "WEBHOOK",
+    "Claim",
     "IdempotencyKeyReused",
     "IllegalTransition",
     "LeaseState",

@@ -25,6 +25,7 @@ import orjson
 from gateway.errors import GatewayError
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
 from gateway.store._log import LocalLog
+from gateway.store._outbox import Outbox
 
 
 class StoreError(GatewayError):
@@ -112,6 +113,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 class StreamStore(abc.ABC):
     """Durable task state and logs. All methods are safe to call concurrently."""
+
+    outbox: Outbox
+    """The deliveries made at a task's end (``gateway.store._outbox``); a task created with a
+    ``callbackUrl`` has its webhook there from the start."""
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -20,6 +20,7 @@ from gateway.protocol import (
     now_ms,
 )
 from gateway.store._log import LocalLog
+from gateway.store._outbox import MemoryOutbox
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
@@ -70,6 +71,7 @@ class MemoryStore(StreamStore):
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._notes: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
         self._tiebreak = itertools.count()
+        self.outbox = self._outbox = MemoryOutbox(self.get)
 
     async def start(self) -> None:
         return None
@@ -116,6 +118,7 @@ class MemoryStore(StreamStore):
             record = claimed(record, *claim)
             queue = False
         self._tasks[record.task_id] = _Entry(record, LocalLog(), score)
+        self._outbox.created(record)
         if idempotency_key is not None:
             self._idempotency[idempotency_key] = (
                 record.task_id,
@@ -256,6 +259,7 @@ class MemoryStore(StreamStore):
         )
         entry.expires = time.monotonic() + self.result_ttl
         entry.log.add(message)
+        self._outbox.ended(task_id)
         return message
 
     async def read(self, task_id: str, after: int, limit: int) -> list[StoredMessage]:
@@ -301,6 +305,7 @@ class MemoryStore(StreamStore):
     async def sweep_index(self, now: int) -> None:
         for task_id in list(self._tasks):
             self._live(task_id)
+        self._outbox.sweep(lambda task_id: task_id in self._tasks)
         deadline = time.monotonic()
         for key, (_, expires, _) in list(self._idempotency.items()):
             if expires <= deadline:

@@ -1,10 +1,10 @@
 """The errors of the upstream clients: one small tree, converted from httpx at the boundary.
 
 ```
-UpstreamError(code, message, status_code=None)    root; ``code`` is a task error code
+UpstreamError(code, message, upstream_status=None)    root; ``code`` is a task error code
 ├── UpstreamTimeout          code "timeout"; ``phase`` is "connect", "idle", "write" or "total"
 ├── UpstreamConnectError     could not reach the upstream (refused, DNS, TLS, pool)
-├── UpstreamHTTPError        a non-2xx status; ``status_code``, ``retry_after`` (seconds or None)
+├── UpstreamHTTPError        a non-2xx status; ``upstream_status``, ``retry_after`` (seconds, None)
 ├── UpstreamProtocolError    the stream broke or was malformed (cut, no ``[DONE]``, bad JSON)
 └── UpstreamRemoteError      the upstream reported an error in-band: a tool ``error`` frame,
                              an MCP ``code`` other than 200, an LLM error chunk; ``detail``
@@ -12,6 +12,11 @@ UpstreamError(code, message, status_code=None)    root; ``code`` is a task error
 
 Every code other than ``timeout`` is ``upstream_error``, so an agent can copy ``exc.code`` into a
 task's ``error.code`` (DESIGN §4) and ``str(exc)`` into its message.
+
+The root is a :class:`gateway.errors.GatewayError` (the gateway's one error root): one that reaches
+a client unhandled answers 502 (504 for a timeout). ``upstream_status`` is the status the
+upstream answered, if any; ``status_code`` stays the gateway's own answer, as for every
+``GatewayError``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+
+from gateway.errors import GatewayError
 
 __all__ = [
     "UpstreamConnectError",
@@ -31,14 +38,16 @@ __all__ = [
 ]
 
 
-class UpstreamError(Exception):
+class UpstreamError(GatewayError):
     """Root of every error an upstream client raises."""
 
-    def __init__(self, code: str, message: str, status_code: int | None = None) -> None:
+    status_code = 502
+
+    def __init__(self, code: str, message: str, upstream_status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.status_code = status_code
+        self.upstream_status = upstream_status
 
     def to_dict(self) -> dict[str, str]:
         """The ``{"code", "message"}`` pair a task's ``error`` payload carries."""
@@ -50,6 +59,8 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """A connect, idle-read, write or total time limit was exceeded."""
+
+    status_code = 504
 
     def __init__(self, phase: str, message: str) -> None:
         super().__init__("timeout", message)
@@ -66,8 +77,10 @@ class UpstreamConnectError(UpstreamError):
 class UpstreamHTTPError(UpstreamError):
     """The upstream answered with a non-2xx status."""
 
-    def __init__(self, message: str, status_code: int, retry_after: float | None = None) -> None:
-        super().__init__("upstream_error", message, status_code)
+    def __init__(
+        self, message: str, upstream_status: int, retry_after: float | None = None
+    ) -> None:
+        super().__init__("upstream_error", message, upstream_status)
         self.retry_after = retry_after
 
 
@@ -81,8 +94,10 @@ class UpstreamProtocolError(UpstreamError):
 class UpstreamRemoteError(UpstreamError):
     """The upstream reported an error in its own payload; ``detail`` keeps what it sent."""
 
-    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None) -> None:
-        super().__init__("upstream_error", message, status_code)
+    def __init__(
+        self, message: str, *, upstream_status: int | None = None, detail: Any = None
+    ) -> None:
+        super().__init__("upstream_error", message, upstream_status)
         self.detail = detail
 
 

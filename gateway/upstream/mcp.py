@@ -133,7 +133,7 @@ class McpBridgeClient(OwnedHttp):
         if str(body["code"]) != "200":
             raise UpstreamRemoteError(
                 f"{what}: {body.get('message') or 'failed'} (code {body['code']})",
-                status_code=response.status_code,
+                upstream_status=response.status_code,
                 detail=body,
             )
         return body.get("data")

@@ -14,7 +14,7 @@ from the connection's reader, without waking a task per chunk), also through a p
 ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (``NO_PROXY`` honoured; see
 :mod:`gateway.upstream._target`). aiohttp, the cheapest library client with proxies and TLS,
 costs twice as much per chunk on the relay's path (``bench/README.md``). The non-streamed
-``complete`` uses httpx.
+``complete`` takes the same client: one transport for every LLM call.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ import random
 import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Self
 
 import anyio
-import httpx
 import orjson
 
-from gateway.upstream._http import Deadline, OwnedHttp, http_error, status_error
+from gateway.upstream._http import Deadline, status_error
 from gateway.upstream._target import Target
 from gateway.upstream._wire import WirePool, WireResponse
 from gateway.upstream.chat import (
@@ -44,7 +43,6 @@ from gateway.upstream.errors import (
     UpstreamHTTPError,
     UpstreamProtocolError,
     UpstreamTimeout,
-    from_httpx,
 )
 from gateway.upstream.settings import UpstreamSettings
 from gateway.upstream.sse import SSEDecoder
@@ -64,36 +62,19 @@ def _is_retryable(exc: UpstreamError) -> bool:
     if isinstance(exc, UpstreamTimeout):
         return exc.phase == "connect"
     if isinstance(exc, UpstreamHTTPError):
-        return exc.status_code == 429 or (exc.status_code or 0) >= 500
+        return exc.upstream_status == 429 or (exc.upstream_status or 0) >= 500
     return False
 
 
-class ChatClient(OwnedHttp):
-    """Streams chat completions; use ``async with ChatClient(settings) as chat``.
+class ChatClient:
+    """Streams chat completions; use ``async with ChatClient(settings) as chat``."""
 
-    ``http`` lets several clients share one ``httpx.AsyncClient`` (its owner closes it) for
-    ``complete``; the streams always take the wire client.
-    """
-
-    def __init__(
-        self, settings: UpstreamSettings, *, http: httpx.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, settings: UpstreamSettings) -> None:
         self._settings = settings
         self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
         context = None
         if self._url.startswith("https:"):
             context = ssl.create_default_context(cafile=settings.llm_ca_file or None)
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                settings.llm_idle_timeout,
-                connect=settings.llm_connect_timeout,
-                pool=settings.llm_connect_timeout,
-            ),
-            # Concurrency is bounded by MAX_RUNNING, not by the client's pool (default 100).
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            verify=context or True,
-        )
         self._target = Target.parse(self._url, proxies=True)
         self._wire = WirePool(
             connect_timeout=settings.llm_connect_timeout,
@@ -105,7 +86,12 @@ class ChatClient(OwnedHttp):
     async def aclose(self) -> None:
         """Close the connections this client opened."""
         self._wire.close()
-        await super().aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     @property
     def model(self) -> str:
@@ -217,10 +203,6 @@ class ChatClient(OwnedHttp):
         all_headers.update((k.lower(), v) for k, v in (headers or {}).items())
         return all_headers
 
-    def _request(self, body: bytes, headers: Mapping[str, str] | None, sse: bool) -> httpx.Request:
-        all_headers = self._headers(headers, sse)
-        return self._http.build_request("POST", self._url, content=body, headers=all_headers)
-
     async def _backoff(self, exc: UpstreamError, attempt: int, deadline: Deadline) -> bool:
         """Sleep before the next attempt and return True, or return False to give up."""
         if attempt >= self._settings.llm_max_retries or not _is_retryable(exc):
@@ -236,10 +218,15 @@ class ChatClient(OwnedHttp):
         return True
 
     async def _answer(
-        self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
+        self,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        deadline: Deadline,
+        *,
+        sse: bool = True,
     ) -> WireResponse:
-        """Send the streamed request; the answer's headers are in."""
-        wire_headers = self._headers(headers, sse=True)
+        """Send the request; the answer's headers are in."""
+        wire_headers = self._headers(headers, sse=sse)
         wire_headers.setdefault("accept-encoding", "identity")
         wire_headers.setdefault("user-agent", "agent-gateway")
         return await self._wire.request(self._target, wire_headers, body, deadline)
@@ -285,15 +272,15 @@ class ChatClient(OwnedHttp):
     async def _complete_once(
         self, body: bytes, headers: Mapping[str, str] | None, deadline: Deadline
     ) -> ChatResult:
-        request = self._request(body, headers, sse=False)
+        answer = await self._answer(body, headers, deadline, sse=False)
         try:
             with deadline.limit():
-                response = await self._http.send(request)
-        except httpx.HTTPError as exc:
-            raise from_httpx(exc, _WHAT) from exc
-        if response.status_code >= 400:
-            raise http_error(response, response.content, _WHAT)
-        return parse_completion(_loads(response.content))
+                content = await answer.aread()
+        finally:
+            await answer.aclose()
+        if answer.status_code >= 400:
+            raise status_error(answer.status_code, answer.headers, content, _WHAT)
+        return parse_completion(_loads(content))
 
 
 class TextSink:

@@ -97,7 +97,7 @@ class ToolServiceClient(OwnedHttp):
     async def open_file(self, request_id: str, name: str) -> AsyncIterator[ToolFile]:
         """Open the file ``name`` of ``request_id`` for reading; close it when the block ends.
 
-        Raises :class:`UpstreamHTTPError` when the service answers an error (``status_code``
+        Raises :class:`UpstreamHTTPError` when the service answers an error (``upstream_status``
         404 for a missing file) and the other :class:`UpstreamError` subclasses on connection
         errors and time limits (connect, idle between two chunks, ``tool_timeout`` in all).
         """

@@ -134,7 +134,7 @@ async def test_a_code_other_than_200_in_an_http_200_answer_raises(
         with pytest.raises(UpstreamRemoteError, match="connection refused") as caught:
             await client.list_tools("joyagent-style-error")
     assert caught.value.detail["code"] == 500
-    assert caught.value.status_code == 200
+    assert caught.value.upstream_status == 200
 
 
 async def test_a_code_other_than_200_with_a_matching_status_raises(
@@ -143,7 +143,7 @@ async def test_a_code_other_than_200_with_a_matching_status_raises(
     async with McpBridgeClient(settings) as client:
         with pytest.raises(UpstreamRemoteError, match="not found") as caught:
             await client.call_tool(GOOD, "missing", {})
-    assert caught.value.status_code == 500
+    assert caught.value.upstream_status == 500
 
 
 async def test_an_http_error_without_an_envelope_raises_an_http_error(
@@ -152,7 +152,7 @@ async def test_an_http_error_without_an_envelope_raises_an_http_error(
     async with McpBridgeClient(settings) as client:
         with pytest.raises(UpstreamHTTPError) as caught:
             await client.list_tools("http-error")
-    assert caught.value.status_code == 502
+    assert caught.value.upstream_status == 502
 
 
 async def test_an_answer_that_is_not_an_envelope_is_a_protocol_error() -> None:

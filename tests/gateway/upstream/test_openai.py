@@ -48,22 +48,14 @@ FAST = StubSettings(knobs=Knobs(tokens_per_second=0), stall_seconds=30, retry_af
 OpenChat = Callable[[UpstreamSettings], AbstractAsyncContextManager[ChatClient]]
 
 
-@pytest.fixture(params=["own", "shared httpx"])
-def open_chat(request: pytest.FixtureRequest) -> OpenChat:
-    """Opens a ChatClient on its own, or with a shared httpx client (for ``complete``; its
-    streams take the wire client all the same)."""
+@pytest.fixture
+def open_chat() -> OpenChat:
+    """Opens a ChatClient (streams and ``complete`` share its one transport)."""
 
     @asynccontextmanager
     async def opened(settings: UpstreamSettings) -> AsyncIterator[ChatClient]:
-        if request.param == "own":
-            async with ChatClient(settings) as chat:
-                yield chat
-            return
-        timeout = httpx.Timeout(settings.llm_idle_timeout, connect=settings.llm_connect_timeout)
-        async with httpx.AsyncClient(timeout=timeout) as http:
-            async with ChatClient(settings, http=http) as chat:
-                yield chat
-            assert not http.is_closed  # its owner closes it
+        async with ChatClient(settings) as chat:
+            yield chat
 
     return opened
 
@@ -176,7 +168,7 @@ async def test_repeated_500s_exhaust_the_retries_and_raise(
             with pytest.raises(UpstreamHTTPError) as caught:
                 await collect(chat, [{"role": "user", "content": "hi"}])
         stats = (await admin.get("/_stub/stats")).json()
-    assert caught.value.status_code == 500
+    assert caught.value.upstream_status == 500
     assert "injected fault" in caught.value.message
     assert stats["requests"] == 3
 
@@ -198,7 +190,7 @@ async def test_a_retry_after_beyond_the_total_limit_raises_at_once(fresh_stub_ur
         async with ChatClient(client_settings(fresh_stub_url, llm_total_timeout=0.5)) as chat:
             with pytest.raises(UpstreamHTTPError) as caught:
                 await chat.complete([{"role": "user", "content": "hi"}])
-    assert caught.value.status_code == 429 and caught.value.retry_after == 1
+    assert caught.value.upstream_status == 429 and caught.value.retry_after == 1
 
 
 async def test_a_stream_cut_mid_way_raises_after_partial_content(
@@ -270,7 +262,7 @@ async def test_a_client_error_is_not_retried(fresh_stub_url: str) -> None:
     async with ChatClient(client_settings(fresh_stub_url)) as chat:
         with pytest.raises(UpstreamHTTPError, match="non-empty list") as caught:
             await chat.complete([])
-    assert caught.value.status_code == 400
+    assert caught.value.upstream_status == 400
 
 
 async def test_the_api_key_is_sent_as_a_bearer_token(open_chat: OpenChat) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from gateway.errors import GatewayError
 from gateway.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -88,7 +89,15 @@ def test_httpx_errors_convert_to_the_upstream_tree() -> None:
 
 def test_http_errors_carry_status_and_retry_after() -> None:
     error = UpstreamHTTPError("LLM: HTTP 429", 429, retry_after=2.0)
-    assert (error.status_code, error.retry_after, error.code) == (429, 2.0, "upstream_error")
+    assert (error.upstream_status, error.retry_after, error.code) == (429, 2.0, "upstream_error")
+
+
+def test_upstream_errors_are_gateway_errors_answered_as_bad_gateway() -> None:
+    """One error root: an upstream failure that reaches a client answers 502 (504 if slow)."""
+    refused = UpstreamHTTPError("LLM: HTTP 401", 401)
+    slow = UpstreamTimeout("idle", "LLM: no chunk within 5s")
+    assert isinstance(refused, GatewayError) and isinstance(slow, GatewayError)
+    assert (refused.status_code, slow.status_code) == (502, 504)
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:

@@ -173,7 +173,7 @@ async def test_an_http_error_status_raises_with_the_status(settings: UpstreamSet
     async with ToolServiceClient(settings) as client:
         with pytest.raises(UpstreamHTTPError, match="boom") as caught:
             await collect(client, "broken")
-    assert caught.value.status_code == 503
+    assert caught.value.upstream_status == 503
 
 
 async def test_an_invalid_tool_name_is_refused_before_any_request(

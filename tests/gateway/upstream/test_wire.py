@@ -379,7 +379,7 @@ async def test_a_client_error_carries_the_upstream_message_and_is_not_retried() 
         async with ChatClient(settings(server)) as chat:
             with pytest.raises(UpstreamHTTPError) as caught:
                 await collect(chat)
-    assert caught.value.status_code == 404
+    assert caught.value.upstream_status == 404
     assert caught.value.message == "LLM: HTTP 404: model 'x' does not exist"
     assert server.requests == 1
 
