@@ -49,7 +49,7 @@ class RedisCore(StreamStore):
     _read_entries: list[bytes]  # queue entries read, to delete on the next read
     _followers: dict[str, _Follower]
     _ending: dict[str, asyncio.Future[None]]  # ended here, indexes moving
-    _lane: Lane | None  # the hot commands' own connection (none on a cluster or over TLS)
+    _lane: Lane | None  # the hot commands' own connection (none on a cluster)
     _flusher: Flusher
     _outbox: RedisOutbox  # the deliveries at a task's end (``_outbox``)
 
