@@ -81,6 +81,7 @@ class SSEReader(asyncio.Protocol):
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.first_event = asyncio.Event()  # set at the first data frame or at the end
         self.answered = asyncio.Event()  # set once the response head arrived (or at the end)
+        self.head_ns = 0  # when the response head arrived
         self.status = 0
         self.headers: dict[str, str] = {}
         self.started_ns = time.monotonic_ns()
@@ -118,6 +119,7 @@ class SSEReader(asyncio.Protocol):
             if end < 0:
                 return
             self._parse_head(self._head[:end])
+            self.head_ns = now
             self.answered.set()
             self.key = self.key or self.headers.get("x-task-id", "")
             data, self._head = self._head[end + 4 :], b""

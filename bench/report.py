@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import starts
+
 
 def _get(d: Any, *path: str) -> Any:
     for key in path:
@@ -127,6 +129,8 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             _check("e: herd gaps+duplicates", g["herd"]["gaps"] + g["herd"]["duplicates"], 0)
         )
+    if "starts" in results:
+        out += starts.verdicts(results["starts"], _check)
     return out
 
 
@@ -332,6 +336,8 @@ def table(results: dict[str, Any]) -> str:
                 )
             )
         lines.append("")
+    if results.get("starts"):
+        lines += starts.table(results["starts"], _row)
     checks = results.get("targets") or []
     if checks:
         lines += [

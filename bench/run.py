@@ -30,12 +30,21 @@ from bench.procs import (
 )
 from bench.report import table, verdicts
 from bench.scenarios import SCENARIOS, SMOKE, Sizes, World, warm_up
+from bench.starts import starts
 from bench.targets import Target, make_targets
 
 RESULTS = Path(__file__).parent / "results"
 
 #: scenario letter (as in the issue) → name
-LETTERS = {"a": "relay", "b": "idle", "c": "fanout", "d": "mirroring", "e": "resume"}
+LETTERS = {
+    "a": "relay",
+    "b": "idle",
+    "c": "fanout",
+    "d": "mirroring",
+    "e": "resume",
+    "f": "starts",
+}
+ALL = {**SCENARIOS, "starts": starts}
 
 
 def _gateway_env(sizes: Sizes, upstream: Child, redis_url: str) -> dict[str, str]:
@@ -159,12 +168,13 @@ async def run(
                 gateway_memory=Target("gateway", memory, b'"result":"'),
                 redis=redis_child,
                 sizes=sizes,
+                redis_url=redis_url,
             )
             await warm_up(world)
             for name in names:
                 t = time.monotonic()
                 print(f"[bench] {name} …", file=sys.stderr, flush=True)
-                results[name] = await SCENARIOS[name](world)
+                results[name] = await ALL[name](world)
                 print(
                     f"[bench] {name} done in {time.monotonic() - t:.1f}s",
                     file=sys.stderr,
@@ -239,7 +249,9 @@ def _select(sizes: Sizes, levels: str, paths: str) -> Sizes:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "scenarios", nargs="*", help="a/relay b/idle c/fanout d/mirroring e/resume (default: all)"
+        "scenarios",
+        nargs="*",
+        help="a/relay b/idle c/fanout d/mirroring e/resume f/starts (default: all)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a correctness check")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
@@ -279,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.workers < 1:
         parser.error("--workers: at least 1")
-    names = [LETTERS.get(s, s) for s in args.scenarios] or list(SCENARIOS)
-    unknown = [n for n in names if n not in SCENARIOS]
+    names = [LETTERS.get(s, s) for s in args.scenarios] or list(ALL)
+    unknown = [n for n in names if n not in ALL]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(LETTERS.items())}")
     sizes = SMOKE if args.smoke else Sizes()

@@ -22,31 +22,38 @@ class Sizes:
     """How big each scenario is (the full run, or the CI smoke)."""
 
     relay_levels: tuple[int, ...] = (1, 200, 500)
-    relay_tokens: tuple[int, ...] = (10, 200, 250)
+    relay_tokens: tuple[int, ...] = (3, 200, 250)
     relay_rounds: tuple[int, ...] = (100, 1, 1)  # one after another (100 TTFTs at 1 stream)
     relay_paths: tuple[str, ...] = ("direct", "gateway", "react", "naive")
     react_levels: tuple[int, ...] = (1, 200)  # the levels that also run the ReAct agent
+    naive_levels: tuple[int, ...] = (1, 200)  # the naive relay (at 500 it only falls behind)
     tps: float = 50.0
     ramp: float = 1.0
     idle_conns: int = 10_000
+    idle_naive_conns: int = 2_000  # the naive relay's RSS per connection needs fewer
     idle_ping: float = 2.0
-    idle_window: float = 6.0
+    idle_window: float = 4.5  # any 4 s window holds two pings of each connection
     fanout_readers: int = 1000
-    fanout_tokens: int = 500
+    fanout_naive_readers: int = 200  # the naive relay falls behind long before 1,000
+    fanout_tokens: int = 300
     fanout_tps: float = 100.0
     mirror_streams: int = 200
-    mirror_tokens: int = 200
+    mirror_tokens: int = 100
     mirror_pairs: int = 3  # alternate runs of each store (the median run counts)
     resume_clients: int = 100
-    resume_tokens: int = 200
-    resume_drop: int = 100
+    resume_tokens: int = 100
+    resume_drop: int = 50
     resume_pause: float = 0.2  # offline before reconnecting: 10 tokens to replay at 50 tok/s
     herd_tasks: int = 100
     herd_per_task: int = 10
+    start_levels: tuple[int, ...] = (200, 500)  # f: task starts within one second
+    start_tokens: int = 5  # each start streams a few tokens
+    start_runs: int = 3  # runs of the gateway (the median run by TTFT p99 counts) after one
+    # of the direct upstream
     max_running: int = 520  # gateway slots: at least the streams running at once
     margin: float = 1.0  # seconds of slack on waits for streams that may never end
     settle: bool = True  # wait for quiet servers between runs (off in the smoke)
-    pause: float = 0.4  # seconds between steps (let connections close, memory settle)
+    pause: float = 0.25  # seconds between steps (let connections close, memory settle)
 
 
 SMOKE = Sizes(
@@ -54,12 +61,15 @@ SMOKE = Sizes(
     relay_tokens=(20, 20),
     relay_rounds=(2, 1),
     react_levels=(1, 5),
+    naive_levels=(1, 5),
     tps=200.0,
     ramp=0.05,
     idle_conns=30,
+    idle_naive_conns=30,
     idle_ping=0.15,
     idle_window=0.5,
     fanout_readers=10,
+    fanout_naive_readers=10,
     fanout_tokens=30,
     fanout_tps=200.0,
     mirror_streams=4,
@@ -71,6 +81,8 @@ SMOKE = Sizes(
     resume_pause=0.05,
     herd_tasks=2,
     herd_per_task=3,
+    start_levels=(5,),
+    start_runs=1,
     max_running=16,
     margin=0.3,
     settle=False,
@@ -87,6 +99,7 @@ class World:
     gateway_memory: Target
     redis: Child | None
     sizes: Sizes
+    redis_url: str = ""  # the gateway's Redis (f reads its counters)
 
 
 class Meter:
@@ -159,14 +172,22 @@ def _integrity(progresses: list[Progress], readers_finished: int) -> dict[str, i
 
 # -- a. relay (and the ReAct agent answering without a tool) -----------------------------------
 async def run_streams(
-    world: World, target: Target, n: int, tokens: int, rounds: int = 1
+    world: World,
+    target: Target,
+    n: int,
+    tokens: int,
+    rounds: int = 1,
+    readers: list[SSEReader] | None = None,
 ) -> dict[str, Any]:
     """``n`` concurrent relayed completions of ``tokens`` tokens, started over the ramp;
-    ``rounds`` times, each round once the previous one has ended."""
+    ``rounds`` times, each round once the previous one has ended. The readers are left in
+    ``readers`` if given."""
     sizes = world.sizes
     ramp = sizes.ramp if n > 1 else 0.0
     q = query(tokens, sizes.tps)
-    readers = [SSEReader(target.marker, crlf=target.crlf) for _ in range(n * rounds)]
+    if readers is None:
+        readers = []
+    readers[:] = [SSEReader(target.marker, crlf=target.crlf) for _ in range(n * rounds)]
     await settle(world)
     meter = Meter(world, target)
     stuck = 0
@@ -210,7 +231,9 @@ async def relay(world: World) -> dict[str, Any]:
     for n, tokens, rounds in levels:
         level: dict[str, Any] = {}
         for name in sizes.relay_paths:
-            if name == "react" and n not in sizes.react_levels:
+            if (name == "react" and n not in sizes.react_levels) or (
+                name == "naive" and n not in sizes.naive_levels
+            ):
                 continue
             target = react_target(world.targets["gateway"]) if name == "react" else None
             target = target or world.targets[name]
@@ -324,8 +347,10 @@ async def idle_one(world: World, target: Target, conns: int) -> dict[str, Any]:
 
 async def idle(world: World) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    sizes = world.sizes
     for name in ("direct", "gateway", "naive"):
-        out[name] = await idle_one(world, world.targets[name], world.sizes.idle_conns)
+        conns = sizes.idle_naive_conns if name == "naive" else sizes.idle_conns
+        out[name] = await idle_one(world, world.targets[name], conns)
     return out
 
 
@@ -342,7 +367,7 @@ async def _wait_status(target: Target, task_id: str, wanted: set[str], timeout: 
 # -- c. fan-out -------------------------------------------------------------------------------
 async def fanout_one(world: World, target: Target) -> dict[str, Any]:
     sizes = world.sizes
-    n = sizes.fanout_readers
+    n = sizes.fanout_naive_readers if target.name == "naive" else sizes.fanout_readers
     q = query(sizes.fanout_tokens, sizes.fanout_tps, 1500 if n > 50 else 300)
     await settle(world)
     meter = Meter(world, target)

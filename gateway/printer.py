@@ -98,6 +98,15 @@ class Printer:
         self._sent(message, body, payload)
         return message
 
+    def send_now(self, message_type: str, payload: Any) -> StoredMessage | None:
+        """``send`` of a final message without waiting, where the store can append so
+        (``append_now``); None where it cannot: then nothing was sent, ``send`` it."""
+        body = self.body(message_type, payload, None, True)
+        message = self.store.append_now(self.task_id, body)
+        if message is not None:
+            self._sent(message, body, payload)
+        return message
+
     def text_delta_now(
         self, message_id: str, text: str, message_type: str = "agent_stream"
     ) -> StoredMessage | None:

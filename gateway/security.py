@@ -8,8 +8,8 @@
 2. Unless the path is open (health, metrics, the OpenAPI document): with ``API_KEYS`` set, an
    ``Authorization: Bearer <key>`` of a known key, else 401 with ``WWW-Authenticate: Bearer``.
 3. A token bucket per key name (per client IP when auth is off): 429 ``rate_limited`` with
-   ``Retry-After``. Buckets live in this process: with N replicas a client gets up to N times
-   the rate (a shared limit would cost a Redis round trip per request).
+   ``Retry-After``. The buckets are the store's (``store.limits``): in Redis with ``RedisStore``,
+   one script call per request, so N replicas together grant the configured rate.
 4. With auth on, the key's name goes to the route as ``request.state.api_key_name``
    (:func:`key_name`); tasks belong to the name that created them: another name gets 404 on
    ``/api/tasks/{id}/...``; listings are the store's, asked for that name's tasks only
@@ -32,8 +32,7 @@ import logging
 import math
 import os
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -48,7 +47,6 @@ from gateway.protocol import parse_decimal
 from gateway.store import StreamStore
 
 __all__ = [
-    "RateLimiter",
     "SecurityMiddleware",
     "SecuritySettings",
     "TaskNotes",
@@ -217,54 +215,9 @@ async def record_owner(request: Request, task_id: str, created: bool) -> None:
     await notes.set(task_id, "owner", {"name": name})
 
 
-# -- rate limit --------------------------------------------------------------------------------
-class RateLimiter:
-    """Token buckets by key: ``rate`` tokens a second, at most ``burst`` saved up."""
-
-    def __init__(
-        self,
-        rate: float,
-        burst: int,
-        clock: Callable[[], float] = time.monotonic,
-        max_keys: int = 10_000,
-    ) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self._clock = clock
-        self._max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def acquire(self, key: str) -> float:
-        """Take a token: 0.0 if granted, else the seconds until one is available."""
-        now = self._clock()
-        tokens, stamp = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            self._prune(now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate
-
-    def _prune(self, now: float) -> None:
-        if len(self._buckets) <= self._max_keys:
-            return
-        refill = self.burst / self.rate
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < refill}
-        if len(self._buckets) > self._max_keys:  # all busy: forget the least recent half
-            ordered = sorted(self._buckets.items(), key=lambda item: item[1][1])
-            self._buckets = dict(ordered[len(ordered) // 2 :])
-
-
 # -- the middleware ----------------------------------------------------------------------------
 class _BodyTooLarge(Exception):
     """The streamed body passed the limit (raised from ``receive`` into the app)."""
-
-
-@dataclasses.dataclass(slots=True)
-class _Policy:
-    settings: SecuritySettings
-    limiter: RateLimiter | None
 
 
 class SecurityMiddleware:
@@ -278,8 +231,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         app: Starlette = scope["app"]
-        policy: _Policy = app.state.security
-        settings = policy.settings
+        settings: SecuritySettings = app.state.security
         path: str = scope["path"]
         headers = Headers(scope=scope)
         limit = settings.max_body_bytes or app.state.settings.max_body_bytes
@@ -294,9 +246,13 @@ class SecurityMiddleware:
                 if refusal is not None:
                     await refusal(scope, receive, send)
                     return
-            if policy.limiter is not None:
+            if settings.rate_limit_rps > 0:
                 client = scope.get("client")
-                wait = policy.limiter.acquire(name or (client[0] if client else "unknown"))
+                wait = await app.state.store.limits.take(
+                    name or (client[0] if client else "unknown"),
+                    settings.rate_limit_rps,
+                    settings.burst,
+                )
                 if wait > 0:
                     retry = {"Retry-After": str(max(1, math.ceil(wait)))}
                     refused = error_response(429, "rate_limited", "too many requests", retry)
@@ -392,14 +348,11 @@ async def _refuse_others_task(app: Starlette, path: str, name: str) -> Response 
 def install_security(app: Starlette, settings: SecuritySettings | None = None) -> None:
     """Put :class:`SecurityMiddleware` on ``app`` (before it starts), configured by ``settings``.
 
-    Idempotent: a second call only replaces the configuration (and resets the rate limiter).
-    Install it before ``install_webhooks`` so unauthenticated bodies are never buffered.
+    Idempotent: a second call only replaces the configuration. The rate limit's buckets are
+    ``app.state.store``'s. Install it before ``install_webhooks`` so unauthenticated bodies are
+    never buffered.
     """
-    settings = settings or SecuritySettings()
-    limiter = None
-    if settings.rate_limit_rps > 0:
-        limiter = RateLimiter(settings.rate_limit_rps, settings.burst)
-    app.state.security = _Policy(settings, limiter)
+    app.state.security = settings or SecuritySettings()
     if not any(m.cls is SecurityMiddleware for m in app.user_middleware):
         if app.middleware_stack is not None:
             raise RuntimeError("install_security must run before the app starts")

@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.protocol import StoredMessage, TaskStatus
 from gateway.store._lane import Lane, pack
+from gateway.store._limits import RedisLimits
 from gateway.store._outbox import RedisOutbox
 from gateway.store._pending import LostWriter, _Writer
 from gateway.store._recent import RecentLogs
@@ -51,24 +52,26 @@ class RedisCore(StreamStore):
     _ending: dict[str, asyncio.Future[None]]  # ended here, indexes moving
     _lane: Lane | None  # the hot commands' own connection (none on a cluster)
     _flusher: Flusher
+    limits: RedisLimits  # the rate limit's buckets and the queue bound's script
     _outbox: RedisOutbox  # the deliveries at a task's end (``_outbox``)
 
     async def _commands(
-        self, commands: Sequence[tuple[Any, ...]], *, repeatable: bool = True
+        self, commands: Sequence[tuple[Any, ...]], *, repeatable: bool = True, now: bool = False
     ) -> list[Any]:
         """Run ``commands`` (each a command's parts) in one round trip: on the lane where there
-        is one (a dropped connection retried once if the commands are ``repeatable``), else on
-        a redis-py pipeline. Replies come raw (a hash is a flat list on the lane)."""
+        is one (a dropped connection retried once if the commands are ``repeatable``; ``now``:
+        written at once, see ``Lane.calls``), else on a redis-py pipeline. Replies come raw (a
+        hash is a flat list on the lane)."""
         lane = self._lane
         if lane is None:
             return await self._batch(lambda pipe: [pipe.execute_command(*c) for c in commands])
         packed = [pack(command) for command in commands]
         try:
-            return await lane.calls(packed)
+            return await lane.calls(packed, now=now)
         except (RedisConnectionError, RedisTimeoutError):
             if not repeatable:
                 raise
-            return await lane.calls(packed)
+            return await lane.calls(packed, now=now)
 
     async def _batch(self, build: Callable[[Any], object]) -> list[Any]:
         """Run the commands ``build`` queues on one non-transactional pipeline."""

@@ -16,6 +16,7 @@ from gateway.store._redis_core import RedisCore
 from gateway.store._redis_parts import _hash, _record, _scored
 from gateway.store.base import (
     IdempotencyKeyReused,
+    QueueLimitReached,
     StoreUnavailable,
     claimed,
     decode_cursor,
@@ -34,6 +35,7 @@ class RecordsMixin(RedisCore):
         *,
         queue: bool = False,
         claim: tuple[str, int] | None = None,
+        max_queued: int | None = None,
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             idem = self._k.idempotency(idempotency_key)
@@ -42,7 +44,7 @@ class RecordsMixin(RedisCore):
             # Not repeated on a dropped connection: a SET that landed would then read as lost.
             value = f"{record.task_id} {digest}"
             set_nx = ("SET", idem, value, "NX", "EX", self.result_ttl)
-            if (await self._commands([set_nx], repeatable=False))[0] is None:
+            if (await self._commands([set_nx], repeatable=False, now=True))[0] is None:
                 winner, known_digest = await self._idempotent_winner(idem)
                 if known_digest and known_digest != digest:  # empty: stored before digests
                     raise IdempotencyKeyReused(idempotency_key)
@@ -76,7 +78,15 @@ class RecordsMixin(RedisCore):
         ]
         if queue:
             commands.append(self._enqueue_command(task_id))
-        await self._commands(commands, repeatable=not queue)
+        # Written at once, not at the end of this turn: a start waits for this round trip.
+        if queue and max_queued is not None:
+            pending = self._k.index(TaskStatus.PENDING)
+            if not await self.limits.admit(pending, max_queued, commands):
+                if idempotency_key is not None:  # the key named a task never made
+                    await self._commands([("DEL", self._k.idempotency(idempotency_key))])
+                raise QueueLimitReached(f"{max_queued} tasks are queued")
+        else:
+            await self._commands(commands, repeatable=not queue, now=True)
         if claim is not None:
             self._writers[record.task_id] = _Writer(0, claim[0], score)
         return record, True

@@ -1,4 +1,5 @@
-"""Lua scripts of ``RedisStore``. Each touches only the keys of one task (one hash slot)."""
+"""Lua scripts of ``RedisStore``. Each touches only the keys of one task (one hash slot), but
+``IF_BELOW`` on one Redis (see there)."""
 
 # The log writes of several tasks in one call (a flush), one task after another.
 # KEYS: state_1, log_1, state_2, log_2, ... ARGV, for each task in turn: owner ('' = any),
@@ -119,5 +120,40 @@ return {seq, data}
 CANCEL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'cancel', '1')
+return 1
+"""
+
+# The rate limit (gateway/store/_limits.py): a token bucket. KEYS: the bucket (a hash).
+#   ARGV: rate (tokens a second), burst. Takes a token: returns 0 when granted, else the
+#   milliseconds until one is available. Timed by Redis's clock, so replicas' clocks never
+#   matter; the bucket expires once it would be full again (a missing bucket is a full one).
+TAKE_TOKEN = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = burst
+if v[1] then
+  tokens = math.min(burst, tonumber(v[1]) + math.max(0, now - tonumber(v[2])) * rate / 1000)
+end
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return wait
+"""
+
+# The queue bound (gateway/store/_limits.py): commands run only while a sorted set (the PENDING
+#   index) holds fewer members than a bound, atomically with the count. KEYS: the sorted set,
+#   then each command's key. ARGV: the bound, then per command: how many arguments follow its
+#   key, its name, those arguments. Returns 1 if the commands ran, else 0 (nothing written).
+IF_BELOW = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local a = 2
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[a])
+  redis.call(ARGV[a + 1], KEYS[k], unpack(ARGV, a + 2, a + 1 + n))
+  a = a + 2 + n
+end
 return 1
 """

@@ -24,6 +24,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.protocol import StoredMessage, TaskError, TaskRecord, TaskStatus, now_ms
+from gateway.store._limits import Limits
 from gateway.store._log import LocalLog
 from gateway.store._outbox import Outbox
 
@@ -67,6 +68,13 @@ class IdempotencyKeyReused(StoreError):
 
     code = "idempotency_key_reused"
     status_code = 422
+
+
+class QueueLimitReached(StoreError):
+    """``create`` with ``max_queued``: that many tasks are already PENDING."""
+
+    code = "queue_full"
+    status_code = 429
 
 
 def request_digest(record: TaskRecord) -> str:
@@ -114,6 +122,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 class StreamStore(abc.ABC):
     """Durable task state and logs. All methods are safe to call concurrently."""
 
+    limits: Limits
+    """The deployment-wide rate limit's buckets (in this process, or shared: see ``_limits``)."""
     outbox: Outbox
     """The deliveries made at a task's end (``gateway.store._outbox``); a task created with a
     ``callbackUrl`` has its webhook there from the start."""
@@ -139,6 +149,7 @@ class StreamStore(abc.ABC):
         *,
         queue: bool = False,
         claim: tuple[str, int] | None = None,
+        max_queued: int | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Store a new PENDING task; with a known ``idempotency_key`` return that task instead.
 
@@ -149,6 +160,10 @@ class StreamStore(abc.ABC):
         can). With ``claim=(owner, lease_ms)`` it is created already claimed, as ``claim()``
         would leave it (RUNNING, leased to ``owner``), and not queued: a replica with a free
         slot starts it without a trip through the queue. Returns ``(record, created)``.
+
+        With ``queue`` and ``max_queued``, a new task is created only while fewer than
+        ``max_queued`` tasks wait (counted with the create, atomically: the bound holds across
+        replicas), else :class:`QueueLimitReached` and nothing is stored.
         """
 
     @abc.abstractmethod

@@ -19,12 +19,14 @@ from gateway.protocol import (
     is_legal_transition,
     now_ms,
 )
+from gateway.store._limits import MemoryLimits
 from gateway.store._log import LocalLog
 from gateway.store._outbox import MemoryOutbox
 from gateway.store.base import (
     IdempotencyKeyReused,
     IllegalTransition,
     LeaseState,
+    QueueLimitReached,
     StreamStore,
     TaskEnded,
     TaskNotFound,
@@ -71,6 +73,7 @@ class MemoryStore(StreamStore):
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._notes: dict[tuple[str, str], tuple[dict[str, str], float]] = {}
         self._tiebreak = itertools.count()
+        self.limits = MemoryLimits()
         self.outbox = self._outbox = MemoryOutbox(self.get)
 
     async def start(self) -> None:
@@ -103,6 +106,7 @@ class MemoryStore(StreamStore):
         *,
         queue: bool = False,
         claim: tuple[str, int] | None = None,
+        max_queued: int | None = None,
     ) -> tuple[TaskRecord, bool]:
         digest = "" if idempotency_key is None else request_digest(record)
         if idempotency_key is not None:
@@ -113,6 +117,10 @@ class MemoryStore(StreamStore):
                     if known[2] != digest:
                         raise IdempotencyKeyReused(idempotency_key)
                     return existing.record, False
+        if queue and claim is None and max_queued is not None:
+            # The queue's length (O(1); a cancelled task counts until the intake drops it).
+            if self._queue.qsize() >= max_queued:
+                raise QueueLimitReached(f"{max_queued} tasks are queued")
         score = record.created_at * 1000.0 + next(self._tiebreak) % 1000
         if claim is not None:
             record = claimed(record, *claim)

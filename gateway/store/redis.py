@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import _scripts
 from gateway.store._lane import Lane
+from gateway.store._limits import RedisLimits
 from gateway.store._outbox import RedisOutbox
 from gateway.store._recent import RecentLogs
 from gateway.store._redis_log import LogMixin
@@ -88,6 +89,7 @@ class RedisStore(RecordsMixin, LogMixin, QueueMixin):
         self._ending = {}
         # The hot commands' own connection (TCP, Unix socket or TLS; none on a cluster).
         self._lane = None if cluster else Lane.for_pool(self._pool, SOCKET_TIMEOUT)
+        self.limits = RedisLimits(self._commands, prefix, cluster=cluster)
         self._flusher = Flusher(
             self._client,
             self._append,

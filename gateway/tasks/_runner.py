@@ -73,21 +73,50 @@ class Collaborators:
     on_append: Callable[[StoredMessage], None] | None = None
 
 
-async def run_task(
-    task_id: str, claimed: TaskRecord | None = None, *, using: Collaborators
-) -> None:
-    """Claim ``task_id`` (unless it was created ``claimed``), run its handler under the total
-    timeout, and end its log."""
-    store = using.store
-    record = claimed or await store.claim(task_id, using.owner, using.lease_ms)
-    if record is None:
-        return  # cancelled while queued, or another worker has it
-    registration = using.registry.get(record.agent_type)
-    printer = Printer(store, task_id, record.request_id, using.on_append)
-    running = RunningTask()
-    using.running[task_id] = running
+@dataclasses.dataclass(slots=True)
+class Launch:
+    """A claimed task as :func:`launch` left it: registered as running, and where the store
+    could append at once its RUNNING status written and its handler's task started."""
+
+    record: TaskRecord
+    registration: Registration | None
+    printer: Printer
+    running: RunningTask
+    status_sent: bool = False
+
+
+def launch(record: TaskRecord, using: Collaborators, request: AgentRequest | None = None) -> Launch:
+    """Begin a claimed task in the caller's turn of the loop: what the runner's first step
+    did, where nothing has to wait (the store appends the RUNNING status without waiting).
+
+    A start created here goes on in the turn that learnt its record is written: its handler's
+    first step (the upstream request) runs on the next turn, not two turns later behind the
+    runner task's first step. ``request`` is the task's request already validated. Whatever
+    cannot be done now (or fails) is left to :func:`run_task`, which reports it.
+    """
+    started = _registered(record, using)
+    registration = started.registration
+    if registration is None:
+        return started
+    with contextlib.suppress(Exception):  # the runner meets it again, and reports it
+        sent = started.printer.send_now("status", TaskStatus.RUNNING.value)
+        started.status_sent = sent is not None
+        if started.status_sent:
+            _start_handler(started, registration, using, request)
+    return started
+
+
+async def run_task(task_id: str, *, using: Collaborators, launched: Launch | None = None) -> None:
+    """Claim ``task_id`` (unless it comes ``launched``: created claimed, and begun), run its
+    handler under the total timeout, and end its log."""
+    if launched is None:
+        record = await using.store.claim(task_id, using.owner, using.lease_ms)
+        if record is None:
+            return  # cancelled while queued, or another worker has it
+        launched = _registered(record, using)
+    registration, printer, running = launched.registration, launched.printer, launched.running
     try:
-        status, error = await _run_handler(using, record, registration, printer, running)
+        status, error = await _run_handler(using, launched)
         if status is TaskStatus.PENDING:  # handed over to another replica
             if not await using.hand_over(task_id):
                 await _finish(printer, TaskStatus.FAILED, _interrupted(), registration)
@@ -104,32 +133,52 @@ async def run_task(
         running.done.set_result(None)
 
 
-async def _run_handler(
+def _registered(record: TaskRecord, using: Collaborators) -> Launch:
+    """A claimed task registered as running, nothing sent yet."""
+    registration = using.registry.get(record.agent_type)
+    printer = Printer(using.store, record.task_id, record.request_id, using.on_append)
+    started = Launch(record, registration, printer, RunningTask())
+    using.running[record.task_id] = started.running
+    return started
+
+
+def _start_handler(
+    started: Launch,
+    registration: Registration,
     using: Collaborators,
-    record: TaskRecord,
-    registration: Registration | None,
-    printer: Printer,
-    running: RunningTask,
-) -> tuple[TaskStatus, TaskError | None]:
-    try:
-        await printer.send("status", TaskStatus.RUNNING.value)
-        if registration is None:
-            raise TaskFailure(ErrorCode.INVALID_REQUEST, f"no handler for {record.agent_type}")
-        ctx = TaskContext(
-            task_id=record.task_id,
-            request=AgentRequest.model_validate(record.request),
-            printer=printer,
-            cancelled=running.cancelled,
-            services=using.services,
-        )
-    except (TaskEnded, asyncio.CancelledError):
-        raise
-    except Exception as exc:
-        logger.exception("task %s failed before its handler ran", record.task_id)
-        return TaskStatus.FAILED, _error_for(exc)
+    request: AgentRequest | None = None,
+) -> None:
+    """The handler's own task (the runner supervises it)."""
+    record, running = started.record, started.running
+    ctx = TaskContext(
+        task_id=record.task_id,
+        request=request or AgentRequest.model_validate(record.request),
+        printer=started.printer,
+        cancelled=running.cancelled,
+        services=using.services,
+    )
     running.handler_task = asyncio.ensure_future(registration.handler(ctx))
     if running.reason is not None:  # a stop that raced the start
         running.handler_task.cancel()
+
+
+async def _run_handler(
+    using: Collaborators, started: Launch
+) -> tuple[TaskStatus, TaskError | None]:
+    record, registration, running = started.record, started.registration, started.running
+    if running.handler_task is None:
+        try:
+            if not started.status_sent:
+                await started.printer.send("status", TaskStatus.RUNNING.value)
+                started.status_sent = True
+            if registration is None:
+                raise TaskFailure(ErrorCode.INVALID_REQUEST, f"no handler for {record.agent_type}")
+            _start_handler(started, registration, using)
+        except (TaskEnded, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            logger.exception("task %s failed before its handler ran", record.task_id)
+            return TaskStatus.FAILED, _error_for(exc)
     return await _supervise(running, using.task_timeout)
 
 

@@ -18,7 +18,8 @@ from gateway.protocol import AgentRequest, TaskRecord
 class TaskSettings:
     """What the task manager reads of the environment; ``app`` builds it (DESIGN §9).
 
-    ``max_running`` tasks run at once in this process, ``max_queued`` may wait; a task gets
+    ``max_running`` tasks run at once in this process, ``max_queued`` may wait (in the whole
+    deployment: the store counts them with each submission); a task gets
     ``task_timeout`` seconds and ``task_retry`` more attempts after its runner vanished. Leases
     last ``lease_ttl`` s and are renewed every ``lease_renew_interval`` s; the sweeper looks for
     lapsed ones every ``sweep_interval`` s. A cancel waits up to ``cancel_wait`` s for the

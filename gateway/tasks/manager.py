@@ -24,8 +24,8 @@ from gateway.protocol import (
     new_task_id,
     now_ms,
 )
-from gateway.store import LeaseState, StreamStore, TaskEnded, TaskNotFound
-from gateway.tasks._runner import Collaborators, RunningTask, run_task
+from gateway.store import LeaseState, QueueLimitReached, StreamStore, TaskEnded, TaskNotFound
+from gateway.tasks._runner import Collaborators, Launch, RunningTask, launch, run_task
 from gateway.tasks.context import QueueFull, TaskRegistry, TaskSettings, UnknownAgentType
 
 logger = logging.getLogger(__name__)
@@ -44,9 +44,6 @@ def _reraise_cancellation() -> None:
 
 TAKE_BATCH = 64
 """Most tasks taken off the queue in one round trip."""
-
-QUEUE_COUNT_AGE = 0.25
-"""Seconds a count of the queued tasks is reused while the queue is far from full."""
 
 
 class TaskManager:
@@ -71,9 +68,6 @@ class TaskManager:
         self._runners: set[asyncio.Task[None]] = set()
         self._free = settings.max_running  # slots: tasks this process may start now
         self._slot_freed = asyncio.Event()
-        # (loop time of the last count or None, that count, tasks submitted since)
-        self._queue_seen: tuple[float | None, int, int] = (None, 0, 0)
-        self._recount: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._collaborators = Collaborators(
             store=store,
@@ -106,8 +100,6 @@ class TaskManager:
         local = self._free > 0 and self._group is not None and not self._stopping.is_set()
         if local:
             self._free -= 1
-        elif await self._queue_full():
-            raise QueueFull(retry_after=max(1, int(self.settings.lease_renew_interval * 2)))
         task_id = new_task_id()
         record = TaskRecord(
             task_id=task_id,
@@ -117,8 +109,14 @@ class TaskManager:
             created_at=now_ms(),
             request=request.model_dump(mode="json", by_alias=True, exclude_none=True),
         )
-        if not local:
-            return await self.store.create(record, idempotency_key, queue=True)
+        if not local:  # the store counts the queued tasks with the create: for all replicas
+            try:
+                return await self.store.create(
+                    record, idempotency_key, queue=True, max_queued=self.settings.max_queued
+                )
+            except QueueLimitReached as exc:
+                retry_after = max(1, int(self.settings.lease_renew_interval * 2))
+                raise QueueFull(retry_after=retry_after) from exc
         try:
             record, created = await self.store.create(
                 record, idempotency_key, claim=(self.owner, self.lease_ms)
@@ -127,45 +125,10 @@ class TaskManager:
             self._slot_back()
             raise
         if created:
-            self._start(task_id, record)
+            self._start(task_id, launch(record, self._collaborators, request))
         else:  # an earlier submission with this key made the task
             self._slot_back()
         return record, created
-
-    async def _queue_full(self) -> bool:
-        """Whether ``MAX_QUEUED`` tasks wait.
-
-        A count costs a store round trip, which a submission should not wait for: far from the
-        limit the last count plus the tasks submitted since will do, and a count older than
-        ``QUEUE_COUNT_AGE`` is refreshed in the background (the bound is approximate anyway:
-        other replicas submit too). Near the limit, or before the first count, count now.
-        """
-        loop = asyncio.get_running_loop()
-        at, counted, since = self._queue_seen
-        if at is not None and (counted + since) * 2 < self.settings.max_queued:
-            self._queue_seen = (at, counted, since + 1)
-            if loop.time() - at >= QUEUE_COUNT_AGE and self._recount is None:
-                self._recount = loop.create_task(self._recount_queue(), name="queue-count")
-            return False
-        await self._count_queue()
-        at, counted, _ = self._queue_seen
-        full = counted >= self.settings.max_queued
-        if not full:
-            self._queue_seen = (at, counted, 1)
-        return full
-
-    async def _recount_queue(self) -> None:
-        try:
-            await self._count_queue()
-        except Exception as exc:  # the next submission counts again
-            logger.warning("counting the queue failed: %r", exc)
-
-    async def _count_queue(self) -> None:
-        try:
-            counted = await self.store.count(TaskStatus.PENDING)
-            self._queue_seen = (asyncio.get_running_loop().time(), counted, 0)
-        finally:
-            self._recount = None
 
     # -- cancellation ---------------------------------------------------------------------
     async def cancel(self, task_id: str, *, wait: bool = True) -> TaskRecord:
@@ -246,12 +209,13 @@ class TaskManager:
                 self._free -= 1
                 self._start(task_id)
 
-    def _start(self, task_id: str, claimed: TaskRecord | None = None) -> None:
-        """Run ``task_id`` in its own asyncio task; its slot is already taken."""
+    def _start(self, task_id: str, launched: Launch | None = None) -> None:
+        """Run ``task_id`` in its own asyncio task; its slot is already taken. A task created
+        here comes ``launched``: claimed, and begun in its submission's turn."""
         group = self._group
         if group is None:
             raise RuntimeError("the task manager is not running")
-        runner = group.create_task(self._run_one(task_id, claimed), name=f"task-{task_id}")
+        runner = group.create_task(self._run_one(task_id, launched), name=f"task-{task_id}")
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
 
@@ -259,15 +223,14 @@ class TaskManager:
         self._free += 1
         self._slot_freed.set()
 
-    async def _run_one(self, task_id: str, claimed: TaskRecord | None) -> None:
+    async def _run_one(self, task_id: str, launched: Launch | None) -> None:
         try:
             if self._stopping.is_set():  # stopped before this task got going: pass it on
-                if claimed is None:
+                if launched is None:
                     await self.store.enqueue(task_id)
-                elif not await self.hand_over(task_id):
-                    await self._interrupt(claimed)
-                return
-            await run_task(task_id, claimed, using=self._collaborators)
+                    return
+                launched.running.stop("handover" if self.store.shared else "shutdown")
+            await run_task(task_id, using=self._collaborators, launched=launched)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -376,8 +339,6 @@ class TaskManager:
         replica. With the embedded store it ends FAILED/interrupted.
         """
         self._stopping.set()
-        if self._recount is not None:
-            self._recount.cancel()
         grace = self.settings.shutdown_grace if grace is None else grace
         handlers = [r.handler_task for r in self.running.values() if r.handler_task]
         if handlers and grace > 0:

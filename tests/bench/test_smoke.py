@@ -17,6 +17,7 @@ SCENARIO_KEYS = {
     "fanout": {"direct", "gateway", "naive"},
     "mirroring": {"streams", "redis", "memory", "redis_over_memory_cpu"},
     "resume": {"direct", "gateway", "naive"},
+    "starts": {"5"},
 }
 
 
@@ -54,3 +55,10 @@ def test_the_smoke_run_relays_everything_without_gaps_or_duplicates(
     assert resume["finished"] == resume["clients"]
     herd = resume["herd"]
     assert (herd["gaps"], herd["duplicates"], herd["finished"]) == (0, 0, herd["readers"])
+    for level in results["starts"].values():  # f: every start streams all its tokens
+        for name in ("direct", "gateway"):
+            run = level[name]
+            assert (run["gaps"], run["duplicates"], run["stuck"]) == (0, 0, 0)
+            assert run["all_finished"] and run["all_tokens"]
+            assert run["added_ttft_ms"]["p99"] is not None
+        assert level["gateway"]["redis_per_start"]["commands"] > 0
