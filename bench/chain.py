@@ -5,12 +5,13 @@ Bench a's CPU per token moves by a quarter with the VM's mood, and half of it is
 that. This drives the real objects of the hot path from the upstream chunk to the pushed frame
 — the wire client's connection (``WireConnection.data_received``: HTTP chunk parsing), the chat
 sink (SSE, JSON, the assembler), the relay's ``on_text`` and the ``Printer``, the store's
-``append_now`` and its log, one parked SSE reader (``_Live.push`` with uvicorn's chunk framing)
-— with transports that only count bytes. ``streams`` tasks get their tokens in turn, so the
-working set is a busy gateway's, not one hot task's; the loop turns every ``--turn`` tokens,
-and with ``--redis`` the store's flusher writes to a real ``redis-server`` in those turns
-at the gateway's flush spacing, and the reader gets each frame once its flush is acknowledged
-(its Python and its socket calls are counted: per flush, not per token).
+``append_now`` and its log, one SSE reader (a ``LogStream`` parked on the log, its ``send``
+framing HTTP chunks as uvicorn does) — with transports that only count writes. ``streams``
+tasks get their tokens in turn, so the working set is a busy gateway's, not one hot task's;
+the loop turns every ``--turn`` tokens, and with ``--redis`` the store's flusher writes to a
+real ``redis-server`` in those turns at the gateway's flush spacing, and the reader gets each
+frame once its flush is acknowledged (its Python and its socket calls are counted: per flush,
+not per token).
 
     python -m bench.chain                      # memory store
     python -m bench.chain --redis              # Redis store (own redis-server, or REDIS_URL)
@@ -28,32 +29,32 @@ import statistics
 import time
 import uuid
 from collections.abc import Sequence
-from types import SimpleNamespace
-from typing import Any
 
 import uvloop
 
 from bench.procs import redis_server
 from bench.upstream import HEAD, PREFIX, SUFFIX, chunk
+from gateway.metrics import GatewayMetrics
 from gateway.printer import Printer
 from gateway.protocol import TaskRecord, new_task_id, now_ms
-from gateway.routes.sse import _Live
+from gateway.routes.sse import LogStream, StreamSettings
 from gateway.settings import Settings
 from gateway.store import MemoryStore, RedisStore, StreamStore
-from gateway.upstream._http import Deadline
-from gateway.upstream._wire import WireConnection, WirePool
+from gateway.upstream import Deadline, WireConnection, WirePool
 from gateway.upstream.openai import TextSink
 
 
 class _Transport(asyncio.Transport):
-    """Takes writes and counts them."""
+    """Takes writes and counts them, and the SSE frames (``data:`` lines) in them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.writes = 0
+        self.frames = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes += 1
+        self.frames += bytes(data).count(b"\ndata: ")
 
     def is_closing(self) -> bool:
         return False
@@ -71,24 +72,9 @@ class _Transport(asyncio.Transport):
         pass
 
 
-class _Stream:
-    """What ``_Live`` reads of its ``LogStream``: a live stream past its first chunk."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._stopped = False
-        self._head = b""
-
-
-def _cycle(transport: _Transport) -> Any:
-    """What ``write_chunk`` reads of uvicorn's request cycle: a started chunked response."""
-    return SimpleNamespace(
-        transport=transport,
-        flow=SimpleNamespace(write_paused=False),
-        disconnected=False,
-        chunked_encoding=True,
-        response_complete=False,
-    )
+#: A reader that never times out, pings or ends within a run.
+_SETTINGS = StreamSettings(heartbeat_interval=3600, sse_max_age=36000, send_timeout=3600)
+_METRICS = GatewayMetrics()
 
 
 class _Relay:
@@ -113,6 +99,18 @@ class _Relay:
 
         self.on_text = on_text
         self.pipe: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def send(self, message: dict[str, object]) -> None:
+        """The reader's ASGI ``send``: a body as its HTTP chunk, as uvicorn writes it."""
+        body = message.get("body", b"")
+        if isinstance(body, bytes) and body:
+            self.client.write(b"%x\r\n%s\r\n" % (len(body), body))
+
+    async def receive(self) -> dict[str, object]:
+        """The client never leaves: the reader is cancelled at the end."""
+        await asyncio.get_running_loop().create_future()
+        return {"type": "http.disconnect"}
 
     async def start(self) -> None:
         """The request, the response's head, the body piped to the sink; a reader parked."""
@@ -125,20 +123,17 @@ class _Relay:
         self.pipe = asyncio.ensure_future(response.pipe(TextSink(self.on_text)))
         await asyncio.sleep(0)
         self.conn.data_received(chunk(PREFIX + b"first" + SUFFIX))  # the writer exists now
-        log = None
         for _ in range(1000):  # with Redis, once the first message's flush is acknowledged
             await asyncio.sleep(0.005)
-            if (log := self.store.live_log(self.task_id, 1)) is not None:
+            if self.store.live_log(self.task_id, 1) is not None:
                 break
-        if log is None:
-            raise RuntimeError("no live log to park on")
-        loop = asyncio.get_running_loop()
-        live = _Live(_Stream(loop), None, 1)  # type: ignore[arg-type]
-        live.cycle = _cycle(self.client)
-        self.park = asyncio.ensure_future(log.park(live.push, 3600))
+        else:
+            raise RuntimeError("no live log to read")
+        reader = LogStream(self.store, self.task_id, 1, _SETTINGS, _METRICS)
+        self.reader = asyncio.ensure_future(reader({"type": "http"}, self.receive, self.send))
 
     def stop(self) -> None:
-        for task in (self.pipe, self.park):
+        for task in (self.pipe, self.reader):
             if task is not None:
                 task.cancel()
 
@@ -161,7 +156,7 @@ async def measure(store: StreamStore, streams: int, tokens: int, turn: int) -> f
         await relay.start()
     await asyncio.sleep(0)  # the last reader parks
     chunks = [chunk(PREFIX + b"tok%d " % i + SUFFIX) for i in range(tokens)]
-    frames = [r.client.writes for r in relays]
+    frames = [r.client.frames for r in relays]
     gc.collect()
     gc.disable()  # a collector pass lands in some runs and not others: measured apart (bench a)
     started = time.process_time()
@@ -175,12 +170,12 @@ async def measure(store: StreamStore, streams: int, tokens: int, turn: int) -> f
     expected = [f + tokens for f in frames]
     for _ in range(1000):  # the last flush (readers get frames once Redis has them)
         await asyncio.sleep(0.005)
-        if [r.client.writes for r in relays] == expected:
+        if [r.client.frames for r in relays] == expected:
             break
     spent = time.process_time() - started
     gc.enable()
-    if [r.client.writes - f for r, f in zip(relays, frames, strict=True)] != [tokens] * streams:
-        raise RuntimeError("a reader was not handed every frame, one write each")
+    if [r.client.frames - f for r, f in zip(relays, frames, strict=True)] != [tokens] * streams:
+        raise RuntimeError("a reader was not handed every frame")
     for relay in relays:
         relay.stop()
     await asyncio.sleep(0)

@@ -28,9 +28,15 @@ import orjson
 import uvloop
 
 from bench.procs import raise_fd_limit, self_cpu_seconds, start_python, wait_port
-from gateway.upstream import ChatClient, ContentDelta, SSEDecoder, UpstreamSettings
-from gateway.upstream._http import Deadline
-from gateway.upstream._wire import Target, WirePool
+from gateway.upstream import (
+    ChatClient,
+    ContentDelta,
+    Deadline,
+    SSEDecoder,
+    Target,
+    UpstreamSettings,
+    WirePool,
+)
 
 
 def _body(q: str) -> bytes:

@@ -6,9 +6,6 @@ replayed, polled and framed for every SSE reader.
 
 from __future__ import annotations
 
-import ctypes
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -36,28 +33,8 @@ PAYLOAD_FIELDS: dict[str, str] = {
 MESSAGE_TYPES = frozenset(PAYLOAD_FIELDS)
 
 
-def _gc_untrack() -> Callable[[object], None] | None:
-    if sys.implementation.name != "cpython":
-        return None
-    untrack = ctypes.pythonapi.PyObject_GC_UnTrack
-    untrack.argtypes = (ctypes.py_object,)
-    untrack.restype = None
-    return untrack  # type: ignore[no-any-return]
-
-
-_untrack = _gc_untrack()
-
-
 class StoredMessage:
-    """One appended message: its ``seq``, its JSON bytes and its SSE frame (built once).
-
-    A busy gateway holds hundreds of thousands of these (every live log, and finished ones
-    kept for replay), and each full pass of the cyclic garbage collector visited every one:
-    passes of 100 to 250 ms that stalled every stream. A message refers only to an int, bytes and
-    a bool, so it can never be part of a reference cycle: it is taken off the collector's
-    lists, as CPython does by itself for a tuple of such values. (Keep it that way: a field
-    that can refer to a container would need tracking again.)
-    """
+    """One appended message: its ``seq``, its JSON bytes and its SSE frame (built once)."""
 
     __slots__ = ("_frame", "data", "finish", "seq")
 
@@ -66,8 +43,6 @@ class StoredMessage:
         self.data = data
         self.finish = finish
         self._frame: bytes | None = None
-        if _untrack is not None:
-            _untrack(self)
 
     @property
     def frame(self) -> bytes:

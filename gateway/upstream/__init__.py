@@ -1,7 +1,10 @@
 """Clients of the gateway's upstreams: the LLM, the tool service and the MCP client service.
 
 They depend on httpx, httptools, orjson, anyio and the standard library only, and raise
-:class:`UpstreamError` subclasses only (see :mod:`gateway.upstream.errors`).
+:class:`UpstreamError` subclasses only (see :mod:`gateway.upstream.errors`). The LLM stream's
+HTTP/1.1 client (:class:`WirePool`, its :class:`WireConnection`, a :class:`Target` URL and a
+:class:`Deadline`) is public for the benchmarks that drive it directly (``bench.chain``,
+``bench.ingest``).
 
 ```
 settings = UpstreamSettings.from_env()
@@ -12,6 +15,8 @@ async with ChatClient(settings) as chat:
 ```
 """
 
+from gateway.upstream._http import Deadline
+from gateway.upstream._wire import Target, WireConnection, WirePool
 from gateway.upstream.chat import (
     ChatEvent,
     ChatResult,
@@ -39,11 +44,13 @@ __all__ = [
     "ChatEvent",
     "ChatResult",
     "ContentDelta",
+    "Deadline",
     "McpBridgeClient",
     "McpTool",
     "McpToolResult",
     "SSEDecoder",
     "ServerSentEvent",
+    "Target",
     "ToolCall",
     "ToolCallDelta",
     "ToolFile",
@@ -56,5 +63,7 @@ __all__ = [
     "UpstreamSettings",
     "UpstreamTimeout",
     "Usage",
+    "WireConnection",
+    "WirePool",
     "aiter_sse",
 ]
