@@ -296,14 +296,14 @@ class LogStream:
             else:
                 try:
                     messages = await store.tail(task_id, cursor, wait)
-                    if messages and messages[0].seq > cursor + 1:  # dropped: compacted, or gone?
-                        if cursor < await store.floor(task_id):  # gone: a reset, not a gap
-                            cursor = await self._replay(send, cursor)
-                            if self.finished:
-                                return
-                            continue
                 except TaskNotFound:
                     return
+            if messages and messages[-1].seq - cursor > len(messages):  # compacted, or gone?
+                if cursor < await store.floor(task_id):  # gone: a reset, not a gap
+                    cursor = await self._replay(send, cursor)
+                    if self.finished:
+                        return
+                    continue
             if not messages:
                 now = clock()
                 if now >= ping_at - 0.001 and deadline - now > 0:

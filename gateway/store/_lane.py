@@ -1,17 +1,22 @@
-"""A Redis connection of its own for the hot commands: the flusher's, and a task's setup and end.
+"""A lean Redis connection for the hot commands: the flusher's, and a task's setup and end.
 
-Every flush is one ``EVALSHA`` with a few hundred arguments. Through redis-py's command calls
-that costs more than the script itself: each argument is type-checked and encoded on its own,
-and each call takes a connection from the pool and waits for its reply before the next may use
-that connection. The lane takes one connection from the store's redis-py pool for itself (TCP,
-Unix socket or TLS, with the URL's AUTH and SELECT: redis-py connects it) and keeps it: the
-flusher packs the RESP bytes (``pack``, by hiredis), what the calls of one turn of the loop send
-goes out in one ``send_packed_command`` (by the lane's writer task), and the replies are read in
-order with ``read_response`` (by its reader task) and handed to each call — a future, or a
-callback that runs in the reader's turn. One timer watches the oldest call in flight; a call
-that outlives its time limit or a dropped connection fails every call in flight with redis-py's
+Every flush is one ``EVALSHA`` with a few hundred arguments. Through redis-py that costs more
+than the script itself: each argument is type-checked and encoded on its own, and each call
+takes a connection from the pool, arms a ``wait_for`` task for the write and a timeout context
+for the read. The lane writes the RESP bytes the flusher packs (``pack``, by hiredis) on a
+connection of its own (what one turn of the loop sends in one write), reads replies with
+hiredis, and watches the oldest call in flight with one timer; a call that
+outlives its time limit or a dropped connection fails every call in flight with redis-py's
 ``TimeoutError`` or ``ConnectionError`` (so callers handle them as they handle redis-py's), and
-the next call takes a connection again. Only redis-py's public API is used.
+the next call connects again. It speaks plain TCP or a Unix socket; a TLS URL keeps redis-py
+(``for_pool`` answers None).
+
+Of redis-py it reads only the pool's ``connection_class`` and ``connection_kwargs`` (where to
+connect and how to log in). A lane on redis-py's public connection API instead (a connection
+taken from the pool, ``send_packed_command`` and ``read_response`` by a writer and a reader
+task) was measured in issue 21 and not kept: ``python -m bench.ab`` at 200 streams by 200
+tokens, three interleaved runs on a quiet machine, median 98.8 → 105.0 µs CPU per token and lag
+p99 45 → 71 ms (``bench/README.md``, "Issue 21 part 2").
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: The name this connection shows in ``CLIENT LIST``.
@@ -38,19 +43,18 @@ def pack(parts: Sequence[bytes | str | int | float]) -> bytes:
     return packed
 
 
-#: The lane's setup: RESP2 replies (the shapes its callers read; redis-py 8 connects with
-#: RESP3, and the connection goes back to the pool closed), and its name.
-_SETUP = pack([b"HELLO", b"2"]) + pack([b"CLIENT", b"SETNAME", CLIENT_NAME])
+def _reply_error(message: str) -> ResponseError:
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
 
 OnReply = Callable[[Any, "Exception | None"], None]
 """Takes a call's reply (a Redis error reply as a ``ResponseError`` value), or None and the
-failure of the connection; it runs in the lane's reader and must not raise."""
+failure of the connection; it runs in the protocol's ``data_received`` and must not raise."""
 
 
 class _Callback:
     """A call answered by a function instead of a future: the reply is handled in the turn
-    that reads it, with no other task to wake."""
+    that reads it, with no task to wake (what a future's awaiter costs: a turn of the loop)."""
 
     __slots__ = ("_done", "_on_reply")
 
@@ -70,93 +74,49 @@ class _Callback:
         self._on_reply(None, error)
 
 
-Call = asyncio.Future[Any] | _Callback
+class _Protocol(asyncio.Protocol):
+    """Replies are matched to calls in order (RESP answers a connection's commands in order).
 
+    What the calls of one turn of the loop send goes out in one write (``send``): a flush, a
+    dozen tasks' setups and their ends cost one system call, not one each. One timer watches
+    the oldest call in flight (replies come in order, so the others can only be younger)."""
 
-def _redis_error(exc: BaseException) -> Exception:
-    """``exc`` as redis-py's error of its kind (an ``OSError`` is a lost connection)."""
-    if isinstance(exc, RedisError):
-        return exc
-    return RedisConnectionError(f"connection to Redis lost: {exc!r}")
-
-
-class _Link:
-    """One connection taken from the pool, with its writer and reader tasks.
-
-    Replies are matched to calls in order (RESP answers a connection's commands in order).
-    One timer watches the oldest call in flight (replies come in order, so the others can only
-    be younger)."""
-
-    def __init__(self, pool: ConnectionPool, conn: AbstractConnection, timeout: float) -> None:
-        self._pool = pool
-        self.conn = conn
-        self.calls: collections.deque[tuple[Call, float]] = collections.deque()
+    def __init__(self, timeout: float) -> None:
+        self.reader = hiredis.Reader(replyError=_reply_error)
+        # each call in flight: its future and the loop time by which its reply is due
+        self.calls: collections.deque[tuple[asyncio.Future[Any] | _Callback, float]] = (
+            collections.deque()
+        )
+        self.transport: asyncio.Transport | None = None
         self.failure: Exception | None = None
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []  # for the writer's next write
-        self._wake_writer: asyncio.Future[None] | None = None
-        self._wake_reader: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []  # to be written at the end of this turn of the loop
         self._watch: asyncio.TimerHandle | None = None
-        self._tasks = (
-            self._loop.create_task(self._write_loop()),
-            self._loop.create_task(self._read_loop()),
-        )
-        self.closed: asyncio.Future[None] = self._loop.create_future()
 
-    @property
-    def open(self) -> bool:
-        return self.failure is None and self.conn.is_connected
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def send(self, data: bytes, calls: Sequence[Call]) -> None:
-        """Queue ``data`` (the commands of ``calls``) for the writer's next write, which takes
-        all that this turn of the loop queued."""
-        if self.failure is not None:
-            for call in calls:
-                call.set_exception(self.failure)
-            return
+    def send(
+        self, data: bytes, calls: Sequence[asyncio.Future[Any] | _Callback], *, now: bool = False
+    ) -> None:
+        """Queue ``data`` (the commands of ``calls``) for this turn's write; ``now`` writes it
+        (and what this turn queued before it) at once."""
         due = self._loop.time() + self._timeout
-        if not self.calls:
-            _wake(self._wake_reader)
         self.calls.extend([(call, due) for call in calls])
-        if not self._out:
-            _wake(self._wake_writer)
+        if not self._out and not now:
+            self._loop.call_soon(self._write)
         self._out.append(data)
+        if now:
+            self._write()  # a write already scheduled then finds nothing left to write
         if self._watch is None:
             self._watch = self._loop.call_at(due, self._check)
 
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                if not self._out:
-                    self._wake_writer = self._loop.create_future()
-                    await self._wake_writer
-                    self._wake_writer = None
-                out, self._out = self._out, []
-                await self.conn.send_packed_command(out, check_health=False)
-        except Exception as exc:
-            self.fail(_redis_error(exc))
-
-    async def _read_loop(self) -> None:
-        calls = self.calls
-        try:
-            while True:
-                if not calls:
-                    self._wake_reader = self._loop.create_future()
-                    await self._wake_reader
-                    self._wake_reader = None
-                try:
-                    reply = await self.conn.read_response(disable_decoding=True)
-                except ResponseError as error:  # an error reply: the call's value
-                    reply = error
-                if not calls:  # nothing asked for this: the stream is out of step
-                    self.fail(RedisConnectionError("unexpected reply from Redis"))
-                    return
-                call = calls.popleft()[0]
-                if not call.done():
-                    call.set_result(reply)
-        except Exception as exc:
-            self.fail(_redis_error(exc))
+    def _write(self) -> None:
+        out, self._out = self._out, []
+        transport = self.transport
+        if transport is not None and out and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _check(self) -> None:
         """The watch: fail everything if the oldest call's reply is overdue, else look again
@@ -170,85 +130,115 @@ class _Link:
         else:
             self._watch = self._loop.call_at(due, self._check)
 
-    def fail(self, error: Exception) -> None:
-        """Fail every call in flight with ``error``; the connection is closed and given back
-        to the pool (which connects it again when it is next taken)."""
-        if self.failure is not None:
-            return
-        self.failure = error
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        calls, self.calls = self.calls, collections.deque()
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if not self.calls:  # nothing asked for this: the stream is out of step
+                self.fail(RedisConnectionError("unexpected reply from Redis"))
+                return
+            call = self.calls.popleft()[0]
+            if not call.done():
+                call.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
         self._out = []
+        self._fail_calls(self.failure or RedisConnectionError(f"connection to Redis lost: {exc}"))
+
+    def fail(self, error: Exception) -> None:
+        """Close the connection and fail every call in flight with ``error``."""
+        self.failure = self.failure or error
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows
+        self._fail_calls(self.failure)
+
+    def _fail_calls(self, error: Exception) -> None:
+        calls, self.calls = self.calls, collections.deque()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
         for call, _ in calls:
             if not call.done():
                 call.set_exception(error)
-        self._loop.create_task(self._give_back())
-
-    async def _give_back(self) -> None:
-        try:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.conn.disconnect(nowait=True)
-            await self._pool.release(self.conn)
-        finally:
-            self.closed.set_result(None)
-
-
-def _wake(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
 
 
 class Lane:
-    """One connection of a redis-py pool for the lane's calls, pipelined; taken on first use
-    and again after a failure."""
+    """One connection, commands pipelined, connected on first use and again after a failure."""
 
-    def __init__(self, pool: ConnectionPool, timeout: float = 10.0) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        path: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        timeout: float = 10.0,
+    ) -> None:
+        self._host, self._port, self._path = host, port, path
+        self._hello: list[bytes] = [pack([b"CLIENT", b"SETNAME", CLIENT_NAME])]
+        if password:
+            user = [username.encode()] if username else []
+            self._hello.insert(0, pack([b"AUTH", *user, password.encode()]))
+        if db:
+            self._hello.append(pack([b"SELECT", str(db).encode()]))
         self._timeout = timeout
-        self._link: _Link | None = None
-        self._connecting: asyncio.Future[_Link] | None = None
-        self._closed = False
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
 
     @classmethod
-    def for_pool(cls, pool: ConnectionPool, timeout: float) -> Lane:
-        """A lane on a connection of ``pool`` (plain TCP, a Unix socket or TLS alike)."""
-        return cls(pool, timeout)
+    def for_pool(cls, pool: Any, timeout: float) -> Lane | None:
+        """A lane to the server of a redis-py pool, or None where the lane cannot go (TLS)."""
+        kw = pool.connection_kwargs
+        common = {
+            "username": kw.get("username"),
+            "password": kw.get("password"),
+            "db": int(kw.get("db") or 0),
+            "timeout": timeout,
+        }
+        if pool.connection_class is Connection:
+            return cls(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), **common)
+        if pool.connection_class is UnixDomainSocketConnection:
+            return cls(path=kw["path"], **common)
+        return None
 
     async def call(self, command: bytes, *, now: bool = False) -> Any:
         """Send one packed command and return its reply (a Redis error reply is raised).
-        ``now`` is accepted for callers that want the write at once: every write goes out when
-        the lane's writer next runs, with all that the current turn of the loop queued."""
+        ``now``: written at once, not with the rest of this turn's commands (a flush, which
+        readers wait for)."""
         return (await self.calls([command], now=now))[0]
 
     @property
     def ready(self) -> bool:
         """Whether the lane is connected (``send`` needs it; ``call`` connects)."""
-        return self._link is not None and self._link.open
+        protocol = self._protocol
+        transport = None if protocol is None else protocol.transport
+        return transport is not None and not transport.is_closing()
 
     def send(self, command: bytes, on_reply: OnReply) -> None:
-        """Send one packed command and have ``on_reply`` take its reply (or the connection's
-        failure) in the turn that reads it. The lane must be ``ready``."""
-        assert self._link is not None
-        self._link.send(command, [_Callback(on_reply)])
+        """Write one packed command at once and have ``on_reply`` take its reply (or the
+        connection's failure) in the turn that reads it. The lane must be ``ready``."""
+        assert self._protocol is not None
+        self._protocol.send(command, [_Callback(on_reply)], now=True)
 
     async def calls(self, commands: list[bytes], *, now: bool = False) -> list[Any]:
         """Send packed commands in one write; their replies (the first error reply is raised,
         once every reply is in)."""
-        link = self._link
-        if link is None or not link.open:
-            link = await self._connect()
-        return await self._roundtrip(link, commands)
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            protocol = await self._connect()
+        return await self._roundtrip(protocol, commands, now)
 
-    async def _roundtrip(self, link: _Link, commands: list[bytes]) -> list[Any]:
+    async def _roundtrip(
+        self, protocol: _Protocol, commands: list[bytes], now: bool = False
+    ) -> list[Any]:
+        if protocol.transport is None:
+            raise protocol.failure or RedisConnectionError("connection to Redis lost")
         loop = asyncio.get_running_loop()
         calls = [loop.create_future() for _ in commands]
-        link.send(commands[0] if len(commands) == 1 else b"".join(commands), calls)
+        data = commands[0] if len(commands) == 1 else b"".join(commands)
+        protocol.send(data, calls, now=now)
         try:
             replies = [await call for call in calls]
         except BaseException:
@@ -261,7 +251,7 @@ class Lane:
                 raise reply
         return replies
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> _Protocol:
         # Concurrent callers share one attempt.
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
@@ -272,39 +262,34 @@ class Lane:
             if connecting.done():
                 self._connecting = None
 
-    async def _open(self) -> _Link:
+    def _protocol_factory(self) -> _Protocol:
+        return _Protocol(self._timeout)
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
-                conn = await self._pool.get_connection()
+                if self._path is not None:
+                    _, protocol = await loop.create_unix_connection(
+                        self._protocol_factory, self._path
+                    )
+                else:
+                    _, protocol = await loop.create_connection(
+                        self._protocol_factory, self._host, self._port
+                    )
+                try:
+                    await self._roundtrip(protocol, self._hello)
+                except BaseException:
+                    protocol.fail(RedisConnectionError("Redis refused the connection's setup"))
+                    raise
         except TimeoutError as exc:
             raise RedisTimeoutError("connecting to Redis timed out") from exc
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-        link = _Link(self._pool, conn, self._timeout)
-        loop = asyncio.get_running_loop()
-        hello, named = loop.create_future(), loop.create_future()
-        link.send(_SETUP, [hello, named])
-        try:
-            await hello  # an error reply (a Redis without HELLO) leaves RESP2 on anyway
-            if isinstance(await named, ResponseError):
-                raise await named
-        except BaseException:
-            link.fail(RedisConnectionError("Redis refused the connection's setup"))
-            raise
-        if self._closed:  # closed while connecting: the connection goes back at once
-            link.fail(RedisConnectionError("the lane is closed"))
-            await link.closed
-            raise link.failure or RedisConnectionError("the lane is closed")
-        self._link = link
-        return link
+        self._protocol = protocol
+        return protocol
 
-    async def close(self) -> None:
-        """Fail what is in flight and give the connection back to the pool (once a connect
-        in progress has ended)."""
-        self._closed = True
-        if self._connecting is not None:
-            await asyncio.wait([self._connecting])
-        link, self._link = self._link, None
-        if link is not None:
-            link.fail(RedisConnectionError("the lane is closed"))
-            await link.closed
+    def close(self) -> None:
+        if self._protocol is not None:
+            self._protocol.fail(RedisConnectionError("the lane is closed"))
+            self._protocol = None

@@ -51,7 +51,7 @@ class RedisCore(StreamStore):
     _read_entries: list[bytes]  # queue entries read, to delete on the next read
     _followers: dict[str, _Follower]
     _ending: dict[str, asyncio.Future[None]]  # ended here, indexes moving
-    _lane: Lane | None  # the hot commands' own connection (none on a cluster)
+    _lane: Lane | None  # the hot commands' own connection (none on a cluster or over TLS)
     _flusher: Flusher
     _retention: RedisRetention  # LOG_MAX_BYTES: trims the logs written here
     limits: RedisLimits  # the rate limit's buckets and the queue bound's script

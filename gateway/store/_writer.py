@@ -215,7 +215,7 @@ class Flusher:
         for task in list(self._tasks):
             task.cancel()
         if self._lane is not None:
-            await self._lane.close()
+            self._lane.close()
 
     def _check_drained(self) -> None:
         drained = self._drained

@@ -92,7 +92,7 @@ class RedisStore(RecordsMixin, LogMixin, QueueMixin):
         self._read_entries = []
         self._followers = {}
         self._ending = {}
-        # The hot commands' own connection (TCP, Unix socket or TLS; none on a cluster).
+        # The hot commands' own connection (none on a cluster or over TLS: redis-py then).
         self._lane = None if cluster else Lane.for_pool(self._pool, SOCKET_TIMEOUT)
         self.limits = RedisLimits(self._commands, prefix, cluster=cluster)
         self._flusher = Flusher(
