@@ -16,7 +16,7 @@ from starlette.types import Message
 
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import TaskStatus
-from gateway.routes.sse import LogStream, StreamSettings
+from gateway.routes.sse import LogStream, StreamSettings, _DisconnectWatch
 from gateway.security import SecurityMiddleware
 from gateway.store import MemoryStore
 from gateway.tasks import TaskContext, TaskRegistry
@@ -338,46 +338,44 @@ async def test_an_open_stream_holds_no_middleware_frame_and_still_gets_cors_head
     assert response.headers["access-control-allow-origin"] == origin
 
 
-async def test_a_stream_ends_on_the_clients_disconnect_and_on_a_failing_receive() -> None:
-    """A stream reads ``receive`` past the request body: ``http.disconnect`` ends it (and runs
-    ``on_disconnect``); a ``receive`` that raises ends it too, and the error is raised."""
-    store = MemoryStore(result_ttl=60)
-    task_id = await running(store)
-    settings = StreamSettings(heartbeat_interval=30.0)
+async def test_the_disconnect_watch_steps_receive_as_a_task_would() -> None:
+    """Through bare yields and futures; the body is read past; an error ends the watch too."""
     gone = asyncio.Event()
-    cancelled: list[str] = []
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+    ends: list[BaseException | None] = []
 
-    async def send(message: Message) -> None:
-        pass
-
-    async def receive() -> Message:
-        if not gone.is_set():
-            gone.set()  # the body first, then the client leaves once the test says so
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await leave.wait()
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        for message in messages:
+            return message
+        await gone.wait()
         return {"type": "http.disconnect"}
 
-    async def on_disconnect() -> None:
-        cancelled.append(task_id)
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
 
-    leave = asyncio.Event()
-    stream = LogStream(store, task_id, 0, settings, GatewayMetrics(), on_disconnect=on_disconnect)
-    serving = asyncio.create_task(stream({"type": "http"}, receive, send))
+    def on_end(error: BaseException | None) -> None:
+        ends.append(error)
+        ended.set()
+
+    watch = _DisconnectWatch(loop, receive, on_end)
     for _ in range(5):
-        await asyncio.sleep(0)
-    assert not serving.done()
-    leave.set()
+        await asyncio.sleep(0)  # let it read the body and park on the event
+    assert ends == []
+    gone.set()
     with anyio.fail_after(5):
-        await serving
-    assert cancelled == [task_id] and not stream.finished
+        await ended.wait()
+    assert ends == [None] and watch.error is None
 
-    async def failing() -> Message:
+    async def failing() -> dict[str, Any]:
         await asyncio.sleep(0)
         raise RuntimeError("receive broke")
 
-    stream = LogStream(store, task_id, 0, settings, GatewayMetrics())
-    with anyio.fail_after(5), pytest.raises(RuntimeError, match="receive broke"):
-        await stream({"type": "http"}, failing, send)
+    ended.clear()
+    watch = _DisconnectWatch(loop, failing, on_end)
+    with anyio.fail_after(5):
+        await ended.wait()
+    assert isinstance(ends[-1], RuntimeError) and watch.error is ends[-1]
 
 
 async def test_a_joyagent_stream_is_served_off_the_chain_and_a_stuck_reader_is_cut_off() -> None:
@@ -500,11 +498,12 @@ async def test_the_retry_line_rides_on_the_first_chunk_and_the_finish_on_the_las
     frames = [m.frame for m in await store.read(task_id, 0, 10)]
     bodies = [(m["body"], m["more_body"]) for m in sent[1:]]
     assert sent[0]["type"] == "http.response.start"
-    if live:  # pushed as they come: the retry line on the first, the finish with the end
-        assert bodies[0][0].startswith(b"retry: 1234\n\n" + frames[0])
-        assert b"".join(b for b, _ in bodies) == b"retry: 1234\n\n" + b"".join(frames)
-        assert [more for _, more in bodies] == [True] * (len(bodies) - 1) + [False]
-        assert bodies[-1][0].endswith(frames[2])
+    if live:
+        assert bodies == [
+            (b"retry: 1234\n\n" + frames[0], True),
+            (frames[1], True),
+            (frames[2], False),
+        ]
     else:
         assert bodies == [(b"retry: 1234\n\n" + b"".join(frames), False)]
     assert stream.finished
