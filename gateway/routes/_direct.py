@@ -10,7 +10,7 @@ paused. In any other case, and under any other server, ``send`` is used as befor
 
 This is the one place the gateway touches uvicorn's private ``RequestResponseCycle``
 (attributes below). It stays because it pays: without it (and the stepped coroutines of
-``routes/sse.py`` that go with it) ``python -m bench.ab`` at 200 streams by 200 tokens read
+``routes/_stepping.py`` that go with it) ``python -m bench.ab`` at 200 streams by 200 tokens read
 +15 to 20 % CPU per token and twice the lag p99 (``bench/README.md``, "Issue 21 part 2").
 """
 

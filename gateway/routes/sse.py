@@ -2,7 +2,8 @@
 
 Each connection is an independent reader of the log: it replays after its cursor, then tails.
 A reader that cannot take data within ``send_timeout`` is disconnected (it resumes later with
-``Last-Event-ID``); nothing a reader does can slow the task or another reader.
+``Last-Event-ID``); nothing a reader does can slow the task or another reader. The coroutines
+stepped by hand are in ``_stepping``, the send time limit in ``_send_watch``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.drain import Drain
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import StoredMessage
-from gateway.routes._direct import direct_cycle, write_chunk
+from gateway.routes._send_watch import send_watch
+from gateway.routes._stepping import DisconnectWatch, Live, Resume
 from gateway.store import StreamStore, TaskNotFound, replay
 
 logger = logging.getLogger(__name__)
@@ -34,56 +35,6 @@ SSE_HEADERS: list[tuple[bytes, bytes]] = [
 HEARTBEAT = b": ping\n\n"
 #: Messages per chunk of a compacted replay.
 REPLAY_BATCH = 500
-
-
-class _SendWatch:
-    """The send time limit of every stream of one event loop, kept by one periodic timer.
-
-    A send almost never blocks (the server waits only when the socket buffer is full), so a
-    cancel scope or timer per frame would be the dearest part of the hot path, and a timer per
-    stream costs every idle connection memory. Here a send in progress is one dict entry, and
-    one timer — armed while any stream is open — ticks a few times per time limit and cuts off
-    the streams whose send has been stuck for ``timeout`` seconds (they resume later).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self._loop = loop
-        self.timeout = timeout
-        self._tick_every = max(0.01, min(1.0, timeout / 4))
-        self.sending: dict[LogStream, float] = {}
-        self._streams = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def opened(self) -> None:
-        self._streams += 1
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._tick_every, self._tick)
-
-    def closed(self) -> None:
-        self._streams -= 1
-
-    def _tick(self) -> None:
-        now = self._loop.time()
-        overdue = [s for s, since in self.sending.items() if now - since >= self.timeout - 0.001]
-        for stream in overdue:
-            del self.sending[stream]
-            stream.cut_off()
-        self._timer = (
-            self._loop.call_later(self._tick_every, self._tick) if self._streams > 0 else None
-        )
-
-
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _SendWatch]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _send_watch(loop: asyncio.AbstractEventLoop, timeout: float) -> _SendWatch:
-    per_timeout = _watches.setdefault(loop, {})
-    watch = per_timeout.get(timeout)
-    if watch is None:
-        watch = per_timeout[timeout] = _SendWatch(loop, timeout)
-    return watch
 
 
 #: The scope key of the list a :class:`LogStream` leaves itself in for :class:`StreamHost`.
@@ -115,63 +66,6 @@ class StreamHost:
         await self.app(scope, receive, send)
         if hosted:
             await hosted[0].serve(receive, send)
-
-
-class _DisconnectWatch:
-    """Reads ``receive`` until ``http.disconnect``, then calls ``on_end(None)`` once.
-
-    A task per stream waiting in ``receive()`` (the task, its frame, its entry in the loop's
-    task set) was the dearest object of an idle connection after the middleware chain. An
-    ASGI server's ``receive()`` awaits futures (uvicorn, httpx's transport), so the coroutine
-    is stepped here from its futures' done-callbacks, as a task would step it. If ``receive``
-    raises instead, ``on_end`` gets the error (also kept in ``error``).
-    """
-
-    __slots__ = ("_coro", "_loop", "_on_end", "_receive", "error")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        receive: Receive,
-        on_end: Callable[[BaseException | None], None],
-    ) -> None:
-        self._loop = loop
-        self._receive = receive
-        self._on_end = on_end
-        self.error: BaseException | None = None
-        self._coro: Coroutine[Any, Any, Message] | None = receive()  # type: ignore[assignment]
-        self._step(None)
-
-    def _step(self, _: object) -> None:
-        while (coro := self._coro) is not None:
-            try:
-                waiting = coro.send(None)
-            except StopIteration as stop:
-                if stop.value["type"] == "http.disconnect":
-                    self._end(None)
-                else:  # the request body (already read by the route): read on
-                    self._coro = self._receive()  # type: ignore[assignment]
-                continue
-            except (Exception, asyncio.CancelledError) as exc:
-                self._end(exc)
-                continue
-            if waiting is None:  # a bare yield: run again on the next loop iteration
-                self._loop.call_soon(self._step, None)
-            else:
-                waiting._asyncio_future_blocking = False
-                waiting.add_done_callback(self._step)
-            return
-
-    def _end(self, error: BaseException | None) -> None:
-        self._coro = None
-        self.error = error
-        self._on_end(error)
-
-    def close(self) -> None:
-        """Stop reading (the receive coroutine is closed where it waits)."""
-        coro, self._coro = self._coro, None
-        if coro is not None:
-            coro.close()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,7 +139,7 @@ class LogStream:
         self._pumping: asyncio.Task[object] | None = None
         self._stopped = False
         self._disconnected = False
-        self._watch = _send_watch(self._loop, settings.send_timeout)
+        self._watch = send_watch(self._loop, settings.send_timeout)
         self._slow = False
         self._head = b""  # written before the next chunk (``_pump``'s retry line)
         self._ended = False  # the last chunk went out with the finish (one write for both)
@@ -272,7 +166,7 @@ class LogStream:
         self.metrics.active_streams.inc()
         self.metrics.streams_total.inc()
         self._pumping = asyncio.current_task()
-        reading = _DisconnectWatch(self._loop, receive, self._on_receive_end)
+        reading = DisconnectWatch(self._loop, receive, self._on_receive_end)
         self._watch.opened()
         try:
             if self.draining is not None:
@@ -328,7 +222,7 @@ class LogStream:
         return task.uncancel() if task is not None else 0
 
     async def _send(self, send: Send, body: bytes, more_body: bool = True) -> None:
-        """Send one chunk under the send time limit (kept by the loop's :class:`_SendWatch`);
+        """Send one chunk under the send time limit (kept by the loop's ``SendWatch``);
         ``more_body=False`` sends it with the end of the response, in one write."""
         if self._head:
             body = self._with_head(body)
@@ -358,7 +252,7 @@ class LogStream:
     async def _pump(self, send: Send) -> None:
         """Replay, then tail; a heartbeat whenever nothing was sent for ``heartbeat_interval``.
 
-        Caught up with a log this process writes, the stream parks on it (:class:`_Live`): the
+        Caught up with a log this process writes, the stream parks on it (``_stepping.Live``): the
         appender writes each new frame, and this task wakes only for a heartbeat, the end, or a
         send that has to wait for the client.
 
@@ -387,7 +281,7 @@ class LogStream:
             wait = max(0.0, min(ping_at, deadline) - now)
             log = store.live_log(task_id, cursor) if wait > 0 else None
             if log is not None:
-                live = _Live(self, send, cursor)
+                live = Live(self, send, cursor)
                 try:
                     await log.park(live.push, wait)
                 except BaseException:
@@ -456,90 +350,6 @@ class LogStream:
         sending = self._watch.sending
         sending[self] = self._loop.time()
         try:
-            await _Resume(coro, waiting)
+            await Resume(coro, waiting)
         finally:
             sending.pop(self, None)
-
-
-class _Live:
-    """One park of a caught-up :class:`LogStream` on its task's log (``LocalLog.park``).
-
-    ``push`` runs in the appender, once per message: it writes the frame to uvicorn's transport
-    (``_direct``), or else starts the ASGI send of the frame and steps it once. A server's send
-    returns without waiting unless the client's buffer is full; then the started send is left
-    in ``waiting`` for the stream's task to finish (under the send limit), and pushing ends. So
-    the appender never waits for a client, and frames go out in order: nothing else sends while
-    the stream is parked. The finish is not pushed: it ends the park, and the stream's task
-    sends it with the end of the response (one write for both).
-    """
-
-    __slots__ = ("cursor", "cycle", "error", "finish", "send", "sent_at", "stream", "waiting")
-
-    def __init__(self, stream: LogStream, send: Send, cursor: int) -> None:
-        self.stream = stream
-        self.send = send
-        self.cycle = direct_cycle(send)  # uvicorn's, to write frames without ``send``
-        self.cursor = cursor
-        self.sent_at: float | None = None
-        self.finish: bytes | None = None  # the finish's frame, for the stream's task to send
-        self.error: BaseException | None = None
-        self.waiting: tuple[Coroutine[Any, Any, None], Any] | None = None
-
-    def push(self, message: StoredMessage) -> bool:
-        stream = self.stream
-        if stream._stopped or message.seq != self.cursor + 1:
-            return False
-        self.cursor = message.seq
-        frame = message.frame
-        if message.finish:
-            self.finish = frame
-            return False
-        if stream._head:  # the first chunk of the response
-            frame = stream._with_head(frame)
-        if self.cycle is not None and write_chunk(self.cycle, frame):
-            self.sent_at = stream._loop.time()
-            return True
-        body = {"type": "http.response.body", "body": frame, "more_body": True}
-        coro: Coroutine[Any, Any, None] = self.send(body)  # type: ignore[assignment]
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            self.sent_at = stream._loop.time()
-            return True
-        except BaseException as exc:  # raised in the stream's task instead
-            self.error = exc
-            return False
-        self.waiting = (coro, waiting)
-        return False
-
-    def close(self) -> None:
-        """The stream ends without finishing a waiting send (it was cancelled)."""
-        if self.waiting is not None:
-            self.waiting[0].close()
-            self.waiting = None
-
-
-class _Resume:
-    """Await a coroutine that was started elsewhere and is suspended on ``waiting``."""
-
-    __slots__ = ("_coro", "_waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self._coro = coro
-        self._waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, waiting = self._coro, self._waiting
-        while True:
-            try:
-                value = yield waiting
-            except BaseException as exc:  # delivered to the coroutine
-                try:
-                    waiting = coro.throw(exc)
-                except StopIteration:
-                    return
-                continue
-            try:
-                waiting = coro.send(value)
-            except StopIteration:
-                return

@@ -16,7 +16,8 @@ from starlette.types import Message
 
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import TaskStatus
-from gateway.routes.sse import LogStream, StreamSettings, _DisconnectWatch
+from gateway.routes._stepping import DisconnectWatch
+from gateway.routes.sse import LogStream, StreamSettings
 from gateway.security import SecurityMiddleware
 from gateway.store import MemoryStore
 from gateway.tasks import TaskContext, TaskRegistry
@@ -358,7 +359,7 @@ async def test_the_disconnect_watch_steps_receive_as_a_task_would() -> None:
         ends.append(error)
         ended.set()
 
-    watch = _DisconnectWatch(loop, receive, on_end)
+    watch = DisconnectWatch(loop, receive, on_end)
     for _ in range(5):
         await asyncio.sleep(0)  # let it read the body and park on the event
     assert ends == []
@@ -372,7 +373,7 @@ async def test_the_disconnect_watch_steps_receive_as_a_task_would() -> None:
         raise RuntimeError("receive broke")
 
     ended.clear()
-    watch = _DisconnectWatch(loop, failing, on_end)
+    watch = DisconnectWatch(loop, failing, on_end)
     with anyio.fail_after(5):
         await ended.wait()
     assert isinstance(ends[-1], RuntimeError) and watch.error is ends[-1]
