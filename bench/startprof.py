@@ -52,7 +52,7 @@ class GatewayThread:
         from bench.gateway_server import serve  # after the environment is set
 
         with contextlib.suppress(RuntimeError):  # stopped by ``stop``
-            self.loop.run_until_complete(serve(self.port, 0))
+            self.loop.run_until_complete(serve(self.port))
 
     def stop(self) -> None:
         """Stop the gateway's loop (before Redis and the upstream go away)."""
