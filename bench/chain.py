@@ -28,7 +28,8 @@ import gc
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
+from typing import Any
 
 import uvloop
 
@@ -101,7 +102,7 @@ class _Relay:
         self.pipe: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[None] | None = None
 
-    async def send(self, message: dict[str, object]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         """The reader's ASGI ``send``: a body as its HTTP chunk, as uvicorn writes it."""
         body = message.get("body", b"")
         if isinstance(body, bytes) and body:

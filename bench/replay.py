@@ -73,7 +73,9 @@ async def herd(gateway: Child, task_id: str, readers: int) -> dict[str, float]:
 
 async def run(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     env = {"ECHO_TOKEN_DELAY_MS": "0"}
-    gateways = [_start_gateway(str(i), Path(tree), env) for i, tree in enumerate(args.trees)]
+    gateways = [
+        _start_gateway(str(i), Path(tree), env, 1, None) for i, tree in enumerate(args.trees)
+    ]
     results: dict[str, list[dict[str, Any]]] = {tree: [] for tree in args.trees}
     try:
         for gateway in gateways:
