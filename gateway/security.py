@@ -1,4 +1,4 @@
-"""API keys, task ownership, a per-client rate limit and request size limits, as one middleware.
+"""API keys, a per-client rate limit and request size limits, as one middleware.
 
 ``install_security(app, settings)`` adds :class:`SecurityMiddleware` inside the CORS middleware
 (so CORS preflights never need a key and a 401 still carries CORS headers). Per request:
@@ -11,17 +11,15 @@
    ``Retry-After``. The buckets are the store's (``store.limits``): in Redis with ``RedisStore``,
    one script call per request, so N replicas together grant the configured rate.
 4. With auth on, the key's name goes to the route as ``request.state.api_key_name``
-   (:func:`key_name`); tasks belong to the name that created them: another name gets 404 on
-   ``/api/tasks/{id}/...``; listings are the store's, asked for that name's tasks only
-   (``list_tasks(owned_by=…)`` in the route), so a page is never short. Keys that share a name share
-   their tasks (key rotation).
+   (:func:`key_name`). Keys that share a name share their tasks (key rotation).
 5. The body is counted as it streams (chunked bodies included): over the limit → 413.
 
-Ownership is decided where a task is created, not here: the submitting route scopes its
-``Idempotency-Key`` or compat ``requestId`` by the key name (:func:`scoped_key`), so another
-name can never reach an existing task through it, and records the owner only of a task that
-submission created (:func:`record_owner`), so an owner never changes. Owners live in
-:class:`TaskNotes`, small per-task side records kept by the store and expiring with the task.
+Which tasks a name may see is not decided here but by the task's record: a task's ``tenant``
+(the name that created it) is written with it by ``TaskManager.submit`` and never changes;
+the routes read a task through ``store.get_for(id, name)`` and list through
+``store.list_tasks(tenant=name)``, so another name's task is a 404, as an unknown one, and a
+listing page is never short. A submission's ``Idempotency-Key`` or compat ``requestId`` is
+scoped by the name (:func:`scoped_key`), so another name never reaches a task through it.
 """
 
 from __future__ import annotations
@@ -31,8 +29,7 @@ import hashlib
 import logging
 import math
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -44,17 +41,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway._env import env_number
 from gateway.errors import error_response
 from gateway.protocol import parse_decimal
-from gateway.store import StreamStore
 
 __all__ = [
     "SecurityMiddleware",
     "SecuritySettings",
-    "TaskNotes",
     "install_security",
     "key_name",
-    "record_owner",
     "scoped_key",
-    "task_notes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,8 +57,6 @@ OPEN_PATHS = frozenset(
 )
 """Paths served without a key: health, metrics, the OpenAPI document and the A2A agent card
 (a client reads the card to learn that it needs a key)."""
-_TASK_PATH = re.compile(r"^/api/tasks/([^/]+)(?:/.*)?$")  # the task and all below it
-_NOT_FOUND = "no task with that id (unknown or expired)"
 
 
 def _digest(key: str) -> str:
@@ -145,40 +136,6 @@ class SecuritySettings:
         return None
 
 
-# -- per-task side records ---------------------------------------------------------------------
-class TaskNotes:
-    """Small string records per task and kind (``owner``, ``webhook``), kept by the store
-    beside the task (so they expire with it and follow it across replicas)."""
-
-    def __init__(self, store: StreamStore, ttl: float) -> None:
-        self.ttl = max(1, int(ttl))
-        self._store = store
-
-    async def set(self, task_id: str, kind: str, fields: Mapping[str, str]) -> None:
-        """Merge ``fields`` into the record and restart its expiry."""
-        await self._store.annotate(task_id, kind, fields, self.ttl)
-
-    async def get(self, task_id: str, kind: str) -> dict[str, str]:
-        """The record (empty when there is none)."""
-        return (await self.get_many([task_id], kind))[0]
-
-    async def get_many(self, task_ids: Sequence[str], kind: str) -> list[dict[str, str]]:
-        """The records of ``task_ids``, in order."""
-        return await self._store.annotations(task_ids, kind)
-
-
-def task_notes(app: Starlette) -> TaskNotes:
-    """The app's :class:`TaskNotes` (made on first use, over ``app.state.store``)."""
-    notes: TaskNotes | None = getattr(app.state, "task_notes", None)
-    if notes is None:
-        settings = getattr(app.state, "settings", None)
-        ttl = 86_400 * 2.0
-        if settings is not None:
-            ttl = settings.result_ttl + settings.task_timeout + 3600
-        notes = app.state.task_notes = TaskNotes(app.state.store, ttl)
-    return notes
-
-
 # -- ownership ---------------------------------------------------------------------------------
 _KEY_NAME = "api_key_name"
 
@@ -196,23 +153,6 @@ def scoped_key(name: str, key: str) -> str:
     neither the key nor the name appears in the store.
     """
     return hashlib.sha256(name.encode() + b"\0" + key.encode()).hexdigest()
-
-
-async def record_owner(request: Request, task_id: str, created: bool) -> None:
-    """Make the caller's key name the owner of ``task_id``, which it just submitted.
-
-    Nothing happens with auth off. A created task gets its owner here, before its id reaches
-    the client. A submission that found an existing task (``created`` false) reached it
-    through a key scoped to this same name, so it only fills an owner that is missing (the
-    process died between the create and this write) and never changes one.
-    """
-    name = key_name(request)
-    if name is None:
-        return
-    notes = task_notes(request.app)
-    if not created and (await notes.get(task_id, "owner")).get("name"):
-        return
-    await notes.set(task_id, "owner", {"name": name})
 
 
 # -- the middleware ----------------------------------------------------------------------------
@@ -260,10 +200,6 @@ class SecurityMiddleware:
                     return
         if name is not None:
             scope = {**scope, "state": {**scope.get("state", {}), _KEY_NAME: name}}
-            refusal = await _refuse_others_task(app, path, name)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
         if "content-length" not in headers and "transfer-encoding" not in headers:
             # No body (a GET, an SSE stream): nothing to limit, no wrappers on every frame.
             await self.app(scope, receive, send)
@@ -327,21 +263,6 @@ def _authenticate(
         challenge = {"WWW-Authenticate": 'Bearer realm="agent-gateway", error="invalid_token"'}
         return None, error_response(401, "unauthorized", "the API key is not valid", challenge)
     return name, None
-
-
-async def _refuse_others_task(app: Starlette, path: str, name: str) -> Response | None:
-    """A 404 for a request to one task (``/api/tasks/{id}/...``) that ``name`` does not own.
-
-    Listings are scoped by the route, which asks the store for ``name``'s tasks only;
-    submissions by :func:`scoped_key` and :func:`record_owner`, used by the routes.
-    """
-    match = _TASK_PATH.match(path)
-    if match is None:
-        return None
-    owner = await task_notes(app).get(match.group(1), "owner")
-    if owner.get("name") != name:  # the same answer as for an unknown id: no oracle
-        return error_response(404, "not_found", _NOT_FOUND)
-    return None
 
 
 # -- installation ------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from gateway._env import env_number
 from gateway.errors import error_response
 from gateway.outbox import Attempt, OutboxSender
 from gateway.protocol import TaskRecord, now_ms, parse_decimal, task_snapshot
+from gateway.security import key_name
 from gateway.ssrf import (
     Resolver,
     Target,
@@ -275,7 +276,7 @@ class WebhookDispatcher:
 async def webhook_status(request: Request) -> Response:
     """``GET /api/tasks/{id}/webhook``: the delivery record of a task with a ``callbackUrl``."""
     task_id = request.path_params["task_id"]
-    record = await request.app.state.store.get(task_id)
+    record = await request.app.state.store.get_for(task_id, key_name(request))
     if record is None or not record.request.get("callbackUrl"):
         return error_response(404, "not_found", "no task with a callbackUrl has that id")
     dispatcher: WebhookDispatcher = request.app.state.webhooks

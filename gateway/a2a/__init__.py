@@ -51,12 +51,12 @@ from starlette.routing import Route
 
 from gateway._env import env_number
 from gateway.a2a import _log
+from gateway.a2a._notes import task_notes
 from gateway.a2a.card import build_card, card_endpoint
 from gateway.a2a.handler import GatewayRequestHandler
 from gateway.a2a.push import NOTE, PushConfigs
 from gateway.a2a.route import JsonRpcEndpoint
 from gateway.protocol import TaskRecord
-from gateway.security import task_notes
 
 CARD_PATH = AGENT_CARD_WELL_KNOWN_PATH
 """Where the agent card is served (open: no API key needed)."""

@@ -12,9 +12,9 @@ from a2a.types import ListTasksRequest, ListTasksResponse, TaskState
 from a2a.utils.errors import InvalidParamsError
 
 from gateway.a2a import _log
+from gateway.a2a._notes import TaskNotes
 from gateway.a2a._project import STATES
 from gateway.protocol import TaskRecord, TaskStatus
-from gateway.security import TaskNotes
 from gateway.store import StreamStore
 
 SCAN_LIMIT = 10_000
@@ -26,12 +26,12 @@ _BY_STATE = {state: status for status, state in STATES.items()}
 
 
 async def _scan(
-    store: StreamStore, status: TaskStatus | None, owner: str | None
+    store: StreamStore, status: TaskStatus | None, tenant: str | None
 ) -> list[TaskRecord]:
     records: list[TaskRecord] = []
     cursor: str | None = None
     while len(records) < SCAN_LIMIT:
-        page, cursor = await store.list_tasks(status, SCAN_BATCH, cursor, owned_by=owner)
+        page, cursor = await store.list_tasks(status, SCAN_BATCH, cursor, tenant=tenant)
         records.extend(page)
         if cursor is None:
             break

@@ -15,10 +15,10 @@ from a2a.server.events import Event
 from a2a.types import Message, Task
 from google.protobuf.json_format import MessageToJson, ParseDict
 
+from gateway.a2a._notes import TaskNotes
 from gateway.a2a._project import Projection
 from gateway.protocol import TaskRecord
 from gateway.protocol.compaction import PieceJoiner
-from gateway.security import TaskNotes
 from gateway.store import StreamStore, replay
 
 NOTE = "a2a"

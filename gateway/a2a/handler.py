@@ -46,12 +46,13 @@ from starlette.requests import Request
 
 from gateway.a2a import _log
 from gateway.a2a._listing import list_tasks
+from gateway.a2a._notes import task_notes
 from gateway.a2a.push import PushConfigs
 from gateway.protocol import AgentRequest, TaskRecord
 from gateway.routes.errors import ApiError
 from gateway.routes.sse import StreamSettings
 from gateway.routes.tasks import submit
-from gateway.security import key_name, task_notes
+from gateway.security import key_name
 from gateway.store import TaskNotFound
 from gateway.tasks import TaskManager
 
@@ -92,14 +93,10 @@ class GatewayRequestHandler(RequestHandler):
     async def record(self, context: ServerCallContext, task_id: str) -> TaskRecord:
         """The task ``task_id`` if the caller may see it, else ``TaskNotFoundError``."""
         request = _request(context)
-        record = await request.app.state.store.get(task_id) if task_id else None
+        store = request.app.state.store
+        record = await store.get_for(task_id, key_name(request)) if task_id else None
         if record is None:
             raise TaskNotFoundError
-        name = key_name(request)
-        if name is not None:
-            owner = await task_notes(request.app).get(task_id, "owner")
-            if owner.get("name") != name:
-                raise TaskNotFoundError
         return record
 
     async def _snapshot(

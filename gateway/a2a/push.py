@@ -25,9 +25,9 @@ from a2a.utils.errors import InvalidParamsError
 from google.protobuf.json_format import MessageToDict, MessageToJson, Parse
 from starlette.datastructures import State
 
+from gateway.a2a._notes import TaskNotes
 from gateway.outbox import Attempt
 from gateway.protocol import TaskRecord
-from gateway.security import TaskNotes
 from gateway.store import StreamStore
 from gateway.webhooks import WebhookDispatcher
 

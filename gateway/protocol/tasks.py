@@ -91,6 +91,10 @@ class TaskRecord:
     last_seq: int = 0
     result: str | None = None
     request: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The name of the API key that created the task (``None`` with auth off): the one caller
+    # who may see it (DESIGN §10). Written with the record, never changed.
+    tenant: str | None = None
+    # The replica holding the task's lease, and until when.
     owner: str | None = None
     lease_until: int | None = None
     attempts: int = 0

@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.agents.files import file_name_problem
 from gateway.agents.tools import tool_request_id
 from gateway.routes.errors import ApiError
+from gateway.security import key_name
 from gateway.tasks import TaskManager
 from gateway.upstream import ToolServiceClient, UpstreamError, UpstreamHTTPError
 
@@ -123,7 +124,7 @@ async def _serve(request: Request, *, preview: bool) -> Response:
     if problem is not None:
         raise ApiError(400, "bad_request", problem)
     manager: TaskManager = request.app.state.manager
-    if await manager.store.get(task_id) is None:
+    if await manager.store.get_for(task_id, key_name(request)) is None:
         raise ApiError(404, "not_found", "no task with that id (unknown or expired)")
     stack = contextlib.AsyncExitStack()  # closed by the response, however it ends
     try:

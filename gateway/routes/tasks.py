@@ -15,7 +15,7 @@ from gateway.protocol import task_snapshot as snapshot
 from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
-from gateway.security import key_name, record_owner, scoped_key, task_notes
+from gateway.security import key_name, scoped_key
 from gateway.store import IdempotencyKeyReused, TaskNotFound, replay
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
 
@@ -81,8 +81,8 @@ async def submit(
 
     ``key`` (an ``Idempotency-Key``, or the compat endpoints' ``requestId`` under
     ``key_label``) is scoped to the caller's API key name, so another key never reaches the
-    task it names; reused for a different request it is refused (422). The caller becomes the
-    owner of a task this submission created.
+    task it names; reused for a different request it is refused (422). The caller is the
+    tenant of a task this submission creates, written with its record.
     """
     if key is not None and not (0 < len(key) <= 256):
         raise ApiError(400, "bad_request", f"{key_label} must be 1 to 256 characters")
@@ -90,7 +90,7 @@ async def submit(
     if key is not None and name is not None:
         key = scoped_key(name, key)
     try:
-        record, created = await _manager(request).submit(agent_request, key)
+        record, _ = await _manager(request).submit(agent_request, key, tenant=name)
     except UnknownAgentType as exc:
         raise ApiError(422, "invalid_request", str(exc)) from exc
     except QueueFull as exc:
@@ -98,7 +98,6 @@ async def submit(
     except IdempotencyKeyReused as exc:
         message = f"this {key_label} was already used for a different request"
         raise ApiError(422, "idempotency_key_reused", message) from exc
-    await record_owner(request, record.task_id, created)
     return record
 
 
@@ -133,7 +132,9 @@ async def create_task(request: Request) -> Response:
 
 
 async def _record(request: Request) -> TaskRecord:
-    record = await _manager(request).store.get(request.path_params["task_id"])
+    """The task the path names, if the caller may see it (else 404, as for an unknown id)."""
+    store = _manager(request).store
+    record = await store.get_for(request.path_params["task_id"], key_name(request))
     if record is None:
         raise ApiError(404, "not_found", "no task with that id (unknown or expired)")
     return record
@@ -189,7 +190,9 @@ async def get_task(request: Request) -> Response:
 async def cancel_task(request: Request) -> Response:
     """``POST /api/tasks/{id}/cancel``: idempotent; answers once the stop is confirmed."""
     try:
-        record = await _manager(request).cancel(request.path_params["task_id"])
+        record = await _manager(request).cancel(
+            request.path_params["task_id"], tenant=key_name(request)
+        )
     except TaskNotFound as exc:
         raise ApiError(404, "not_found", "no task with that id (unknown or expired)") from exc
     return json_response(snapshot(record), 200 if record.terminal else 202)
@@ -203,11 +206,8 @@ async def list_tasks(request: Request) -> Response:
         ids = [i for i in params["ids"].split(",") if i]
         if not ids or len(ids) > MAX_LIST_LIMIT:
             raise ApiError(400, "bad_request", f"ids must list 1 to {MAX_LIST_LIMIT} task ids")
-        records = await store.get_many(ids)
-        name = key_name(request)
-        if name is not None:  # another key's tasks are reported missing, as unknown ids are
-            owners = await task_notes(request.app).get_many([r.task_id for r in records], "owner")
-            records = [r for r, o in zip(records, owners, strict=True) if o.get("name") == name]
+        # Another key's tasks are reported missing, as unknown ids are.
+        records = await store.only_tenant(await store.get_many(ids), key_name(request))
         found = {r.task_id for r in records}
         return json_response(
             {"tasks": [snapshot(r) for r in records], "missing": [i for i in ids if i not in found]}
@@ -222,7 +222,7 @@ async def list_tasks(request: Request) -> Response:
     limit = _int_param(params.get("limit"), "limit", 50, 1, MAX_LIST_LIMIT)
     try:
         records, cursor = await store.list_tasks(
-            status, limit, params.get("cursor") or None, owned_by=key_name(request)
+            status, limit, params.get("cursor") or None, tenant=key_name(request)
         )
     except ValueError as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from exc

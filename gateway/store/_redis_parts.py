@@ -86,6 +86,7 @@ def _record(fields: dict[bytes, bytes]) -> TaskRecord:
         last_seq=int(fields.get(b"lastSeq", b"0")),
         result=result.decode() if result is not None else None,
         request=orjson.loads(fields.get(b"request", b"{}")),
+        tenant=fields[b"tenant"].decode() if b"tenant" in fields else None,
         owner=fields[b"owner"].decode() if fields.get(b"owner") else None,
         lease_until=_opt_int(fields.get(b"leaseUntil")),
         attempts=int(fields.get(b"attempts", b"0")),

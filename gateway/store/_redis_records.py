@@ -60,6 +60,8 @@ class RecordsMixin(RedisCore):
             *("status", record.status.value, "createdAt", record.created_at, "lastSeq", 0),
             *("request", orjson.dumps(record.request), "score", repr(score)),
         )
+        if record.tenant is not None:
+            hset += ("tenant", record.tenant)
         if claim is not None:
             hset += ("owner", record.owner, "leaseUntil", record.lease_until)
             hset += ("startedAt", record.started_at)
@@ -121,7 +123,7 @@ class RecordsMixin(RedisCore):
         limit: int,
         cursor: str | None,
         *,
-        owned_by: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         await self._indexes_settled()
         key = self._k.index(status) if status is not None else self._k.all
@@ -135,12 +137,13 @@ class RecordsMixin(RedisCore):
             if not rows:
                 break
             records = await self._get_all([m for _, m in rows])
-            owners = await self._owners([m for _, m in rows], owned_by)
+            live = [rec for rec in records if rec is not None]
+            visible = {r.task_id for r in await self.only_tenant(live, tenant)}
             stale = []
-            for (score, member), rec, owner in zip(rows, records, owners, strict=True):
+            for (score, member), rec in zip(rows, records, strict=True):
                 if rec is None:
                     stale.append(member)
-                elif (status is None or rec.status is status) and owner == owned_by:
+                elif (status is None or rec.status is status) and member in visible:
                     found.append((score, rec))
             if stale:
                 await self._commands([("ZREM", key, *stale)])
@@ -149,13 +152,6 @@ class RecordsMixin(RedisCore):
         more = len(found) > limit
         next_cursor = encode_cursor(page[-1][0], page[-1][1].task_id) if more else None
         return [rec for _, rec in page], next_cursor
-
-    async def _owners(self, task_ids: list[str], owned_by: str | None) -> list[str | None]:
-        """The owner names of ``task_ids`` when a listing asks for ``owned_by`` (else ``None``
-        each, which matches a listing that does not ask)."""
-        if owned_by is None:
-            return [None] * len(task_ids)
-        return [note.get("name") for note in await self.annotations(task_ids, "owner")]
 
     async def _get_all(self, task_ids: list[str]) -> list[TaskRecord | None]:
         if not task_ids:

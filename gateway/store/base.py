@@ -30,6 +30,9 @@ from gateway.store._limits import Limits
 from gateway.store._log import LocalLog
 from gateway.store._outbox import Outbox
 
+LEGACY_OWNER_NOTE = "owner"
+"""The note in which earlier releases kept a task's tenant (read, never written now)."""
+
 
 class StoreError(GatewayError):
     """Root of the store's errors."""
@@ -177,6 +180,34 @@ class StreamStore(abc.ABC):
         records = [await self.get(task_id) for task_id in task_ids]
         return [r for r in records if r is not None]
 
+    async def get_for(self, task_id: str, tenant: str | None) -> TaskRecord | None:
+        """The record if the caller ``tenant`` (an API key name) may see it, else ``None`` —
+        for another tenant's task as for a missing one (DESIGN §10). With ``tenant`` ``None``
+        (auth off) every task is visible."""
+        record = await self.get(task_id)
+        if record is None or tenant is None:
+            return record
+        return record if (await self.tenants_of([record]))[0] == tenant else None
+
+    async def only_tenant(
+        self, records: Sequence[TaskRecord], tenant: str | None
+    ) -> list[TaskRecord]:
+        """Those of ``records`` that ``tenant`` may see (all of them with ``tenant`` ``None``)."""
+        if tenant is None:
+            return list(records)
+        tenants = await self.tenants_of(records)
+        return [r for r, t in zip(records, tenants, strict=True) if t == tenant]
+
+    async def tenants_of(self, records: Sequence[TaskRecord]) -> list[str | None]:
+        """Each record's tenant. Earlier releases kept it in an ``owner`` note beside the task,
+        not in its record: for a record without one the note is read (one batch, and only
+        while such tasks live: at most ``result_ttl`` after an upgrade)."""
+        older = [r.task_id for r in records if r.tenant is None]
+        if not older:
+            return [r.tenant for r in records]
+        notes = dict(zip(older, await self.annotations(older, LEGACY_OWNER_NOTE), strict=True))
+        return [r.tenant or notes[r.task_id].get("name") for r in records]
+
     @abc.abstractmethod
     async def list_tasks(
         self,
@@ -184,12 +215,12 @@ class StreamStore(abc.ABC):
         limit: int,
         cursor: str | None,
         *,
-        owned_by: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         """Newest first; returns a page and the cursor of the next page (``None`` at the end).
 
-        With ``owned_by``, only the tasks whose ``owner`` note (see :meth:`annotate`) names
-        it: the page is filled with those, so it holds ``limit`` tasks unless it is the last.
+        With ``tenant``, only the tasks that tenant may see (:meth:`only_tenant`): the page is
+        filled with those, so it holds ``limit`` tasks unless it is the last.
         """
 
     @abc.abstractmethod

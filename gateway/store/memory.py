@@ -151,7 +151,7 @@ class MemoryStore(StreamStore):
         limit: int,
         cursor: str | None,
         *,
-        owned_by: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         entries = sorted(
             (e for e in list(self._tasks.values()) if self._live(e.record.task_id)),
@@ -160,10 +160,10 @@ class MemoryStore(StreamStore):
         )
         if status is not None:
             entries = [e for e in entries if e.record.status is status]
-        if owned_by is not None:
-            ids = [e.record.task_id for e in entries]
-            owners = await self.annotations(ids, "owner")
-            entries = [e for e, o in zip(entries, owners, strict=True) if o.get("name") == owned_by]
+        if tenant is not None:
+            visible = await self.only_tenant([e.record for e in entries], tenant)
+            seen = {r.task_id for r in visible}
+            entries = [e for e in entries if e.record.task_id in seen]
         if cursor is not None:
             after = decode_cursor(cursor)
             entries = [e for e in entries if (e.score, e.record.task_id) < after]

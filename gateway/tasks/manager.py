@@ -87,9 +87,16 @@ class TaskManager:
 
     # -- submission -----------------------------------------------------------------------
     async def submit(
-        self, request: AgentRequest, idempotency_key: str | None = None
+        self,
+        request: AgentRequest,
+        idempotency_key: str | None = None,
+        *,
+        tenant: str | None = None,
     ) -> tuple[TaskRecord, bool]:
-        """Create and enqueue a task; the same ``idempotency_key`` returns the same task."""
+        """Create and enqueue a task; the same ``idempotency_key`` returns the same task.
+
+        ``tenant`` (the caller's API key name) is written with the record: the task is that
+        caller's alone from its first write (DESIGN §10)."""
         if request.agent_type not in self.registry:
             raise UnknownAgentType(
                 f"agentType {request.agent_type} is not one of {self.registry.agent_types}"
@@ -108,6 +115,7 @@ class TaskManager:
             query=request.query,
             created_at=now_ms(),
             request=request.model_dump(mode="json", by_alias=True, exclude_none=True),
+            tenant=tenant,
         )
         if not local:  # the store counts the queued tasks with the create: for all replicas
             try:
@@ -131,13 +139,16 @@ class TaskManager:
         return record, created
 
     # -- cancellation ---------------------------------------------------------------------
-    async def cancel(self, task_id: str, *, wait: bool = True) -> TaskRecord:
+    async def cancel(
+        self, task_id: str, *, wait: bool = True, tenant: str | None = None
+    ) -> TaskRecord:
         """Stop a task wherever it runs; returns the snapshot once the stop is confirmed.
 
         Idempotent: a finished task's snapshot is returned unchanged. If the owner does not
         confirm within ``cancel_wait`` seconds, the current (still RUNNING) snapshot is returned.
+        With ``tenant``, another tenant's task is :class:`TaskNotFound`, as a missing one.
         """
-        record = await self.store.get(task_id)
+        record = await self.store.get_for(task_id, tenant)
         if record is None:
             raise TaskNotFound(task_id)
         if record.terminal:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -14,6 +14,7 @@ import pytest
 from gateway.app import create_app
 from gateway.security import SecuritySettings, install_security, parse_api_keys
 from gateway.settings import Settings
+from gateway.store import MemoryStore, StoreUnavailable, StreamStore
 from tests.gateway.support import read_sse
 from tests.helpers import ThreadedServer, client_of, serve_app
 
@@ -33,7 +34,10 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
 
 @contextlib.contextmanager
 def secured(
-    security: SecuritySettings, redis_url: str | None = None, **overrides: Any
+    security: SecuritySettings,
+    redis_url: str | None = None,
+    store: StreamStore | None = None,
+    **overrides: Any,
 ) -> Iterator[ThreadedServer]:
     """A gateway with ``install_security`` applied (a no-op re-configuration once wired)."""
     fields = {
@@ -42,7 +46,7 @@ def secured(
         **overrides,
     }
     settings = dataclasses.replace(Settings.from_env({}), redis_url=redis_url, **fields)
-    app = create_app(settings)
+    app = create_app(settings, store)
     install_security(app, security)
     with serve_app(app) as server:
         yield server
@@ -109,6 +113,8 @@ async def test_a_task_is_visible_only_to_the_key_name_that_made_it(store_url: st
                 await client.get(f"/api/tasks/{task_id}/events", headers=BOB),
                 await client.post(f"/api/tasks/{task_id}/cancel", headers=BOB),
                 await client.get(f"/api/tasks/{task_id}/webhook", headers=BOB),
+                await client.get(f"/api/tasks/{task_id}/files/report.md", headers=BOB),
+                await client.get(f"/api/tasks/{task_id}/preview/report.md", headers=BOB),
             ]
             bob_task = (await client.post("/api/tasks", json=body, headers=BOB)).json()["taskId"]
             alice_list = (await client.get("/api/tasks", headers=ALICE)).json()
@@ -127,6 +133,29 @@ async def test_a_task_is_visible_only_to_the_key_name_that_made_it(store_url: st
     assert batch.status_code == 200
     assert [t["taskId"] for t in batch.json()["tasks"]] == [bob_task]
     assert batch.json()["missing"] == [task_id]
+
+
+class NotesDown(MemoryStore):
+    """A store that keeps records and logs but cannot write the notes kept beside a task."""
+
+    async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
+        raise StoreUnavailable("the notes are down")
+
+
+async def test_a_task_is_its_creator_s_from_the_write_that_creates_it() -> None:
+    # Who may see a task is part of its record, not a second write after it: nothing can
+    # leave a created task that nobody (or anybody) may read.
+    with secured(with_keys(), store=NotesDown(result_ttl=60)) as server:
+        async with client_of(server) as client:
+            created = await client.post("/api/tasks", json=ECHO, headers=ALICE)
+            task_id = created.json()["taskId"]
+            mine = await client.get(f"/api/tasks/{task_id}", headers=ALICE)
+            theirs = await client.get(f"/api/tasks/{task_id}", headers=BOB)
+            listed = (await client.get("/api/tasks", headers=ALICE)).json()
+    assert created.status_code == 202
+    assert mine.status_code == 200 and mine.json()["taskId"] == task_id
+    assert theirs.status_code == 404
+    assert [t["taskId"] for t in listed["tasks"]] == [task_id]
 
 
 async def test_a_listing_page_holds_limit_tasks_of_the_key_with_others_interleaved(

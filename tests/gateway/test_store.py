@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -496,3 +497,53 @@ async def test_annotations_merge_per_kind_and_are_read_in_order(store: StreamSto
     got = await store.annotations([task_id, "unknown"], "webhook")
     assert got == [{"attempts": "1", "status": "200"}, {}]
     assert await store.annotations([task_id], "owner") == [{"name": "alice"}]
+
+
+# -- tenants -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["queued", "claimed"])
+async def test_a_task_s_tenant_is_written_with_its_record_and_decides_who_sees_it(
+    store: StreamStore, how: str
+) -> None:
+    kwargs: dict[str, Any] = {"queue": True} if how == "queued" else {"claim": ("me", 10_000)}
+    alice, _ = await store.create(record(tenant="alice"), **kwargs)
+    bob, _ = await store.create(record(tenant="bob"), **kwargs)
+    assert (await store.get_for(alice.task_id, "alice")) == await store.get(alice.task_id)
+    assert (await store.get_for(alice.task_id, None)) is not None  # auth off: everyone
+    assert await store.get_for(alice.task_id, "bob") is None
+    assert await store.get_for("unknown", "alice") is None
+    page, _ = await store.list_tasks(None, 10, None, tenant="alice")
+    assert [r.task_id for r in page] == [alice.task_id]
+    both = await store.get_many([alice.task_id, bob.task_id])
+    assert [r.task_id for r in await store.only_tenant(both, "bob")] == [bob.task_id]
+    # Claiming and ending the task rewrite its record: the tenant stays.
+    if how == "queued":
+        assert await store.claim(alice.task_id, "me", 10_000) is not None
+    done = {"messageType": "result", "result": "done"}
+    await store.finish(alice.task_id, TaskStatus.COMPLETED, done, result="done")
+    ended = await store.get_for(alice.task_id, "alice")
+    assert ended is not None and ended.tenant == "alice" and ended.terminal
+
+
+async def test_another_replica_reads_the_tenant_from_the_record(
+    redis_kind: tuple[str, bool],
+) -> None:
+    url, cluster = redis_kind
+    async with replicas(url, cluster=cluster) as (store, other):
+        created, _ = await store.create(record(tenant="alice"), queue=True)
+        seen = await other.get(created.task_id)
+        assert seen is not None and seen.tenant == "alice"
+        assert await other.get_for(created.task_id, "bob") is None
+
+
+async def test_a_task_from_an_earlier_release_keeps_its_owner_note_s_tenant(
+    store: StreamStore,
+) -> None:
+    # Earlier releases wrote the record without a tenant and the name in an ``owner`` note.
+    older, _ = await store.create(record(), queue=True)
+    await store.annotate(older.task_id, "owner", {"name": "alice"}, 60)
+    unowned, _ = await store.create(record(), queue=True)
+    assert await store.get_for(older.task_id, "alice") is not None
+    assert await store.get_for(older.task_id, "bob") is None
+    assert await store.get_for(unowned.task_id, "alice") is None
+    page, _ = await store.list_tasks(None, 10, None, tenant="alice")
+    assert [r.task_id for r in page] == [older.task_id]
