@@ -28,9 +28,10 @@ READ_BATCH = 500
 TAIL_WAIT = 1.0
 
 
-async def remember(notes: TaskNotes, task_id: str, context_id: str, message: Message) -> None:
-    """Keep the A2A side of a new task (its context and the user's message) beside it."""
-    await notes.set(task_id, NOTE, {"contextId": context_id, "message": MessageToJson(message)})
+def first_note(context_id: str, message: Message) -> dict[str, str]:
+    """The A2A side of a new task (its context and the user's message): its ``NOTE``, written
+    with the task (``TaskNotes.extras``)."""
+    return {"contextId": context_id, "message": MessageToJson(message)}
 
 
 async def projection(store: StreamStore, notes: TaskNotes, record: TaskRecord) -> Projection:
@@ -127,4 +128,4 @@ async def events(
                 break
 
 
-__all__ = ["NOTE", "events", "projection", "remember", "snapshot"]
+__all__ = ["NOTE", "events", "first_note", "projection", "snapshot"]

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from starlette.applications import Starlette
 
-from gateway.store import StreamStore
+from gateway.store import StreamStore, TaskExtras
 
 __all__ = ["TaskNotes", "task_notes"]
 
@@ -19,6 +19,13 @@ class TaskNotes:
     def __init__(self, store: StreamStore, ttl: float) -> None:
         self.ttl = max(1, int(ttl))
         self._store = store
+
+    def extras(
+        self, notes: Mapping[str, Mapping[str, str]], deliveries: Sequence[str] = ()
+    ) -> TaskExtras:
+        """``notes`` (by kind) and outbox ``deliveries`` to write with a new task, in the
+        store's ``create`` (with this expiry, as :meth:`set` writes them)."""
+        return TaskExtras(notes=notes, note_ttl=self.ttl, deliveries=deliveries)
 
     async def set(self, task_id: str, kind: str, fields: Mapping[str, str]) -> None:
         """Merge ``fields`` into the record and restart its expiry."""

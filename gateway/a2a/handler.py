@@ -47,13 +47,14 @@ from starlette.requests import Request
 from gateway.a2a import _log
 from gateway.a2a._listing import list_tasks
 from gateway.a2a._notes import task_notes
+from gateway.a2a.push import NOTE as PUSH_NOTE
 from gateway.a2a.push import PushConfigs
-from gateway.protocol import AgentRequest, TaskRecord
+from gateway.protocol import AgentRequest, TaskRecord, new_task_id
 from gateway.routes.errors import ApiError
 from gateway.routes.sse import StreamSettings
 from gateway.routes.tasks import submit
 from gateway.security import key_name
-from gateway.store import TaskNotFound
+from gateway.store import TaskExtras, TaskNotFound
 from gateway.tasks import TaskManager
 
 REQUEST = "gateway.request"
@@ -105,6 +106,22 @@ class GatewayRequestHandler(RequestHandler):
         app = _request(context).app
         return await _log.snapshot(app.state.store, task_notes(app), record, history_length)
 
+    def _extras(self, request: Request, task_id: str, params: SendMessageRequest) -> TaskExtras:
+        """What a new task is written with (in the create's round trip, so no crash leaves it
+        without them): its A2A context and first message, and its push config if it has one."""
+        message = params.message
+        context_id = message.context_id or uuid.uuid5(uuid.NAMESPACE_URL, task_id).hex
+        stored = Message()
+        stored.CopyFrom(message)
+        stored.task_id, stored.context_id = task_id, context_id
+        notes = {_log.NOTE: _log.first_note(context_id, stored)}
+        deliveries = []
+        if params.configuration.HasField("task_push_notification_config"):
+            config = self.push.stored(task_id, params.configuration.task_push_notification_config)
+            notes[PUSH_NOTE] = self.push.note(config)
+            deliveries.append(self.push.delivery(config))
+        return task_notes(request.app).extras(notes, deliveries)
+
     async def _start(self, params: SendMessageRequest, context: ServerCallContext) -> TaskRecord:
         """Submit the message as a new task (a message naming a task: see below)."""
         message = params.message
@@ -128,25 +145,21 @@ class GatewayRequestHandler(RequestHandler):
         if params.configuration.HasField("task_push_notification_config"):
             await self.push.check(push)
         request = _request(context)
-        try:  # the messageId is the idempotency key: a retried message is the same task
+        task_id = new_task_id()  # made here: the notes written with the task name it
+        # The messageId is the idempotency key: a retried message is the same task, with the
+        # context and configs of the first send (the store writes nothing of a retry's).
+        try:
             record = await submit(
-                request, agent_request, f"a2a-message:{message.message_id}", key_label="messageId"
+                request,
+                agent_request,
+                f"a2a-message:{message.message_id}",
+                key_label="messageId",
+                task_id=task_id,
+                extras=self._extras(request, task_id, params),
             )
         except ApiError as exc:
             error = InvalidParamsError if exc.status_code == 422 else InternalError
             raise error(message=exc.message) from exc
-        notes = task_notes(request.app)
-        if await notes.get(record.task_id, _log.NOTE):
-            return record  # a retry: the task and its context are those of the first send
-        # Derived from the task, so two concurrent retries record the same context.
-        context_id = message.context_id or uuid.uuid5(uuid.NAMESPACE_URL, record.task_id).hex
-        stored = Message()
-        stored.CopyFrom(message)
-        stored.task_id, stored.context_id = record.task_id, context_id
-        await _log.remember(notes, record.task_id, context_id, stored)
-        if params.configuration.HasField("task_push_notification_config"):
-            push.task_id = record.task_id
-            await self.push.create(record.task_id, push)
         return record
 
     # -- the methods ------------------------------------------------------------------------

@@ -59,17 +59,34 @@ class PushConfigs:
         if reason is not None:
             raise InvalidParamsError(message=reason.replace("callbackUrl", "url"))
 
-    async def create(
-        self, task_id: str, config: TaskPushNotificationConfig
-    ) -> TaskPushNotificationConfig:
-        """Store ``config`` for ``task_id`` (a new id when it has none) and watch the task."""
+    @staticmethod
+    def stored(task_id: str, config: TaskPushNotificationConfig) -> TaskPushNotificationConfig:
+        """``config`` as it is kept for ``task_id`` (a new id when it has none)."""
         stored = TaskPushNotificationConfig()
         stored.CopyFrom(config)
         stored.task_id = task_id
         stored.id = config.id or uuid.uuid4().hex
         stored.tenant = ""
-        await self.notes.set(task_id, NOTE, {stored.id: MessageToJson(stored)})
-        await self.store.outbox.enroll(task_id, f"{NOTE}:{stored.id}")
+        return stored
+
+    @staticmethod
+    def note(stored: TaskPushNotificationConfig) -> dict[str, str]:
+        """The ``NOTE`` fields that keep ``stored``."""
+        return {stored.id: MessageToJson(stored)}
+
+    @staticmethod
+    def delivery(stored: TaskPushNotificationConfig) -> str:
+        """The name of ``stored``'s delivery in the outbox."""
+        return f"{NOTE}:{stored.id}"
+
+    async def create(
+        self, task_id: str, config: TaskPushNotificationConfig
+    ) -> TaskPushNotificationConfig:
+        """Store ``config`` for the existing task ``task_id`` and watch the task. (A config
+        sent with the message that makes a task is written with it: see :meth:`stored`.)"""
+        stored = self.stored(task_id, config)
+        await self.notes.set(task_id, NOTE, self.note(stored))
+        await self.store.outbox.enroll(task_id, self.delivery(stored))
         return stored
 
     async def configs(self, task_id: str) -> list[TaskPushNotificationConfig]:

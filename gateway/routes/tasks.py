@@ -16,7 +16,7 @@ from gateway.protocol.numbers import MAX_DIGITS
 from gateway.routes.errors import ApiError, json_response, read_model
 from gateway.routes.sse import LogStream
 from gateway.security import key_name, scoped_key
-from gateway.store import IdempotencyKeyReused, TaskNotFound, replay
+from gateway.store import IdempotencyKeyReused, TaskExtras, TaskNotFound, replay
 from gateway.tasks import QueueFull, TaskManager, UnknownAgentType
 
 MAX_POLL_LIMIT = 1000
@@ -76,13 +76,16 @@ async def submit(
     key: str | None,
     *,
     key_label: str = "Idempotency-Key",
+    task_id: str | None = None,
+    extras: TaskExtras | None = None,
 ) -> TaskRecord:
     """Submit ``agent_request`` for the caller of ``request``.
 
     ``key`` (an ``Idempotency-Key``, or the compat endpoints' ``requestId`` under
     ``key_label``) is scoped to the caller's API key name, so another key never reaches the
     task it names; reused for a different request it is refused (422). The caller is the
-    tenant of a task this submission creates, written with its record.
+    tenant of a task this submission creates, written with its record, as ``extras`` are
+    (``TaskManager.submit``, which also takes ``task_id``).
     """
     if key is not None and not (0 < len(key) <= 256):
         raise ApiError(400, "bad_request", f"{key_label} must be 1 to 256 characters")
@@ -90,7 +93,9 @@ async def submit(
     if key is not None and name is not None:
         key = scoped_key(name, key)
     try:
-        record, _ = await _manager(request).submit(agent_request, key, tenant=name)
+        record, _ = await _manager(request).submit(
+            agent_request, key, tenant=name, task_id=task_id, extras=extras
+        )
     except UnknownAgentType as exc:
         raise ApiError(422, "invalid_request", str(exc)) from exc
     except QueueFull as exc:

@@ -11,6 +11,7 @@ from gateway.store.base import (
     StoreUnavailable,
     StreamStore,
     TaskEnded,
+    TaskExtras,
     TaskNotFound,
 )
 from gateway.store.memory import MemoryStore
@@ -30,6 +31,7 @@ __all__ = [
     "StoreUnavailable",
     "StreamStore",
     "TaskEnded",
+    "TaskExtras",
     "TaskNotFound",
     "replay",
 ]

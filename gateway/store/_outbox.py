@@ -1,10 +1,11 @@
 """The durable outbox: deliveries made when a task ends (its webhook, A2A push notifications).
 
 A delivery is named (``webhook``, ``a2a-push:<config id>``) and belongs to a task. It is written
-to the store before the task ends — the webhook with the task itself, in the same round trip as
-its record; a push config when it is made — so there is no moment at which a task is terminal
-and its deliveries are not in the store: the terminal status, written atomically with the
-finish message, is what makes them due. Any replica delivers them (``gateway.outbox``):
+to the store before the task ends — the webhook and the push configs a task is sent with
+(``create``'s ``extras``) with the task itself, in the same round trip as its record; a push
+config added later when it is made — so there is no moment at which a task is terminal and its
+deliveries are not in the store: the terminal status, written atomically with the finish
+message, is what makes them due. Any replica delivers them (``gateway.outbox``):
 
 - ``due(now)``: the tasks with deliveries to look at (an index ordered by the next time to look);
 - ``claim``: a lease on one task's deliveries (so two replicas do not send at once) and their
@@ -54,6 +55,11 @@ class Claimed:
 
 def _pending() -> dict[str, Any]:
     return {"status": "pending", "attempts": []}
+
+
+def _webhook(record: TaskRecord) -> list[str]:
+    """The delivery a task's request names itself: its ``callbackUrl`` webhook."""
+    return [WEBHOOK] if record.request.get("callbackUrl") else []
 
 
 class Outbox(abc.ABC):
@@ -106,10 +112,11 @@ class MemoryOutbox(Outbox):
         self._due: dict[str, float] = {}  # task id → when to look (inf: when it ends)
         self._leases: dict[str, tuple[str, float]] = {}
 
-    def created(self, record: TaskRecord) -> None:
-        """``record`` was created: its webhook is enrolled with it."""
-        if record.request.get("callbackUrl"):
-            self._records[record.task_id] = {WEBHOOK: _pending()}
+    def created(self, record: TaskRecord, deliveries: Sequence[str] = ()) -> None:
+        """``record`` was created: its webhook and ``deliveries`` are enrolled with it."""
+        names = [*_webhook(record), *deliveries]
+        if names:
+            self._records[record.task_id] = {name: _pending() for name in names}
             self._due[record.task_id] = float("inf")
 
     def ended(self, task_id: str) -> None:
@@ -230,15 +237,19 @@ class RedisOutbox(Outbox):
     def _keys(self, task_id: str) -> tuple[str, str]:
         return self._hash(task_id), f"{self._prefix}:{{{task_id}}}:state"
 
-    def create_commands(self, record: TaskRecord) -> list[tuple[Any, ...]]:
-        """What creating ``record`` writes for its webhook: sent before the task's record, so a
-        partial write leaves an index entry without a task (dropped), never a task without."""
-        if not record.request.get("callbackUrl"):
+    def create_commands(
+        self, record: TaskRecord, deliveries: Sequence[str] = ()
+    ) -> list[tuple[Any, ...]]:
+        """What creating ``record`` writes for its webhook and ``deliveries``: sent before the
+        task's record, so a partial write leaves an index entry without a task (dropped),
+        never a task without."""
+        names = [*_webhook(record), *deliveries]
+        if not names:
             return []
-        task_id, key = record.task_id, self._hash(record.task_id)
+        task_id, key, pending = record.task_id, self._hash(record.task_id), orjson.dumps(_pending())
         return [
             ("ZADD", self.index, "LT", now_ms() + self.recheck_ms, task_id),
-            ("HSET", key, "d:" + WEBHOOK, orjson.dumps(_pending())),
+            ("HSET", key, *(part for name in names for part in ("d:" + name, pending))),
             ("EXPIRE", key, self.result_ttl * 2),
         ]
 

@@ -18,6 +18,7 @@ from gateway.store.base import (
     IdempotencyKeyReused,
     QueueLimitReached,
     StoreUnavailable,
+    TaskExtras,
     claimed,
     decode_cursor,
     encode_cursor,
@@ -36,6 +37,7 @@ class RecordsMixin(RedisCore):
         queue: bool = False,
         claim: tuple[str, int] | None = None,
         max_queued: int | None = None,
+        extras: TaskExtras | None = None,
     ) -> tuple[TaskRecord, bool]:
         if idempotency_key is not None:
             idem = self._k.idempotency(idempotency_key)
@@ -65,8 +67,9 @@ class RecordsMixin(RedisCore):
         if claim is not None:
             hset += ("owner", record.owner, "leaseUntil", record.lease_until)
             hset += ("startedAt", record.started_at)
-        commands: list[tuple[Any, ...]] = [
-            *self._outbox.create_commands(record),
+        commands: list[tuple[Any, ...]] = [  # beside the record first: see create_commands
+            *self._outbox.create_commands(record, extras.deliveries if extras else ()),
+            *self._note_commands(task_id, extras),
             hset,
             ("EXPIRE", state, self.result_ttl * 2),
             ("ZADD", self._k.all, score, task_id),
@@ -86,6 +89,18 @@ class RecordsMixin(RedisCore):
         if claim is not None:
             self._writers[record.task_id] = _Writer(0, claim[0], score)
         return record, True
+
+    def _note_commands(self, task_id: str, extras: TaskExtras | None) -> list[tuple[Any, ...]]:
+        """What ``annotate`` writes for each of ``extras``' notes."""
+        if extras is None:
+            return []
+        commands: list[tuple[Any, ...]] = []
+        for kind, fields in extras.notes.items():
+            if fields:
+                key = self._k.note(task_id, kind)
+                commands.append(("HSET", key, *(p for pair in fields.items() for p in pair)))
+                commands.append(("EXPIRE", key, extras.note_ttl))
+        return commands
 
     async def _idempotent_winner(self, idem: str) -> tuple[TaskRecord, str]:
         """The task an idempotency key names, and the digest of the request it was made for."""

@@ -124,6 +124,17 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError("invalid cursor") from exc
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskExtras:
+    """What a task is created with beside its record, in the same step (``create``): notes by
+    kind, as :meth:`StreamStore.annotate` writes them (expiring ``note_ttl`` seconds later),
+    and named outbox deliveries, as ``outbox.enroll`` adds them (due once the task ends)."""
+
+    notes: Mapping[str, Mapping[str, str]]
+    note_ttl: int
+    deliveries: Sequence[str] = ()
+
+
 class StreamStore(abc.ABC):
     """Durable task state and logs. All methods are safe to call concurrently."""
 
@@ -131,7 +142,7 @@ class StreamStore(abc.ABC):
     """The deployment-wide rate limit's buckets (in this process, or shared: see ``_limits``)."""
     outbox: Outbox
     """The deliveries made at a task's end (``gateway.store._outbox``); a task created with a
-    ``callbackUrl`` has its webhook there from the start."""
+    ``callbackUrl`` has its webhook there from the start, as it has its ``extras``' deliveries."""
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -155,6 +166,7 @@ class StreamStore(abc.ABC):
         queue: bool = False,
         claim: tuple[str, int] | None = None,
         max_queued: int | None = None,
+        extras: TaskExtras | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Store a new PENDING task; with a known ``idempotency_key`` return that task instead.
 
@@ -169,6 +181,10 @@ class StreamStore(abc.ABC):
         With ``queue`` and ``max_queued``, a new task is created only while fewer than
         ``max_queued`` tasks wait (counted with the create, atomically: the bound holds across
         replicas), else :class:`QueueLimitReached` and nothing is stored.
+
+        ``extras`` (notes, outbox deliveries) are written with a created task, in the same
+        round trip as its record, so no crash leaves the task without them; a known key's
+        task is returned as it is (nothing of ``extras`` is written).
         """
 
     @abc.abstractmethod

@@ -30,6 +30,7 @@ from gateway.store.base import (
     QueueLimitReached,
     StreamStore,
     TaskEnded,
+    TaskExtras,
     TaskNotFound,
     claimed,
     decode_cursor,
@@ -111,6 +112,7 @@ class MemoryStore(StreamStore):
         queue: bool = False,
         claim: tuple[str, int] | None = None,
         max_queued: int | None = None,
+        extras: TaskExtras | None = None,
     ) -> tuple[TaskRecord, bool]:
         digest = "" if idempotency_key is None else request_digest(record)
         if idempotency_key is not None:
@@ -130,7 +132,10 @@ class MemoryStore(StreamStore):
             record = claimed(record, *claim)
             queue = False
         self._tasks[record.task_id] = _Entry(record, LocalLog(), score)
-        self._outbox.created(record)
+        if extras is not None:
+            for kind, fields in extras.notes.items():
+                self._annotate(record.task_id, kind, fields, extras.note_ttl)
+        self._outbox.created(record, extras.deliveries if extras else ())
         if idempotency_key is not None:
             self._idempotency[idempotency_key] = (
                 record.task_id,
@@ -315,6 +320,9 @@ class MemoryStore(StreamStore):
         return ids
 
     async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
+        self._annotate(task_id, kind, fields, ttl)
+
+    def _annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
         now = time.monotonic()
         old = self._notes.get((kind, task_id))
         merged = {**(old[0] if old and old[1] > now else {}), **fields}

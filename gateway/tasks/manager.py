@@ -24,7 +24,14 @@ from gateway.protocol import (
     new_task_id,
     now_ms,
 )
-from gateway.store import LeaseState, QueueLimitReached, StreamStore, TaskEnded, TaskNotFound
+from gateway.store import (
+    LeaseState,
+    QueueLimitReached,
+    StreamStore,
+    TaskEnded,
+    TaskExtras,
+    TaskNotFound,
+)
 from gateway.tasks._runner import Collaborators, Launch, RunningTask, launch, run_task
 from gateway.tasks.context import QueueFull, TaskRegistry, TaskSettings, UnknownAgentType
 
@@ -92,11 +99,15 @@ class TaskManager:
         idempotency_key: str | None = None,
         *,
         tenant: str | None = None,
+        task_id: str | None = None,
+        extras: TaskExtras | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Create and enqueue a task; the same ``idempotency_key`` returns the same task.
 
         ``tenant`` (the caller's API key name) is written with the record: the task is that
-        caller's alone from its first write (DESIGN §10)."""
+        caller's alone from its first write (DESIGN §10). ``extras`` (notes, deliveries) are
+        written with it too (``StreamStore.create``); a caller whose extras name the task
+        gives its id, made with ``new_task_id`` (else a new one is made here)."""
         if request.agent_type not in self.registry:
             raise UnknownAgentType(
                 f"agentType {request.agent_type} is not one of {self.registry.agent_types}"
@@ -107,7 +118,7 @@ class TaskManager:
         local = self._free > 0 and self._group is not None and not self._stopping.is_set()
         if local:
             self._free -= 1
-        task_id = new_task_id()
+        task_id = task_id or new_task_id()
         record = TaskRecord(
             task_id=task_id,
             request_id=request.request_id or task_id,
@@ -120,14 +131,18 @@ class TaskManager:
         if not local:  # the store counts the queued tasks with the create: for all replicas
             try:
                 return await self.store.create(
-                    record, idempotency_key, queue=True, max_queued=self.settings.max_queued
+                    record,
+                    idempotency_key,
+                    queue=True,
+                    max_queued=self.settings.max_queued,
+                    extras=extras,
                 )
             except QueueLimitReached as exc:
                 retry_after = max(1, int(self.settings.lease_renew_interval * 2))
                 raise QueueFull(retry_after=retry_after) from exc
         try:
             record, created = await self.store.create(
-                record, idempotency_key, claim=(self.owner, self.lease_ms)
+                record, idempotency_key, claim=(self.owner, self.lease_ms), extras=extras
             )
         except BaseException:
             self._slot_back()

@@ -13,15 +13,21 @@ import orjson
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.store import StreamStore
 from gateway.tasks import TaskRegistry
 from tests.helpers import ThreadedServer, serve_app
 
 
 @contextlib.contextmanager
 def gateway(
-    redis_url: str | None = None, registry: TaskRegistry | None = None, **overrides: Any
+    redis_url: str | None = None,
+    registry: TaskRegistry | None = None,
+    *,
+    store: StreamStore | None = None,
+    **overrides: Any,
 ) -> Iterator[ThreadedServer]:
-    """A gateway app (MemoryStore, or RedisStore with ``redis_url``) on a free port."""
+    """A gateway app (MemoryStore, or RedisStore with ``redis_url``, or ``store``) on a free
+    port."""
     fields = {
         "echo_token_delay_ms": 1.0,
         "heartbeat_interval": 15.0,
@@ -29,7 +35,7 @@ def gateway(
         **overrides,
     }
     settings = dataclasses.replace(Settings.from_env({}), redis_url=redis_url, **fields)
-    app = create_app(settings, registry=registry)
+    app = create_app(settings, store=store, registry=registry)
     with serve_app(app) as server:
         yield server
 

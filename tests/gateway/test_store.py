@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 
 from gateway import printer as printer_module
@@ -19,6 +20,7 @@ from gateway.store import (
     RedisStore,
     StreamStore,
     TaskEnded,
+    TaskExtras,
     TaskNotFound,
 )
 from tests.gateway.stores import body, read_durable, record, replicas, running
@@ -497,6 +499,48 @@ async def test_annotations_merge_per_kind_and_are_read_in_order(store: StreamSto
     got = await store.annotations([task_id, "unknown"], "webhook")
     assert got == [{"attempts": "1", "status": "200"}, {}]
     assert await store.annotations([task_id], "owner") == [{"name": "alice"}]
+
+
+@pytest.mark.parametrize("how", ["queued", "bounded", "claimed"])
+async def test_notes_and_deliveries_given_to_create_are_written_with_the_task_and_due_at_its_end(
+    store: StreamStore, how: str
+) -> None:
+    kwargs: dict[str, Any] = {
+        "queued": {"queue": True},
+        "bounded": {"queue": True, "max_queued": 10_000},  # the create's writes in one script
+        "claimed": {"claim": ("me", 10_000)},
+    }[how]
+    extras = TaskExtras(
+        notes={"a2a": {"contextId": "ctx", "message": "{}"}, "a2a-push": {"c1": "{}"}},
+        note_ttl=60,
+        deliveries=["a2a-push:c1"],
+    )
+    key = new_task_id()
+    rec, created = await store.create(record(), key, extras=extras, **kwargs)
+    task_id = rec.task_id
+    pending = {"status": "pending", "attempts": []}
+    assert created
+    assert await store.annotations([task_id], "a2a") == [{"contextId": "ctx", "message": "{}"}]
+    assert await store.annotations([task_id], "a2a-push") == [{"c1": "{}"}]
+    assert await store.outbox.records(task_id) == {"a2a-push:c1": pending}
+    assert task_id not in await store.outbox.due(now_ms(), 100)
+    # A retry (the same key) is the first task as it was: nothing of its extras is written.
+    retry = record(task_id=new_task_id())
+    other = TaskExtras(notes={"a2a": {"contextId": "other"}}, note_ttl=60, deliveries=["x:2"])
+    again, created_again = await store.create(retry, key, extras=other, **kwargs)
+    assert (again.task_id, created_again) == (task_id, False)
+    assert await store.annotations([task_id, retry.task_id], "a2a") == [
+        {"contextId": "ctx", "message": "{}"},
+        {},
+    ]
+    assert await store.outbox.records(task_id) == {"a2a-push:c1": pending}
+    assert await store.outbox.records(retry.task_id) == {}
+    if how != "claimed":
+        assert await store.claim(task_id, "me", 10_000) is not None
+    await store.finish(task_id, TaskStatus.COMPLETED, {"messageType": "result", "result": "x"})
+    with anyio.fail_after(5):  # the due index moves behind the finish's reply (Redis)
+        while task_id not in await store.outbox.due(now_ms(), 100):
+            await asyncio.sleep(0.01)
 
 
 # -- tenants -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -17,6 +18,7 @@ from a2a.client import ClientCallContext
 from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
     StreamResponse,
     SubscribeToTaskRequest,
     TaskPushNotificationConfig,
@@ -31,6 +33,7 @@ from a2a.utils.errors import (
 from google.protobuf.json_format import MessageToDict
 
 from gateway.security import SecuritySettings, parse_api_keys
+from gateway.store import MemoryStore, StoreUnavailable
 from gateway.webhooks import WebhookSettings
 from tests.gateway.a2a.support import VERSION, receiver, rpc, sdk_client, send_request, sent_task
 from tests.gateway.support import echo_query, gateway, read_sse
@@ -183,6 +186,42 @@ async def test_a_push_notification_arrives_signed_with_the_task_and_its_token() 
     task = orjson.loads(body)["task"]
     assert (task["id"], task["status"]["state"]) == (task_id, "TASK_STATE_COMPLETED")
     assert made.id and made.task_id == task_id
+
+
+class _NoWritesAfterCreate(MemoryStore):
+    """A store that fails every note and enrollment made after a task's create: what a crash
+    (or a store error) right after the create leaves of whatever was to be written then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outbox.enroll = self._down  # type: ignore[method-assign]
+
+    async def _down(self, *args: Any) -> Any:
+        raise StoreUnavailable("down after the create")
+
+    async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
+        await self._down()
+
+
+async def test_a_push_config_sent_with_a_message_is_delivered_though_the_store_fails_after() -> (
+    None
+):
+    hooks = WebhookSettings(secret=SECRET, allow_hosts=("127.0.0.1",), poll_interval=0.05)
+    with receiver() as hook, gateway(store=_NoWritesAfterCreate(), webhooks=hooks) as server:
+        async with sdk_client(server.url, streaming=False) as (client, _):
+            request = send_request("x y", context_id="ctx-push")
+            config = request.configuration.task_push_notification_config
+            config.CopyFrom(TaskPushNotificationConfig(url=hook.url, token="tok-2"))
+            task = await sent_task(client, request)
+            headers, body = await hook.wait()
+            listed = await client.list_task_push_notification_configs(
+                ListTaskPushNotificationConfigsRequest(task_id=task.id)
+            )
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    assert (task.context_id, task.history[0].parts[0].text) == ("ctx-push", "x y")
+    assert headers["x-a2a-notification-token"] == "tok-2"
+    assert orjson.loads(body)["task"]["id"] == task.id
+    assert [(c.task_id, c.url, c.token) for c in listed.configs] == [(task.id, hook.url, "tok-2")]
 
 
 async def test_a_push_url_on_a_private_address_is_refused() -> None:
