@@ -32,9 +32,9 @@ def env_for(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
         "WEBHOOK_POLL_INTERVAL": "0.05",
         **FAST_LEASES,
-        # A lease lapses after 3 s, not 1: a survivor rerunning a task on a loaded machine
+        # A lease lapses after 5 s, not 1: a survivor rerunning a task on a loaded machine
         # (a parallel test run) must not lose it to a slow loop turn.
-        "LEASE_TTL": "3",
+        "LEASE_TTL": "5",
         **extra,
     }
 
