@@ -252,7 +252,7 @@ def test_sigterm_to_the_parent_drains_every_worker_and_leaves_no_process(redis_u
         "ECHO_TOKEN_DELAY_MS": "30",
         "SHUTDOWN_GRACE": "0.2",
         "MAX_RUNNING": "24",  # every task runs where it was posted (none waits in the queue)
-        "LEASE_TTL": "1",
+        "LEASE_TTL": "2",
         "LEASE_RENEW_INTERVAL": "0.2",
         "SWEEP_INTERVAL": "0.2",
     }
