@@ -86,6 +86,7 @@ class Settings:
     flush_spacing_ms: float = 0.0
     max_body_bytes: int = 1_048_576
     cancel_wait: float = 10.0
+    intake_wait: float = 1.0
     cors_origins: tuple[str, ...] = ()
     compat_heartbeat_interval: float = 10.0
     header_timeout: float = 10.0
@@ -129,6 +130,7 @@ class Settings:
             flush_spacing_ms=_num(env, "FLUSH_SPACING_MS", 0.0),
             max_body_bytes=int(_num(env, "MAX_BODY_BYTES", 1_048_576, minimum=1)),
             cancel_wait=_num(env, "CANCEL_WAIT", 10.0, minimum=0.01),
+            intake_wait=_num(env, "INTAKE_WAIT", 1.0, minimum=0.01),
             cors_origins=origins,
             compat_heartbeat_interval=_num(env, "COMPAT_HEARTBEAT_INTERVAL", 10.0, minimum=0.01),
             header_timeout=_num(env, "HEADER_TIMEOUT", 10.0),
@@ -151,6 +153,7 @@ class Settings:
             lease_renew_interval=self.lease_renew_interval,
             sweep_interval=self.sweep_interval,
             cancel_wait=self.cancel_wait,
+            intake_wait=self.intake_wait,
         )
 
     def stream_settings(self) -> StreamSettings:

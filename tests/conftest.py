@@ -1,4 +1,10 @@
-"""Session fixtures: a real Redis server (never a mock) and the anyio backend."""
+"""Session fixtures: a real Redis server (never a mock) and the anyio backend; how the suite
+is spread over ``pytest -n`` workers (see ``addopts`` in pyproject.toml).
+
+Under xdist each worker is a process of its own with its own session fixtures (its own
+``redis-server``); what is made once for all of them (the JavaScript peers, the TCK's
+virtualenv) is made under a file lock.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,20 @@ import pytest
 import redis
 
 from tests.helpers import free_port, self_signed_certificate, wait_redis
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker more than there are cores, at most 8. The suite mostly waits
+    (on servers, subprocesses, a paced model), so a core has room for more than one worker;
+    past 8, the longest test file (the TCK's, minutes) bounds the run anyway."""
+    return min((os.cpu_count() or 1) + 1, 8)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files holding a test marked ``slow`` first, each file's tests in their own order:
+    with ``--dist loadfile`` the longest files start at once rather than end the run alone."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ responses, so an endless SSE stream would hang it).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -31,15 +32,29 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    """A uvicorn server running an ASGI app in a background thread with its own event loop."""
+    """A uvicorn server running an ASGI app in a background thread with its own event loop.
+
+    The listening socket is bound here, before the thread starts (port 0 unless ``port`` is
+    given), and handed to uvicorn: a port picked by :func:`free_port` and bound only later can
+    be taken meanwhile by another server of a parallel test.
+    """
 
     def __init__(self, app: Any, port: int | None = None, http: str = "auto") -> None:
-        self.port = port or free_port()
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind(("127.0.0.1", port or 0))
+        except OSError:
+            self.socket.close()
+            raise
+        self.port = int(self.socket.getsockname()[1])
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", http=http
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -50,12 +65,14 @@ class ThreadedServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.01)
 
     def stop(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
+        self.socket.close()
 
 
 @contextlib.asynccontextmanager
@@ -142,16 +159,28 @@ def spawn_service(
         yield url
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: across threads
+    and across processes, such as the workers of ``pytest -n``."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 NODE_DIR = os.path.join(os.path.dirname(__file__), "node")
-_node_lock = threading.Lock()
 
 
 def ensure_node_modules() -> str:
     """Install the JavaScript test peers (``tests/node/package.json``) once; return the folder.
 
-    Runs ``npm install`` only when ``node_modules`` is missing, so repeated sessions are fast.
+    Runs ``npm install`` only when ``node_modules`` is missing, so repeated sessions are fast;
+    a lock file keeps parallel test processes from installing into it at the same time.
     """
-    with _node_lock:
+    with file_lock(os.path.join(NODE_DIR, ".install.lock")):
         marker = os.path.join(NODE_DIR, "node_modules", ".package-lock.json")
         if not os.path.exists(marker):
             subprocess.run(

@@ -19,6 +19,7 @@ from gateway.upstream import UpstreamSettings
 from llm_stub import create_app as create_stub
 from llm_stub.settings import Knobs, StubSettings
 from tests.e2e.proxy import cuttable_proxy
+from tests.gateway.support import INTAKE_WAIT
 from tests.helpers import ThreadedServer, free_port, serve_app
 
 QUERY = " ".join(f"token{i}" for i in range(30))
@@ -26,7 +27,9 @@ QUERY = " ".join(f"token{i}" for i in range(30))
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[ThreadedServer]:
-    settings = Settings(echo_token_delay_ms=10, sse_retry_ms=50, heartbeat_interval=1.0)
+    settings = Settings(
+        echo_token_delay_ms=10, sse_retry_ms=50, heartbeat_interval=1.0, intake_wait=INTAKE_WAIT
+    )
     with serve_app(create_app(settings)) as server:
         yield server
 
@@ -145,7 +148,9 @@ def react_gateway() -> Iterator[ThreadedServer]:
             tool_service_url="http://127.0.0.1:9",  # nothing listens: the tool call errs
             mcp_server_urls=(),
         )
-        settings = Settings(upstream=upstream, sse_retry_ms=50, heartbeat_interval=1.0)
+        settings = Settings(
+            upstream=upstream, sse_retry_ms=50, heartbeat_interval=1.0, intake_wait=INTAKE_WAIT
+        )
         with serve_app(create_app(settings)) as server:
             yield server
 

@@ -23,8 +23,10 @@ class TaskSettings:
     ``task_timeout`` seconds and ``task_retry`` more attempts after its runner vanished. Leases
     last ``lease_ttl`` s and are renewed every ``lease_renew_interval`` s; the sweeper looks for
     lapsed ones every ``sweep_interval`` s. A cancel waits up to ``cancel_wait`` s for the
-    owner's confirmation, a shutdown ``shutdown_grace`` s for running tasks. ``replica_id``
-    names this process as the owner of its leases.
+    owner's confirmation, a shutdown ``shutdown_grace`` s for running tasks. The intake's
+    blocked read of the queue returns after ``intake_wait`` s at most, and a shutdown waits for
+    it (so it never drops a task it took). ``replica_id`` names this process as the owner of
+    its leases.
     """
 
     replica_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
@@ -37,6 +39,7 @@ class TaskSettings:
     lease_renew_interval: float = 1.0
     sweep_interval: float = 2.0
     cancel_wait: float = 10.0
+    intake_wait: float = 1.0
 
 
 class QueueFull(GatewayError):

@@ -219,7 +219,9 @@ class TaskManager:
                 await self._slot_freed.wait()
                 continue
             try:
-                ids = await self.store.dequeue_many(self.owner, 1.0, min(self._free, TAKE_BATCH))
+                ids = await self.store.dequeue_many(
+                    self.owner, self.settings.intake_wait, min(self._free, TAKE_BATCH)
+                )
             except Exception:
                 _reraise_cancellation()
                 logger.exception("dequeue failed")

@@ -29,6 +29,8 @@ from tests.e2e.contract_agents import ANSWER, STEP_ANSWER, SUMMARY, register_con
 from tests.gateway.agents.support import gateway_settings, running_upstreams
 from tests.helpers import free_port, serve_app, wait_http_ok
 
+pytestmark = pytest.mark.slow  # the model writes at a watchable pace: seconds a test
+
 UI_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "joyagent-ui"
 GPT = "/web/api/v1/gpt/queryAgentStreamIncr"
 IDLE = "希望 Genie 为你做哪些任务呢\uff1f"  # the last character is a full-width "?"

@@ -17,6 +17,11 @@ from gateway.store import StreamStore
 from gateway.tasks import TaskRegistry
 from tests.helpers import ThreadedServer, serve_app
 
+#: How long a test gateway's intake reads the queue at a time (``INTAKE_WAIT``). A gateway that
+#: stops waits for that read to end, and the suite stops hundreds of gateways: 1 s each, with
+#: the default, is what a deployment wants, not a test.
+INTAKE_WAIT = 0.05
+
 
 @contextlib.contextmanager
 def gateway(
@@ -31,6 +36,7 @@ def gateway(
     fields = {
         "echo_token_delay_ms": 1.0,
         "heartbeat_interval": 15.0,
+        "intake_wait": INTAKE_WAIT,
         "redis_prefix": f"agw-test-{secrets.token_hex(4)}",  # each test its own key space
         **overrides,
     }

@@ -14,6 +14,7 @@ from gateway.app import create_app
 from gateway.auth_failures import AuthFailureSettings, FailedAuthLimiter
 from gateway.security import SecuritySettings, parse_api_keys
 from gateway.settings import Settings
+from tests.gateway.support import INTAKE_WAIT
 from tests.helpers import ThreadedServer, serve_app
 
 pytestmark = pytest.mark.anyio
@@ -27,6 +28,7 @@ def keyed_gateway(**auth_failures: Any) -> Iterator[ThreadedServer]:
     settings = dataclasses.replace(
         Settings.from_env({}),
         echo_token_delay_ms=0.0,
+        intake_wait=INTAKE_WAIT,
         security=SecuritySettings(api_keys=parse_api_keys("alice:sk-right")),
         auth_failures=AuthFailureSettings(**auth_failures),
     )

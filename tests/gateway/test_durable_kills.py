@@ -37,7 +37,7 @@ from tests.helpers import free_port, wait_http_ok
 pytestmark = pytest.mark.slow
 
 #: Seconds a reader may take beyond its task's own run to reach the terminal message (a lease
-#: of 1 s, a sweep every 0.2 s, and with ``TASK_RETRY`` the rerun's start).
+#: of 2 s, a sweep every 0.2 s, and with ``TASK_RETRY`` the rerun's start).
 END_WITHIN = 12.0
 GATEWAYS_PER_ROUND = 2
 TASKS_PER_GATEWAY = 2

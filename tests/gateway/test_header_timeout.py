@@ -18,7 +18,7 @@ import pytest
 from gateway.app import create_app
 from gateway.header_timeout import header_timeout_protocol
 from gateway.settings import Settings
-from tests.gateway.support import echo_query
+from tests.gateway.support import INTAKE_WAIT, echo_query
 from tests.helpers import ThreadedServer, serve_app, spawn_service
 
 TIMEOUT = 0.5
@@ -28,7 +28,7 @@ BOUND = 10.0  # how long a test waits at most for the server to close a connecti
 @contextlib.contextmanager
 def timed_server(**overrides: Any) -> Iterator[ThreadedServer]:
     """The gateway on uvicorn with ``http=header_timeout_protocol(TIMEOUT)``."""
-    fields = {"echo_token_delay_ms": 0.0, **overrides}
+    fields = {"echo_token_delay_ms": 0.0, "intake_wait": INTAKE_WAIT, **overrides}
     app = create_app(dataclasses.replace(Settings.from_env({}), **fields))
     with serve_app(app, http=header_timeout_protocol(TIMEOUT)) as server:  # type: ignore[arg-type]
         yield server

@@ -23,7 +23,7 @@ from gateway.app import create_app
 from gateway.protocol import parse_decimal
 from gateway.settings import Settings
 from gateway.webhooks import WebhookSettings
-from tests.gateway.support import gateway, read_sse
+from tests.gateway.support import INTAKE_WAIT, gateway, read_sse
 from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
@@ -173,7 +173,7 @@ def hooked(allow_hosts: tuple[str, ...]) -> Iterator[ThreadedServer]:
     """A gateway whose webhooks may reach ``allow_hosts`` (and public addresses)."""
     webhooks = WebhookSettings(allow_hosts=allow_hosts, backoff=0.05, poll_interval=0.05)
     settings = dataclasses.replace(
-        Settings.from_env({}), echo_token_delay_ms=0.0, webhooks=webhooks
+        Settings.from_env({}), echo_token_delay_ms=0.0, intake_wait=INTAKE_WAIT, webhooks=webhooks
     )
     with serve_app(create_app(settings)) as server:
         yield server

@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.security import SecuritySettings, install_security, parse_api_keys
 from gateway.settings import Settings
 from gateway.store import MemoryStore, StoreUnavailable, StreamStore
-from tests.gateway.support import read_sse
+from tests.gateway.support import INTAKE_WAIT, read_sse
 from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +42,7 @@ def secured(
     """A gateway with ``install_security`` applied (a no-op re-configuration once wired)."""
     fields = {
         "echo_token_delay_ms": 0.0,
+        "intake_wait": INTAKE_WAIT,
         "redis_prefix": f"agw-test-{secrets.token_hex(4)}",
         **overrides,
     }

@@ -15,11 +15,14 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 
 from gateway.protocol import new_task_id
 from tests.gateway.stores import replay_problems, stored_log
 from tests.gateway.support import read_sse
 from tests.gateway.test_faults import FAST_LEASES, replica
+
+pytestmark = pytest.mark.slow
 
 TASKS = 200
 

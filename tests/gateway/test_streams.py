@@ -289,7 +289,8 @@ async def test_post_with_accept_event_stream_answers_the_task_as_sse(store_url: 
 
 
 async def test_post_sse_disconnect_cancels_only_with_cancel_on_disconnect() -> None:
-    with gateway(None, echo_token_delay_ms=20) as server:
+    # shutdown_grace=0: the task left running is stopped at once when the block ends.
+    with gateway(None, echo_token_delay_ms=20, shutdown_grace=0) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             ids = {}
             for flag in (True, False):
@@ -324,7 +325,8 @@ def _http_calls_suspended_in(function: Any) -> int:
 
 async def test_an_open_stream_holds_no_middleware_frame_and_still_gets_cors_headers() -> None:
     origin = "http://ui.example"
-    with gateway(None, echo_token_delay_ms=60_000, cors_origins=(origin,)) as server:
+    settings = {"echo_token_delay_ms": 60_000, "cors_origins": (origin,), "shutdown_grace": 0}
+    with gateway(None, **settings) as server:  # its task still runs at the end: stopped at once
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             task_id = await submit(client, "a b")
             url = f"/api/tasks/{task_id}/events"

@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.security import SecuritySettings, install_security, parse_api_keys
 from gateway.settings import Settings
 from gateway.tasks import TaskRegistry
+from tests.gateway.support import INTAKE_WAIT
 from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
@@ -54,6 +55,7 @@ def gateway(
         Settings.from_env({}),
         redis_url=redis_url,
         redis_prefix=f"agw-test-{secrets.token_hex(4)}",
+        intake_wait=INTAKE_WAIT,
     )
     app = create_app(settings, registry=echo_everywhere(delay_ms))
     install_security(app, SecuritySettings(api_keys=parse_api_keys(api_keys)))

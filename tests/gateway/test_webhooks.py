@@ -34,6 +34,7 @@ from gateway.webhooks import (
     parse_secret,
     sign,
 )
+from tests.gateway.support import INTAKE_WAIT
 from tests.helpers import ThreadedServer, client_of, serve_app
 
 pytestmark = pytest.mark.anyio
@@ -117,6 +118,7 @@ def hooked(
     """A gateway with ``install_webhooks`` applied (re-configures it once it is wired)."""
     fields = {
         "echo_token_delay_ms": 0.0,
+        "intake_wait": INTAKE_WAIT,
         "redis_prefix": f"agw-test-{secrets.token_hex(4)}",
         **overrides,
     }
@@ -235,8 +237,12 @@ async def test_failed_cancelled_and_interrupted_tasks_get_their_webhook() -> Non
                 while len(loops) < 2:
                     await anyio.sleep(0.02)
             # Its worker "dies": nobody renews the lease, so the sweeper ends the task.
-            loops[1].call_soon_threadsafe(app.state.manager.running.pop, orphaned, None)
+            dead: list[Any] = []
+            running = app.state.manager.running
+            loops[1].call_soon_threadsafe(lambda: dead.append(running.pop(orphaned)))
             records = {t: await settled(client, t) for t in (failed, cancelled, orphaned)}
+            # Its handler, hidden from the manager, would hold the gateway's shutdown for 10 s.
+            loops[1].call_soon_threadsafe(dead[0].stop, "shutdown")
     assert {r["status"] for r in records.values()} == {"delivered"}
     payloads = {}
     for call in receiver.calls:

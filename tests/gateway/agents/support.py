@@ -28,6 +28,7 @@ from llm_stub.settings import Knobs, StubSettings
 from mcp_client import Settings as BridgeSettings
 from mcp_client import create_app as create_bridge
 from mcp_client.target import parse_allowlist
+from tests.gateway.support import INTAKE_WAIT
 from tests.helpers import free_port, serve_app
 from tool_service import Settings as ToolSettings
 from tool_service import create_app as create_tool_service
@@ -123,6 +124,7 @@ def gateway_settings(upstream: UpstreamSettings, **overrides: Any) -> Settings:
         "lease_renew_interval": 0.2,
         "sweep_interval": 0.5,
         "task_timeout": 60.0,
+        "intake_wait": INTAKE_WAIT,
         "upstream": upstream,
         **overrides,
     }

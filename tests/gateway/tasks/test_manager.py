@@ -1,4 +1,5 @@
-"""The task manager's start path: a task created here begins in the turn its record lands."""
+"""The task manager's start path: a task created here begins in the turn its record lands;
+its intake's reads of the queue wait as long as configured."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import anyio
 import pytest
 
 from gateway.protocol import AgentRequest, TaskStatus, new_task_id
-from gateway.store import RedisStore
+from gateway.settings import Settings, SettingsError
+from gateway.store import MemoryStore, RedisStore
 from gateway.tasks import TaskContext, TaskManager, TaskRegistry, TaskSettings
 
 pytestmark = pytest.mark.anyio
@@ -59,3 +61,43 @@ async def test_a_task_created_here_has_begun_when_its_submission_returns(redis_u
     kinds = [(m.seq, m.data.split(b'"messageType":"')[1].split(b'"')[0]) for m in messages]
     assert kinds[:2] == [(1, b"status"), (2, b"agent_stream")]  # the status first, as before
     assert b'"status":"RUNNING"' in messages[0].data
+
+
+class _RecordingStore(MemoryStore):
+    """The embedded store, noting how long each of the intake's reads of the queue may wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+        self.read = asyncio.Event()
+
+    async def dequeue_many(self, consumer: str, timeout: float, limit: int) -> list[str]:
+        self.waits.append(timeout)
+        self.read.set()
+        return await super().dequeue_many(consumer, timeout, limit)
+
+
+@pytest.mark.parametrize(("env", "wait"), [({}, 1.0), ({"INTAKE_WAIT": "0.05"}, 0.05)])
+async def test_the_intake_reads_the_queue_for_intake_wait_seconds_at_a_time(
+    env: dict[str, str], wait: float
+) -> None:
+    store = _RecordingStore()
+    await store.start()
+    manager = TaskManager(store, TaskRegistry(), Settings.from_env(env).task_settings())
+    runner = asyncio.create_task(manager.run())
+    try:
+        with anyio.fail_after(10):
+            await store.read.wait()
+    finally:
+        await manager.stop(grace=0)  # returns once the intake's read has ended
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await store.close()
+    assert store.waits and set(store.waits) == {wait}
+
+
+def test_intake_wait_must_be_a_positive_number_of_seconds() -> None:
+    for bad in ("0", "soon"):
+        with pytest.raises(SettingsError, match="INTAKE_WAIT"):
+            Settings.from_env({"INTAKE_WAIT": bad})
