@@ -91,16 +91,23 @@ class RecordsMixin(RedisCore):
         return record, True
 
     def _note_commands(self, task_id: str, extras: TaskExtras | None) -> list[tuple[Any, ...]]:
-        """What ``annotate`` writes for each of ``extras``' notes."""
+        """What ``annotate`` writes, for each of ``extras``' notes."""
         if extras is None:
             return []
-        commands: list[tuple[Any, ...]] = []
-        for kind, fields in extras.notes.items():
-            if fields:
-                key = self._k.note(task_id, kind)
-                commands.append(("HSET", key, *(p for pair in fields.items() for p in pair)))
-                commands.append(("EXPIRE", key, extras.note_ttl))
-        return commands
+        return [
+            command
+            for kind, fields in extras.notes.items()
+            for command in self._note_write(task_id, kind, fields, extras.note_ttl)
+        ]
+
+    def _note_write(
+        self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int
+    ) -> list[tuple[Any, ...]]:
+        """The commands that merge ``fields`` into a note and restart its expiry."""
+        if not fields:
+            return []
+        key = self._k.note(task_id, kind)
+        return [("HSET", key, *(p for pair in fields.items() for p in pair)), ("EXPIRE", key, ttl)]
 
     async def _idempotent_winner(self, idem: str) -> tuple[TaskRecord, str]:
         """The task an idempotency key names, and the digest of the request it was made for."""
@@ -179,13 +186,9 @@ class RecordsMixin(RedisCore):
         return int((await self._commands([("ZCARD", self._k.index(status))]))[0])
 
     async def annotate(self, task_id: str, kind: str, fields: Mapping[str, str], ttl: int) -> None:
-        key = self._k.note(task_id, kind)
-
-        def build(pipe: Any) -> None:
-            pipe.hset(key, mapping=dict(fields))
-            pipe.expire(key, ttl)
-
-        await self._batch(build)
+        commands = self._note_write(task_id, kind, fields, ttl)
+        if commands:
+            await self._commands(commands)
 
     async def annotations(self, task_ids: Sequence[str], kind: str) -> list[dict[str, str]]:
         rows = await self._batch(
